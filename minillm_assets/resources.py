@@ -1,0 +1,116 @@
+"""The one resource that chooses the profile and where artifacts live.
+
+`profile` (smoke | gpu) picks a preset of settings from `minillm_core.profiles`; run config from
+the Launchpad or `--config-json` layers on top. Nothing else in the graph branches on the profile.
+Relative paths resolve against the project root (the folder holding workspace.yaml, or
+`MINILLM_ROOT`), never against the current directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import dagster as dg
+from pydantic import Field, field_validator
+
+from minillm_core.config import ConfigError, CoreConfig
+from minillm_core.profiles import PROFILES, preset
+
+C = TypeVar("C", bound=CoreConfig)
+
+STAGES = ("pretrain", "sft", "dpo")
+
+
+def project_root() -> Path:
+    """`MINILLM_ROOT`, else the checkout this package lives in, else the current directory."""
+    if env := os.environ.get("MINILLM_ROOT"):
+        return Path(env).resolve()
+    here = Path(__file__).resolve().parents[1]
+    return here if (here / "workspace.yaml").exists() else Path.cwd().resolve()
+
+
+class MiniLLMResource(dg.ConfigurableResource):
+    """Profile and artifact roots for the MiniLLM graph."""
+
+    profile: str = Field(default="smoke", description=f"One of: {', '.join(PROFILES)}.")
+    root: str = Field(default="", description="Project root; empty = MINILLM_ROOT or the checkout.")
+    sources_dir: str = Field(default="data/chinese", description="Your source JSONL/CSV files.")
+    samples_dir: str = Field(default="dataset", description="Shipped samples, used per category "
+                             "when sources_dir has none for it.")
+    processed_dir: str = Field(default="data/processed", description="Where the mixes go.")
+    out_dir: str = Field(default="out", description="Tokenizer, token tensors, checkpoints.")
+    tf_dir: str = Field(default="", description="TensorBoard logs and eval_results.jsonl; "
+                        "empty = $TF_DIR or ../tf_dir (one level above the project).")
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, v: str) -> str:
+        if v not in PROFILES:
+            raise ValueError(f"unknown profile {v!r}; allowed: {', '.join(PROFILES)}")
+        return v
+
+    # -- paths -------------------------------------------------------------------------------
+    def _abs(self, p: str) -> Path:
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else self.root_path / path
+
+    @property
+    def root_path(self) -> Path:
+        return Path(self.root).resolve() if self.root else project_root()
+
+    @property
+    def sources(self) -> Path:
+        return self._abs(self.sources_dir)
+
+    @property
+    def samples(self) -> Path:
+        return self._abs(self.samples_dir)
+
+    @property
+    def processed(self) -> Path:
+        return self._abs(self.processed_dir)
+
+    @property
+    def out(self) -> Path:
+        return self._abs(self.out_dir)
+
+    @property
+    def tf(self) -> Path:
+        if self.tf_dir:
+            return self._abs(self.tf_dir)
+        if env := os.environ.get("TF_DIR"):
+            return self._abs(env)
+        return (self.root_path.parent / "tf_dir").resolve()
+
+    def mix_path(self, output: str, heldout: bool = False) -> Path:
+        return self.processed / f"{output}_chinese{'_heldout' if heldout else ''}.jsonl"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.out / "tokenizer"
+
+    def tokens_dir(self, stage: str) -> Path:
+        return self.out / "tokens" / stage
+
+    def checkpoint_dir(self, stage: str) -> Path:
+        return self.out / stage
+
+    @property
+    def results_file(self) -> Path:
+        return self.tf / "eval_results.jsonl"
+
+    # -- settings ----------------------------------------------------------------------------
+    def preset(self, concern: str) -> dict[str, Any]:
+        return preset(self.profile, concern)
+
+    def settings(self, cls: type[C], concern: str, user: dg.Config | dict | None,
+                 base: dict[str, Any] | None = None) -> C:
+        """Field defaults < `base` (paths the asset derives) < the profile preset < run config."""
+        if isinstance(user, dg.Config):
+            user = user.model_dump(exclude_none=True)
+        try:
+            return cls.resolve(base, self.preset(concern), user)
+        except ConfigError as exc:
+            raise dg.Failure(description=f"{exc}\n(set it under ops.<asset>.config in run config)")

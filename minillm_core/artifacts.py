@@ -1,0 +1,175 @@
+"""Artifacts on disk: atomic writes, content hashes and JSON sidecars.
+
+Every artifact is built under a temporary name beside its final name and renamed into place, so a
+reader can trust any file under its final name: a crash leaves at most a `.<name>.tmp-*` file.
+Temporary names carry the pid and a random suffix, so two runs writing the same artifact never
+share a temporary file; the last rename wins, whole.
+
+Directories (a tokenizer, a tensor shard set) are swapped in with two renames: for an instant the
+final name is absent, never partial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class ArtifactError(RuntimeError):
+    """An artifact could not be written or read; the message names the path."""
+
+
+class MissingArtifactError(ArtifactError):
+    """An input artifact is not on disk (its producing stage has not run)."""
+
+    def __init__(self, path: Path | str, what: str):
+        self.path = Path(path)
+        self.what = what
+        super().__init__(f"{what} not found at {self.path}")
+
+
+def require(path: Path | str, what: str) -> Path:
+    """Return `path` if it exists, else raise MissingArtifactError naming `what`."""
+    p = Path(path)
+    if not p.exists():
+        raise MissingArtifactError(p, what)
+    return p
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _fsync_path(path: Path) -> None:
+    if path.is_dir():
+        for child in path.rglob("*"):
+            if child.is_file():
+                _fsync_file(child)
+    else:
+        _fsync_file(path)
+    # The rename is only durable once the parent directory entry is on disk too.
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _disk_full(exc: OSError, path: Path) -> ArtifactError:
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = -1
+    return ArtifactError(f"no space left on device while writing {path} ({free} bytes free there)")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str, *, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; when the block succeeds, rename it into place.
+
+    With `directory=True` the temporary path is an (empty) directory to fill. On any error the
+    temporary is removed and the previous artifact under `path` is left untouched.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(final)
+    if directory:
+        tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_path(tmp)
+        if directory and final.exists():
+            old = _tmp_name(final)
+            os.rename(final, old)
+            os.rename(tmp, final)
+            _remove(old)
+        else:
+            os.replace(tmp, final)
+    except OSError as exc:
+        _remove(tmp)
+        if exc.errno == errno.ENOSPC:
+            raise _disk_full(exc, final) from exc
+        raise
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def write_bytes(path: Path | str, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: Path | str, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path | str, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path | str) -> Any:
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{p}: not valid JSON ({exc})") from exc
+
+
+def sidecar_path(artifact: Path | str) -> Path:
+    """`out/model.safetensors` -> `out/model.safetensors.meta.json` (a directory keeps it inside)."""
+    a = Path(artifact)
+    return a / "meta.json" if a.is_dir() else a.with_name(a.name + ".meta.json")
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_tree(path: Path | str) -> str:
+    """Hash of a file, or of a directory's relative file names and contents (sorted)."""
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    h = hashlib.sha256()
+    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        h.update(str(f.relative_to(p)).encode())
+        h.update(b"\0")
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Stable hash of a JSON-able value (configs): key order does not matter."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,352 @@
+"""MiniLLM: a small decoder-only transformer, readable top to bottom.
+
+Architecture choices (the seed's, kept in `ModelConfig` rather than scattered defaults):
+
+- Pre-norm residual blocks with RMSNorm (no mean subtraction, no bias): cheaper than LayerNorm and
+  what Llama-family models use, so an export needs no norm conversion.
+- Rotary position embeddings in the "rotate half" layout (the first and second halves of each head
+  form the complex pairs). This is HuggingFace Llama's in-memory layout, so `q_proj`/`k_proj`
+  weights export without the row permutation Meta's interleaved layout would need.
+- Grouped-query attention is optional (`num_key_value_heads` < `num_attention_heads`); keys and
+  values are shared across head groups by `scaled_dot_product_attention(enable_gqa=True)` instead
+  of being copied, so GQA saves memory and the KV cache shrinks by the group factor.
+- Attention is `torch.nn.functional.scaled_dot_product_attention` with `is_causal`, which picks the
+  flash / memory-efficient kernel for the device; no explicit T x T mask is built in training.
+- SwiGLU MLP (`down(silu(gate(x)) * up(x))`), hidden size 8/3 of the model width rounded up to a
+  multiple of 64 (1408 at width 512), which keeps matmul shapes kernel-friendly.
+- No biases anywhere; input and output embeddings are tied by default (at vocab 6400 and width
+  512, the untied head would add 3.3M parameters, 11% of the model, for little gain at this size).
+- Parameter names follow HuggingFace `LlamaForCausalLM` exactly (`model.embed_tokens`,
+  `model.layers.N.self_attn.{q,k,v,o}_proj`, `model.layers.N.mlp.{gate,up,down}_proj`,
+  `model.layers.N.{input,post_attention}_layernorm`, `model.norm`, `lm_head`), so exporting is a
+  config translation plus a file rename.
+- Generation keeps a preallocated KV cache per layer: the prompt is processed once (prefill), then
+  each new token costs one position. Greedy at temperature 0; temperature and top-k sampling use
+  a seeded generator so a sample can be reproduced.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from minillm_core.config import CoreConfig
+
+
+class ModelConfig(CoreConfig):
+    """Shape of the network. Defaults are the seed's (about 29M parameters, MHA)."""
+
+    vocab_size: int = Field(6400, ge=2, description="tokenizer vocabulary size")
+    hidden_size: int = Field(512, ge=8, description="model width")
+    num_hidden_layers: int = Field(8, ge=1, description="transformer blocks")
+    num_attention_heads: int = Field(8, ge=1, description="query heads")
+    num_key_value_heads: int | None = Field(
+        None, ge=1, description="key/value heads for grouped-query attention; None = one per query head")
+    intermediate_size: int | None = Field(
+        None, ge=1, description="SwiGLU hidden size; None = 8/3 x hidden rounded up to a multiple of 64")
+    max_position_embeddings: int = Field(32768, ge=1, description="longest sequence RoPE is defined for")
+    rope_theta: float = Field(1e6, gt=0, description="RoPE base; large so long contexts stay distinct")
+    rms_norm_eps: float = Field(1e-5, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on attention and residual outputs")
+    tie_word_embeddings: bool = Field(True, description="share the input embedding and output head")
+    initializer_range: float = Field(0.02, gt=0, description="std of the normal weight init")
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> "ModelConfig":
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
+                             f"num_attention_heads {self.num_attention_heads}")
+        if self.num_attention_heads % self.kv_heads:
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not divisible by "
+                             f"num_key_value_heads {self.kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} must be even for rotary embeddings")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def ffn_size(self) -> int:
+        if self.intermediate_size is not None:
+            return self.intermediate_size
+        return 64 * math.ceil(self.hidden_size * 8 / 3 / 64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 even under autocast: the mean of squares loses precision in bf16.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.type_as(x)
+
+
+def rope_tables(head_dim: int, length: int, theta: float, device: torch.device | str | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables [length, head_dim] for positions 0..length-1 (rotate-half layout)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim)
+    angles = torch.outer(torch.arange(length, dtype=torch.float64, device=device), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    # Computed in float64 then rounded once, so the tables do not depend on how long they are.
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, H, T, D] by the angles of its positions (cos/sin [T, D])."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).type_as(x)
+
+
+class KVCache:
+    """Preallocated keys and values for every layer, filled left to right during generation."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device: torch.device,
+                 dtype: torch.dtype):
+        shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        self.length = 0  # positions already stored (same for every layer once a forward finishes)
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions > {self.max_len}")
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(layer, k, v)
+        if past == 0:
+            # Training and prefill: plain causal attention over the block.
+            mask, causal = None, True
+        elif t == 1:
+            # One new token attends to every cached position: no mask needed.
+            mask, causal = None, False
+        else:
+            # Several new tokens after a cached prefix: query i sees keys 0..past+i.
+            s = k.shape[2]
+            mask = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            causal = False
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv != self.n_heads)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.ffn_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.ffn_size, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None, layer: int) -> torch.Tensor:
+        x = x + self.resid_dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache, layer))
+        return x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))
+
+
+class Backbone(nn.Module):
+    """The `model.` prefix of Llama's names: embeddings, blocks and the final norm."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+class MiniLLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        # GPT-2's scaled init: each residual branch's output projection gets std / sqrt(2 L), so
+        # the residual stream's variance does not grow with depth at initialisation.
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=cfg.initializer_range / math.sqrt(2 * cfg.num_hidden_layers))
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        # RoPE tables are derived, not learned: kept out of the state dict and grown on demand.
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _init_weights(self, m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=self.config.initializer_range)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Distinct parameters (a tied embedding counts once)."""
+        seen, total = set(), 0
+        for p in self.parameters():
+            if id(p) in seen or (trainable_only and not p.requires_grad):
+                continue
+            seen.add(id(p))
+            total += p.numel()
+        return total
+
+    def _rope_for(self, start: int, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        end = start + length
+        if end > self.config.max_position_embeddings:
+            raise ValueError(f"sequence of {end} positions exceeds max_position_embeddings "
+                             f"{self.config.max_position_embeddings}")
+        if self._rope is None or self._rope[0].shape[0] < end or self._rope[0].device != device:
+            size = min(max(end, 2 * (self._rope[0].shape[0] if self._rope else 0), 256),
+                       self.config.max_position_embeddings)
+            # Built outside inference mode: tables made during generation are reused in training.
+            with torch.inference_mode(False):
+                self._rope = rope_tables(self.config.head_dim, size, self.config.rope_theta, device)
+        cos, sin = self._rope
+        return cos[start:end], sin[start:end]
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits [B, T, V] for input_ids [B, T]; with `cache`, positions continue after it."""
+        start = cache.length if cache is not None else 0
+        cos, sin = self._rope_for(start, input_ids.shape[1], input_ids.device)
+        x = self.model.dropout(self.model.embed_tokens(input_ids))
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos.to(x.dtype), sin.to(x.dtype), cache, i)
+        if cache is not None:
+            cache.length += input_ids.shape[1]
+        return self.lm_head(self.model.norm(x))
+
+    # -----------------------------------------------------------------------------------------
+    # Generation
+    # -----------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def stream(self, ids: Sequence[int] | torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+               top_k: int | None = None, stop_ids: Sequence[int] = (), seed: int | None = None
+               ) -> Iterator[torch.Tensor]:
+        """Yield the next token of each row ([B] long tensor) until every row stopped.
+
+        `ids` is one prompt (list of ints or 1-D tensor) or a batch [B, T] of equal-length prompts.
+        A row that produced a stop id keeps yielding that stop id until the others finish.
+        """
+        prompt = torch.as_tensor(ids, dtype=torch.long, device=self.lm_head.weight.device)
+        if prompt.dim() == 1:
+            prompt = prompt.unsqueeze(0)
+        b, t = prompt.shape
+        if t == 0:
+            raise ValueError("generate needs a non-empty prompt")
+        total = min(t + max_new_tokens, self.config.max_position_embeddings)
+        was_training = self.training
+        self.eval()
+        try:
+            cache = KVCache(self.config, b, total, prompt.device, self.lm_head.weight.dtype)
+            gen = None
+            if temperature > 0:
+                gen = torch.Generator(device=prompt.device)
+                gen.manual_seed(seed if seed is not None else torch.seed())
+            stops = torch.tensor(list(stop_ids), dtype=torch.long, device=prompt.device)
+            done = torch.zeros(b, dtype=torch.bool, device=prompt.device)
+            logits = self(prompt, cache)[:, -1]
+            for _ in range(total - t):
+                nxt = _pick(logits.float(), temperature, top_k, gen)
+                if len(stops):
+                    # Finished rows repeat their stop id, so callers can cut at the first one.
+                    nxt = torch.where(done, stops[0], nxt)
+                    done |= torch.isin(nxt, stops)
+                yield nxt
+                if bool(done.all()) or cache.length >= total:
+                    break
+                logits = self(nxt.unsqueeze(1), cache)[:, -1]
+        finally:
+            self.train(was_training)
+
+    def generate(self, ids: Sequence[int] | torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int | None = None, stop_ids: Sequence[int] = (), seed: int | None = None
+                 ) -> list[int] | list[list[int]]:
+        """New token ids after the prompt (the stop id included when one was produced).
+
+        One prompt gives a list of ints; a batch [B, T] gives one list per row.
+        """
+        batched = torch.is_tensor(ids) and ids.dim() == 2
+        rows: list[list[int]] | None = None
+        stop_set = set(int(s) for s in stop_ids)
+        finished: list[bool] = []
+        for nxt in self.stream(ids, max_new_tokens, temperature, top_k, stop_ids, seed):
+            if rows is None:
+                rows, finished = [[] for _ in range(nxt.shape[0])], [False] * nxt.shape[0]
+            for r, tok in enumerate(nxt.tolist()):
+                if not finished[r]:
+                    rows[r].append(tok)
+                    finished[r] = tok in stop_set
+        rows = rows or [[]]
+        return rows if batched else rows[0]
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_k: int | None,
+          gen: torch.Generator | None) -> torch.Tensor:
+    """Next token per row from logits [B, V]: argmax at temperature 0, else a seeded sample."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(1)

@@ -1,0 +1,58 @@
+"""The two run profiles as data: `smoke` (CPU, float32, trimmed data, a few steps) and `gpu`
+(cuda, bfloat16, full data, the seed's defaults).
+
+A profile is a preset of field values per concern, layered over the config models' defaults by
+`CoreConfig.resolve`. Only the Dagster resource and the command-line front ends read this module;
+stage functions take explicit config objects and never ask which profile is active.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minillm_core.config import ConfigError
+
+Preset = dict[str, dict[str, Any]]
+
+_SMOKE_TRAIN = {"device": "cpu", "dtype": "float32", "batch_size": 4, "accumulation_steps": 1,
+                "compile": False, "log_interval": 1, "save_interval": 2}
+
+PROFILES: dict[str, Preset] = {
+    "smoke": {
+        "mix": {"max_records": {"pretrain": 64, "sft": 16, "dpo": 8}},
+        "tokenizer": {"vocab_size": 1024},
+        "tensors": {"max_length": 128},
+        "model": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                  "num_key_value_heads": 2},
+        "pretrain": {**_SMOKE_TRAIN, "epochs": 1, "max_steps": 6, "learning_rate": 3e-3},
+        "sft": {**_SMOKE_TRAIN, "epochs": 1, "max_steps": 4, "learning_rate": 1e-3},
+        "dpo": {**_SMOKE_TRAIN, "epochs": 1, "max_steps": 3, "learning_rate": 1e-4},
+        "eval": {"device": "cpu", "dtype": "float32", "max_samples": 8, "max_new_tokens": 16,
+                 "batch_size": 4},
+        # A few CPU steps teach nothing: smoke checks only that scores are finite and in range.
+        "eval_checks": {"pretrain": {}, "sft": {}, "dpo": {}},
+    },
+    "gpu": {
+        "mix": {},
+        "tokenizer": {},
+        "tensors": {"max_length": 2048},
+        "model": {},
+        "pretrain": {"device": "cuda", "dtype": "bfloat16", "compile": True, "epochs": 2},
+        "sft": {"device": "cuda", "dtype": "bfloat16", "compile": True},
+        "dpo": {"device": "cuda", "dtype": "bfloat16", "compile": True},
+        "eval": {"device": "cuda", "dtype": "bfloat16"},
+        # stage -> metric -> (min, max): what a full run reaches with a wide margin.
+        "eval_checks": {
+            "pretrain": {"bits_per_byte": (None, 2.0)},
+            "sft": {"identity_score": (1.0, None), "identity_foreign": (None, 0.0)},
+            "dpo": {"preference_accuracy": (0.5, None), "identity_score": (1.0, None)},
+        },
+    },
+}
+
+
+def preset(profile: str, concern: str) -> dict[str, Any]:
+    """The profile's field values for one concern (a copy; empty when it sets none)."""
+    if profile not in PROFILES:
+        raise ConfigError(f"profile: unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
+    return dict(PROFILES[profile].get(concern, {}))

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Create the virtualenv, install MiniLLM into it once, build the rustbpe extension, and prepare a
+# project-local Dagster home. Safe to run again: it reinstalls only when pyproject.toml, the Rust
+# sources or ENABLE_RUSTBPE changed since the last install ($VENV_DIR/.deps_installed).
+#
+#   PYTHON          interpreter for the venv (default: python3)
+#   VENV_DIR        virtualenv folder (default: .venv in the project)
+#   ENABLE_RUSTBPE  unset: build rustbpe when cargo exists, else use the pure-Python trainer
+#                   1: rustbpe is required (fail without a Rust toolchain)   0: skip it
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+VENV_DIR="${VENV_DIR:-.venv}"
+case "$VENV_DIR" in /*) ;; *) VENV_DIR="$ROOT/$VENV_DIR" ;; esac
+RUSTBPE="${ENABLE_RUSTBPE:-auto}"
+case "$RUSTBPE" in auto|0|1) ;; *) echo "setup: ENABLE_RUSTBPE must be 0, 1 or unset (got '$RUSTBPE')" >&2; exit 2 ;; esac
+
+if [ ! -x "$VENV_DIR/bin/python" ]; then
+  echo "setup: creating virtualenv $VENV_DIR with $PYTHON"
+  "$PYTHON" -m venv "$VENV_DIR"
+fi
+PIP=("$VENV_DIR/bin/python" -m pip --disable-pip-version-check)
+
+stamp="$(cd "$ROOT" && cat pyproject.toml rustbpe/Cargo.toml rustbpe/pyproject.toml \
+  $(find rustbpe/src -type f 2>/dev/null | sort) 2>/dev/null | sha256sum | cut -c1-16)-rustbpe=$RUSTBPE"
+if [ "$(cat "$VENV_DIR/.deps_installed" 2>/dev/null)" != "$stamp" ]; then
+  echo "setup: installing MiniLLM and its dependencies into $VENV_DIR (first run: a few minutes)"
+  "${PIP[@]}" install -q -e "$ROOT[dev]"
+  if [ "$RUSTBPE" = 0 ]; then
+    "${PIP[@]}" uninstall -q -y minillm-rustbpe >/dev/null 2>&1 || true
+    echo "setup: ENABLE_RUSTBPE=0: rustbpe skipped; the tokenizer trains with the pure-Python trainer"
+  elif command -v cargo >/dev/null 2>&1; then
+    echo "setup: building the rustbpe extension (cargo, release)"
+    if ! "${PIP[@]}" install -q "$ROOT/rustbpe"; then
+      if [ "$RUSTBPE" = 1 ]; then echo "setup: rustbpe failed to build and ENABLE_RUSTBPE=1" >&2; exit 1; fi
+      echo "setup: WARNING: rustbpe failed to build; the tokenizer trains with the pure-Python trainer" >&2
+    fi
+  elif [ "$RUSTBPE" = 1 ]; then
+    echo "setup: ENABLE_RUSTBPE=1 but no Rust toolchain (cargo) is on PATH; install one from rustup.rs" >&2
+    exit 1
+  else
+    echo "setup: no Rust toolchain found: rustbpe not built; the tokenizer trains with the pure-Python trainer"
+  fi
+  echo "$stamp" > "$VENV_DIR/.deps_installed"
+fi
+
+# A project-local Dagster home: run history survives restarts, telemetry is off, training runs
+# queue on one pool slot (one device), and the web UI's first-visit dialog is skipped.
+export DAGSTER_HOME="${DAGSTER_HOME:-$ROOT/.dagster}"
+mkdir -p "$DAGSTER_HOME/.nux"
+if [ ! -f "$DAGSTER_HOME/dagster.yaml" ]; then
+  cat > "$DAGSTER_HOME/dagster.yaml" <<'YAML'
+telemetry:
+  enabled: false
+concurrency:
+  pools:
+    default_limit: 1
+YAML
+fi
+[ -f "$DAGSTER_HOME/.nux/nux.yaml" ] || echo "seen: 1" > "$DAGSTER_HOME/.nux/nux.yaml"
+export VENV_DIR

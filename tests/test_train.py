@@ -1,0 +1,295 @@
+"""The training loop on tiny in-memory data: overfitting per stage, the SFT mask, DPO at step 0,
+guards (NaN, unfrozen reference, mismatched data / resume state), the data stream, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from minillm_core.checkpoint import load_checkpoint, save_checkpoint
+from minillm_core.config import ConfigError
+from minillm_core.model import MiniLLM, ModelConfig
+from minillm_core.objectives import DPOLoss, sft_loss
+from minillm_core.train import (NonFiniteLossError, SampleStream, TrainConfig, collate_batch,
+                                lr_at, parse_train_args, train, train_overrides)
+
+V = 64
+MODEL = ModelConfig(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2)
+
+
+class Rows(torch.utils.data.Dataset):
+    """A map-style dataset of token rows (the TOKEN ROWS convention) held in memory."""
+
+    def __init__(self, rows, stage, vocab_size=V, pad_id=0, tokenizer_hash="tok-a"):
+        self.rows = rows
+        self.meta = {"stage": stage, "vocab_size": vocab_size, "pad_id": pad_id,
+                     "tokenizer_hash": tokenizer_hash, "data_hash": f"{stage}-{len(rows)}"}
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def chat_row(seq: torch.Tensor, mask: torch.Tensor) -> dict:
+    labels = torch.where(mask[1:] == 1, seq[1:], torch.full_like(seq[1:], -100))
+    return {"input_ids": seq[:-1], "labels": labels, "loss_mask": mask[1:].long()}
+
+
+def pretrain_rows(n=4, g=None):
+    g = g or torch.Generator().manual_seed(1)
+    rows = []
+    for i in range(n):
+        seq = torch.randint(1, V, (10 + 2 * i,), generator=g)
+        rows.append({"input_ids": seq[:-1], "labels": seq[1:]})
+    return Rows(rows, "pretrain")
+
+
+def sft_rows(n=4):
+    g = torch.Generator().manual_seed(2)
+    rows = []
+    for i in range(n):
+        seq = torch.randint(1, V, (14 + i,), generator=g)
+        mask = torch.zeros_like(seq)
+        mask[8:] = 1  # the first 8 tokens are the user's turn
+        rows.append(chat_row(seq, mask))
+    return Rows(rows, "sft")
+
+
+def dpo_rows(n=4):
+    g = torch.Generator().manual_seed(3)
+    rows = []
+    for i in range(n):
+        prompt = torch.randint(1, V, (6,), generator=g)
+        mask = torch.tensor([0] * 6 + [1] * (4 + i))
+        parts = {}
+        for side in ("chosen", "rejected"):
+            seq = torch.cat([prompt, torch.randint(1, V, (4 + i,), generator=g)])
+            r = chat_row(seq, mask)
+            parts[f"{side}_input_ids"], parts[f"{side}_labels"] = r["input_ids"], r["labels"]
+        rows.append(parts)
+    return Rows(rows, "dpo")
+
+
+def cfg(stage, out, **kw) -> TrainConfig:
+    base = dict(stage=stage, out_dir=str(out), data_path="mem", batch_size=4, accumulation_steps=1,
+                epochs=1000, log_interval=50, save_interval=1000, warmup_steps=0, min_lr_ratio=1.0,
+                weight_decay=0.0)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core box; tiny models gain nothing from threads
+    yield
+    torch.set_num_threads(prev)
+
+
+# ------------------------------------------------------------------------------ overfitting
+
+def test_pretrain_overfits_a_tiny_batch_and_writes_artifacts(tmp_path):
+    rep = train(cfg("pretrain", tmp_path, learning_rate=1e-2, max_steps=80), MODEL, dataset=pretrain_rows())
+    assert rep.final_loss < 0.1, rep.final_loss
+    assert rep.steps == 80 and rep.num_parameters == MiniLLM(MODEL).num_parameters()
+    assert rep.tokens_seen == 80 * sum(9 + 2 * i for i in range(4))
+    for f in ("model.safetensors", "model.json", "resume.pt", "loss.png"):
+        assert (tmp_path / f).exists(), f
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["stage"] == "pretrain" and meta["step"] == 80 and meta["finished"]
+    assert meta["tokenizer_hash"] == "tok-a" and meta["model"]["hidden_size"] == 64
+    json.dumps(rep.metadata)  # JSON-able for the UI
+    model, _ = load_checkpoint(tmp_path)
+    row = pretrain_rows()[0]
+    assert torch.equal(model(row["input_ids"][None])[0].argmax(-1), row["labels"])
+
+
+def _pretrained(tmp_path) -> Path:
+    d = tmp_path / "pre"
+    torch.manual_seed(0)
+    save_checkpoint(d, MiniLLM(MODEL), {"stage": "pretrain", "step": 0, "tokenizer_hash": "tok-a"})
+    return d
+
+
+def test_sft_overfits_from_pretrained_weights(tmp_path):
+    pre = _pretrained(tmp_path)
+    rep = train(cfg("sft", tmp_path / "sft", learning_rate=1e-2, max_steps=60, pretrained_path=str(pre)),
+                MODEL, dataset=sft_rows())
+    assert rep.final_loss < 0.1, rep.final_loss
+    assert json.loads((tmp_path / "sft" / "model.json").read_text())["init_from"] == str(pre)
+
+
+def test_dpo_overfits(tmp_path):
+    pre = _pretrained(tmp_path)
+    rep = train(cfg("dpo", tmp_path / "dpo", learning_rate=1e-2, max_steps=40, beta=0.5,
+                    pretrained_path=str(pre)), MODEL, dataset=dpo_rows())
+    assert rep.final_loss < 0.05, rep.final_loss
+
+
+# ------------------------------------------------------------------------------ objectives
+
+def test_sft_loss_ignores_non_assistant_targets():
+    torch.manual_seed(0)
+    model = MiniLLM(MODEL)
+    rows = sft_rows()
+    items = list(enumerate(rows[i] for i in range(len(rows))))
+    batch = collate_batch(items, stage="sft", pad_id=0, max_len=64)
+    base, _ = sft_loss(model, batch)
+    # Give a user position a real target (as a wrong label pipeline would): nothing changes.
+    tampered = dict(batch)
+    tampered["labels"] = batch["labels"].clone()
+    tampered["labels"][:, 2] = 5
+    same, _ = sft_loss(model, tampered)
+    assert torch.equal(base, same)
+    # ...while an assistant target does change it (the test can see a change).
+    tampered["labels"][:, 10] = (batch["labels"][:, 10] + 1) % V
+    other, _ = sft_loss(model, tampered)
+    assert not torch.equal(base, other)
+
+
+def test_dpo_step0_loss_is_ln2(tmp_path):
+    pre = _pretrained(tmp_path)
+    ref, _ = load_checkpoint(pre)
+    ref.requires_grad_(False)
+    policy, _ = load_checkpoint(pre)
+    policy.train()
+    items = list(enumerate(dpo_rows()[i] for i in range(4)))
+    batch = collate_batch(items, stage="dpo", pad_id=0, max_len=64)
+    loss, m = DPOLoss(ref, beta=0.1)(policy, batch)
+    assert abs(loss.item() - math.log(2)) < 1e-6
+    assert m["reward_margin"].item() == 0.0
+    # and through the loop: the first step's loss
+    rep = train(cfg("dpo", tmp_path / "dpo", learning_rate=1e-3, max_steps=1, pretrained_path=str(pre)),
+                MODEL, dataset=dpo_rows())
+    assert abs(rep.final_loss - math.log(2)) < 1e-6
+
+
+def test_dpo_refuses_a_reference_that_is_not_frozen():
+    ref = MiniLLM(MODEL).eval()
+    with pytest.raises(ValueError, match="not frozen"):
+        DPOLoss(ref, beta=0.1)
+
+
+def test_dpo_reference_cache_gives_the_same_numbers():
+    torch.manual_seed(0)
+    ref = MiniLLM(MODEL).eval().requires_grad_(False)
+    items = list(enumerate(dpo_rows()[i] for i in range(4)))
+    batch = collate_batch(items, stage="dpo", pad_id=0, max_len=64)
+    cached = DPOLoss(ref, 0.1, cache=True)
+    first = cached.reference_logps(batch)
+    assert len(cached.cache) == 4
+    assert torch.equal(cached.reference_logps(batch), first)
+    again = DPOLoss(ref, 0.1, cache=True)
+    again.load_state_dict(cached.state_dict())
+    assert torch.equal(again.reference_logps(batch), first)
+
+
+# ------------------------------------------------------------------------------ guards
+
+def test_nan_in_a_batch_stops_with_step_records_and_last_checkpoint(tmp_path):
+    """A corrupted embedding row for token 63 makes exactly the batches holding 63 non-finite."""
+    torch.manual_seed(0)
+    model_cfg = MODEL.model_copy(update={"tie_word_embeddings": False})
+    bad = MiniLLM(model_cfg)
+    with torch.no_grad():
+        bad.model.embed_tokens.weight[V - 1] = float("nan")
+    save_checkpoint(tmp_path / "pre", bad, {"stage": "pretrain", "tokenizer_hash": "tok-a"})
+    rows = [{"input_ids": torch.arange(1, 9), "labels": torch.arange(2, 10)} for _ in range(7)]
+    rows.append({"input_ids": torch.tensor([1, 2, V - 1, 3]), "labels": torch.tensor([2, V - 1, 3, 4])})
+    ds = Rows(rows, "sft")
+    c = cfg("sft", tmp_path / "sft", learning_rate=1e-3, batch_size=1, epochs=1, save_interval=2,
+            pretrained_path=str(tmp_path / "pre"), seed=0)
+    from minillm_core.train import SampleStream
+    at = SampleStream(0, 8).indices(0, 8).index(7)  # where row 7 falls in the data order
+    with pytest.raises(NonFiniteLossError) as err:
+        train(c, model_cfg, dataset=ds)
+    msg = str(err.value)
+    assert f"at step {at + 1}" in msg and "rows [7]" in msg
+    last = (at // 2) * 2
+    assert (f"last good checkpoint: {tmp_path / 'sft'} (step {last})" in msg) if last else "none yet" in msg
+
+
+def test_data_of_another_stage_vocab_or_tokenizer_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="holds sft rows"):
+        train(cfg("pretrain", tmp_path, max_steps=1), MODEL, dataset=sft_rows())
+    with pytest.raises(ConfigError, match="100-token tokenizer but the model has vocab_size 64"):
+        train(cfg("pretrain", tmp_path, max_steps=1), MODEL, dataset=Rows([], "pretrain", vocab_size=100))
+    with pytest.raises(ConfigError, match="tokenizer mismatch"):
+        train(cfg("pretrain", tmp_path, max_steps=1, tokenizer_hash="tok-b"), MODEL, dataset=pretrain_rows())
+
+
+def test_resume_state_from_other_settings_is_refused_naming_the_difference(tmp_path):
+    c = cfg("pretrain", tmp_path, learning_rate=1e-3, max_steps=4, save_interval=2, epochs=10)
+    first = pretrain_rows()
+    # leave an unfinished resume state behind: stop right after the step-2 save
+    import minillm_core.train as T
+    orig = T.save_resume
+    calls = []
+
+    def boom(path, state):
+        orig(path, state)
+        calls.append(state["step"])
+        raise KeyboardInterrupt
+
+    T.save_resume = boom
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(c, MODEL, dataset=first)
+    finally:
+        T.save_resume = orig
+    assert calls == [2]
+    with pytest.raises(ConfigError, match=r"train.learning_rate: 0.001 there, 0.002 now"):
+        train(c.model_copy(update={"learning_rate": 2e-3}), MODEL, dataset=first)
+    with pytest.raises(ConfigError, match=r"data.tokenizer_hash: 'tok-a' there, 'tok-b' now"):
+        train(c, MODEL, dataset=Rows(first.rows, "pretrain", tokenizer_hash="tok-b"))
+    rep = train(c, MODEL, dataset=first)  # same settings: resumes and finishes
+    assert rep.steps == 4
+
+
+# ------------------------------------------------------------------------------ plumbing
+
+def test_stream_is_a_pure_function_of_seed_epoch_and_position():
+    s = SampleStream(5, 10)
+    whole = s.indices(0, 30)
+    assert sorted(whole[:10]) == list(range(10)) and whole[:10] != whole[10:20]
+    assert SampleStream(5, 10).indices(13, 27) == whole[13:27]
+
+
+def test_collate_pads_dpo_pairs_to_the_longest_of_both_sides():
+    items = list(enumerate(dpo_rows()[i] for i in range(2)))
+    b = collate_batch(items, stage="dpo", pad_id=0, max_len=64)
+    assert b["input_ids"].shape == (4, 6 + 5 - 1)
+    assert (b["labels"][0, -1] == -100) and b["num_tokens"] == 2 * (9 + 10)
+
+
+def test_lr_warms_up_then_decays_to_the_floor():
+    c = TrainConfig(stage="pretrain", learning_rate=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    lrs = [lr_at(s, 100, c) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_stage_defaults_and_cli_overrides():
+    assert TrainConfig(stage="pretrain").epochs == 2
+    assert TrainConfig(stage="dpo").pretrained_path == "out/sft"
+    t, m = train_overrides("pretrain", ["--batch_size", "8", "--learning_rate", "3e-4", "--hidden_size", "64",
+                                        "--resume", "false", "--compile"])
+    assert t == {"batch_size": 8, "learning_rate": 3e-4, "resume": False, "compile": True}
+    assert m == {"hidden_size": 64}
+    c, mc = parse_train_args("sft", ["--profile", "smoke", "--max_steps", "2"])
+    assert (c.max_steps, c.batch_size, c.learning_rate, mc.hidden_size) == (2, 4, 1e-3, 64)
+    assert c.accumulation_steps == 1 and c.pretrained_path == "out/pretrain"
+
+
+def test_smoke_profile_fields_exist():
+    from minillm_core.profiles import PROFILES
+    for stage in ("pretrain", "sft", "dpo"):
+        for profile in PROFILES:
+            TrainConfig(stage=stage, **PROFILES[profile][stage])
+    ModelConfig(**PROFILES["smoke"]["model"])
