@@ -21,9 +21,11 @@ measured in the same run (best of a few 2048^3 matmuls, before and after the tri
 is used). Pretrain and SFT rows are full 512-token rows (no padding advantage: pure compute).
 DPO pairs have realistic lengths: each side's length is drawn log-normal with median 200 tokens
 (sigma 0.6, clipped to 32..512), the prompt being the first 40% of it, the shape of public Chinese
-preference sets truncated at 512. minimind pads both sides to 512; we pad each batch to its
-longest row, run the reference under inference_mode and, from the second epoch, reuse its cached
-log-probabilities. The load average (1 min) is recorded beside each figure: other jobs on a
+preference sets truncated at 512. minimind pads both sides to 512; we group pairs of similar
+length into batches (`group_by_length`, on for DPO), pad each batch to its longest row, run the
+reference under inference_mode and, from the second epoch, reuse its cached log-probabilities.
+Grouping changes which pairs share a step, so DPO's per-step losses are of different batches than
+minimind's (at the seed's learning rate of 4e-8 all stay at ln 2 within float noise). The load average (1 min) is recorded beside each figure: other jobs on a
 2-core machine distort timings.
 """
 
@@ -120,17 +122,25 @@ def child(impl: str, stage: str, steps: int, work: Path) -> dict:
     result: dict = {"impl": impl, "stage": stage, "threads": torch.get_num_threads(),
                     "load_start": os.getloadavg()[0]}
     if impl == "ours":
-        stamps: list[float] = []
-        rep = train(cfg, model_cfg, log=lambda line: stamps.append(time.perf_counter())
-                    if " step " in line else None, dataset=Rows(rows, stage, model_cfg.vocab_size))
+        ds = Rows(rows, stage, model_cfg.vocab_size)
+        if stage == "dpo":
+            # DPO batches differ in length (grouped by length, padded to their longest), so no
+            # step can be left out as warm-up without bias: warm up with a separate one-step run,
+            # then time every step of the measured run from its start.
+            train(cfg.model_copy(update={"out_dir": str(work / "warm"), "max_steps": 1}), model_cfg,
+                  log=lambda line: None, dataset=ds)
+        stamps: list[tuple[float, str]] = []
+        rep = train(cfg, model_cfg, log=lambda line: stamps.append((time.perf_counter(), line)), dataset=ds)
         meta = json.loads((Path(cfg.out_dir) / "model.json").read_text())
-        times = [b - a for a, b in zip(stamps, stamps[1:])]
+        t0 = next(t for t, line in stamps if "trainable parameters" in line)
+        steps_t = [t for t, line in stamps if " step " in line]
+        times = [b - a for a, b in zip([t0] + steps_t, steps_t)]
         result.update(losses=meta["losses"], num_parameters=rep.num_parameters)
         if stage == "dpo":
-            result["step_times"] = times[: steps]          # epoch 1: reference computed
-            result["cached_step_times"] = times[steps:]     # epoch 2: reference log-probs cached
+            result["step_times"] = times[: 1 + steps]          # epoch 1: reference computed
+            result["cached_step_times"] = times[1 + steps:]    # epoch 2: reference log-probs cached
         else:
-            result["step_times"] = times
+            result["step_times"] = times[1:]                 # the first step is the warm-up
     else:
         import minimind_ref as mm
 

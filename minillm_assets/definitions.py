@@ -6,7 +6,7 @@ import os
 
 import dagster as dg
 
-from minillm_assets import data, evaluation, jobs, tokenization, training
+from minillm_assets import data, evaluation, jobs, sensors, tokenization, training
 from minillm_assets.resources import MiniLLMResource
 
 # Every stage is a link in one chain and training must not share its device, so steps run one
@@ -20,6 +20,7 @@ defs = dg.Definitions(
     asset_checks=all_checks,
     jobs=jobs.jobs,
     schedules=jobs.schedules,
+    sensors=sensors.sensors,
     resources={"minillm": MiniLLMResource(profile=os.environ.get("MINILLM_PROFILE", "smoke"))},
     executor=dg.in_process_executor,
 )

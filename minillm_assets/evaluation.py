@@ -29,6 +29,12 @@ def _identity(minillm: MiniLLMResource) -> dict[str, Any]:
     return {k: cfg[k] for k in ("model_name", "model_author") if k in cfg}
 
 
+def _trained_length(minillm: MiniLLMResource, stage: str) -> dict[str, Any]:
+    """Score rows as long as the ones the stage trained on (its token tensors' max length)."""
+    index = minillm.tokens_dir(stage) / "index.json"
+    return {"max_seq_len": read_json(index)["max_length"]} if index.exists() else {}
+
+
 def eval_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinition]:
     name = f"{stage}_eval"
     deps = [f"{stage}_checkpoint", f"{stage}_mix", "tokenizer"] + \
@@ -46,6 +52,7 @@ def eval_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinitio
             "results_file": str(minillm.results_file),
             "tensorboard_dir": str(minillm.tf / "eval"),
             **_identity(minillm),
+            **_trained_length(minillm, stage),
         }
         if stage == "dpo":
             base["reference_checkpoint"] = str(
@@ -55,7 +62,8 @@ def eval_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinitio
             report = evaluate(cfg, log=context.log.info)
         return dg.MaterializeResult(metadata={
             **to_metadata(report.metadata), **to_metadata(report.metrics),
-            "metrics": dg.MetadataValue.json(report.metrics),
+            # The results line stores NaN as null, so a blown-up loss fails the check visibly.
+            "metrics": dg.MetadataValue.json(report.results_line["metrics"]),
             "scores_md": dg.MetadataValue.md(report.table_markdown),
             "samples": dg.MetadataValue.json(report.samples),
             "results_file": dg.MetadataValue.path(str(minillm.results_file))})

@@ -23,12 +23,15 @@ C = TypeVar("C", bound=CoreConfig)
 STAGES = ("pretrain", "sft", "dpo")
 
 
+# The checkout this package lives in: the shipped samples are found here whatever the root.
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
 def project_root() -> Path:
     """`MINILLM_ROOT`, else the checkout this package lives in, else the current directory."""
     if env := os.environ.get("MINILLM_ROOT"):
         return Path(env).resolve()
-    here = Path(__file__).resolve().parents[1]
-    return here if (here / "workspace.yaml").exists() else Path.cwd().resolve()
+    return CHECKOUT if (CHECKOUT / "workspace.yaml").exists() else Path.cwd().resolve()
 
 
 class MiniLLMResource(dg.ConfigurableResource):
@@ -38,7 +41,7 @@ class MiniLLMResource(dg.ConfigurableResource):
     root: str = Field(default="", description="Project root; empty = MINILLM_ROOT or the checkout.")
     sources_dir: str = Field(default="data/chinese", description="Your source JSONL/CSV files.")
     samples_dir: str = Field(default="dataset", description="Shipped samples, used per category "
-                             "when sources_dir has none for it.")
+                             "when sources_dir has none for it (relative: to the checkout).")
     processed_dir: str = Field(default="data/processed", description="Where the mixes go.")
     out_dir: str = Field(default="out", description="Tokenizer, token tensors, checkpoints.")
     tf_dir: str = Field(default="", description="TensorBoard logs and eval_results.jsonl; "
@@ -66,7 +69,8 @@ class MiniLLMResource(dg.ConfigurableResource):
 
     @property
     def samples(self) -> Path:
-        return self._abs(self.samples_dir)
+        path = Path(self.samples_dir).expanduser()
+        return path if path.is_absolute() else CHECKOUT / path
 
     @property
     def processed(self) -> Path:

@@ -7,7 +7,7 @@ from minillm_assets.configs import dagster_config
 from minillm_assets.resources import STAGES, MiniLLMResource
 from minillm_core.artifacts import read_json, sha256_tree
 from minillm_core.tensors import TensorConfig, check_tokens, export_tokens, plot_length_histogram
-from minillm_core.tokenizer import TokenizerConfig, check_tokenizer, train_tokenizer
+from minillm_core.tokenizer import TokenizerConfig, check_tokenizer, load_tokenizer, train_tokenizer
 
 TokenizerRunConfig = dagster_config(TokenizerConfig, "TokenizerRunConfig")
 TensorRunConfig = dagster_config(TensorConfig, "TensorRunConfig")
@@ -67,7 +67,8 @@ def tokens_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinit
                     description="Every row's labels and loss mask line up with its ids; the "
                                 "tensors were built with the current tokenizer.")
     def _check(minillm: MiniLLMResource) -> dg.AssetCheckResult:
-        problems = check_tokens(minillm.tokens_dir(stage))
+        current = load_tokenizer(minillm.tokenizer_dir).hash
+        problems = check_tokens(minillm.tokens_dir(stage), expected_tokenizer_hash=current)
         return dg.AssetCheckResult(passed=not problems,
                                    metadata={"problems": dg.MetadataValue.json(problems[:20])})
 

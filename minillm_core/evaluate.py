@@ -928,6 +928,12 @@ def evaluate(cfg: EvalConfig, log: LogFn | None = None) -> EvalReport:
         # Rewards on the scale training optimised: the checkpoint's own beta.
         trained = (meta.get("train") or {}).get("beta")
         cfg = cfg.model_copy(update={"dpo_beta": float(trained) if trained else 0.1})
+    trained_len = (meta.get("train") or {}).get("max_seq_len")
+    if isinstance(trained_len, int) and cfg.max_seq_len > trained_len:
+        # Not clipped: a fixed eval length keeps runs comparable. But positions the model never
+        # trained on raise its loss, so say so.
+        emit(log, f"eval {cfg.stage}: note: scoring rows up to {cfg.max_seq_len} tokens, the "
+                  f"checkpoint trained on rows up to {trained_len}")
     max_pos = _max_positions(meta)
     if max_pos is not None and cfg.max_seq_len > max_pos:
         emit(log, f"eval {cfg.stage}: max_seq_len {cfg.max_seq_len} > model context {max_pos}; "

@@ -14,7 +14,8 @@ How it stays flat in memory (the requirement: peak RSS must not grow with the so
    counts agree), then q training ordinals from the rest: without replacement when N is large
    enough, else every record k times plus a seeded remainder (the seed re-sampled with
    replacement; whole copies give the same expected counts with less variance), reported as a
-   repeat factor. O(q) integers.
+   repeat factor. O(q) integers, and one byte per record while drawing (Floyd's algorithm;
+   `random.sample` would copy the population into a list of Python ints).
 3. Write. A second pass converts only the chosen records (JSON Lines lines before the next chosen
    one are skipped without parsing) into an unlinked spool file in `out_dir`; the output is then
    assembled from the spool in a seeded shuffled order, repeating records as often as drawn.
@@ -26,8 +27,12 @@ dpo `{"chosen", "rejected", "source", ...}`, where `source` = {file, line, categ
 the record's original fields (a field whose name clashes with a canonical one is kept as
 `original_<name>`, unless it holds the same value).
 
-Evidence: `bench/bench_mix.py` measures throughput and peak RSS at 0.1x, 1x and 10x input; the
-table is in docs/readme/mix.md.
+Evidence: `bench/bench_mix.py` measures throughput and peak RSS at 0.1x, 1x and 10x input (the
+table is in docs/readme/mix.md). On 1 GB of sources the scan read 80 MB/s of JSON Lines by the
+wall clock on a 2-core machine at load 9 (160 MB per CPU-second), and the peak RSS was 1.23x that
+at 1x; what remains of the growth is the O(q) selection, which stops growing once the sources
+exceed the quotas. At the seed's quotas the outputs are 2.7 GB whatever the input size, so
+end-to-end time is dominated by writing them until the sources reach a few GB.
 """
 
 from __future__ import annotations
@@ -412,7 +417,7 @@ def sample_sorted(rng: random.Random, n: int, k: int) -> np.ndarray:
     for j in range(n - k, n):
         t = randbelow(j + 1)
         mark[j if mark[t] else t] = 1
-    return np.flatnonzero(np.frombuffer(mark, dtype=np.uint8)).astype(np.int64)
+    return np.flatnonzero(np.frombuffer(mark, dtype=np.uint8)).astype(np.int64, copy=False)
 
 
 def select(seed: int, output: str, category: str, n_valid: int, quota: int,
@@ -423,16 +428,16 @@ def select(seed: int, output: str, category: str, n_valid: int, quota: int,
     rng = random.Random(f"{seed}:train:{output}:{category}")
     if quota <= pool:
         picks = sample_sorted(rng, pool, quota)
-        mult = np.ones(quota, dtype=np.int64)
+        mult = np.ones(quota, dtype=np.int32)
     else:
         # Fewer records than the quota: every record k times, a seeded remainder once more.
         k, r = divmod(quota, pool)
         picks = np.arange(pool, dtype=np.int64)
-        mult = np.full(pool, k, dtype=np.int64)
+        mult = np.full(pool, k, dtype=np.int32)
         mult[sample_sorted(rng, pool, r)] += 1
     # Pool index -> ordinal among all records, stepping over the held-out ones (stays sorted).
-    adjusted = held - np.arange(n_heldout, dtype=np.int64)
-    return held, picks + np.searchsorted(adjusted, picks, side="right"), mult
+    picks += np.searchsorted(held - np.arange(n_heldout, dtype=np.int64), picks, side="right")
+    return held, picks, mult
 
 
 # ------------------------------------------------------------------------------- writing
@@ -442,25 +447,22 @@ class _Spool:
 
     def __init__(self, directory: Path):
         self.f = tempfile.TemporaryFile(dir=directory, prefix=".mix-spool-")
-        self.offsets = array("q")
-        self.pos = 0
+        self.bounds = array("q", [0])  # record s is bytes bounds[s]:bounds[s + 1]
 
     def add(self, rec: dict) -> int:
         data = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
         self.f.write(data)
-        self.offsets.append(self.pos)
-        self.pos += len(data)
-        return len(self.offsets) - 1
+        self.bounds.append(self.bounds[-1] + len(data))
+        return len(self.bounds) - 2
 
     def write(self, slots: array, path: Path) -> int:
         self.f.flush()
-        ends = self.offsets[1:] + array("q", [self.pos])
-        written, fd, offsets = 0, self.f.fileno(), self.offsets
+        written, fd, b = 0, self.f.fileno(), self.bounds
         # pread, not mmap: pages of a mapped spool count in the process's RSS, and the spool
         # grows with the distinct records drawn (1.3 GB at the seed's quotas).
         with open(path, "wb", buffering=1 << 20) as out:
             for s in slots:
-                chunk = os.pread(fd, ends[s] - offsets[s], offsets[s])
+                chunk = os.pread(fd, b[s + 1] - b[s], b[s])
                 out.write(chunk)
                 written += len(chunk)
         return written
@@ -476,7 +478,8 @@ def _write_pass(fs: FileScan, cfg: MixConfig, output: str, wanted: np.ndarray,
     if (st.st_size, st.st_mtime_ns) != (fs.size, fs.mtime_ns):
         raise MixError(f"{fs.display}: changed while the mix was being built; run it again")
     conv = _Converter(cfg, fs.category, output)
-    want = array("q", wanted.astype(np.int64).tobytes())  # 8 bytes each, fast to index
+    want = array("q")
+    want.frombytes(memoryview(np.ascontiguousarray(wanted, dtype=np.int64)).cast("B"))
     ptr, ordinal = 0, 0
 
     def take(line: int, value: Any) -> bool:
@@ -573,55 +576,64 @@ def build_mix(cfg: MixConfig, output: Output, out_dir: Path | str,
                             "distinct_per_category": {}, "heldout_per_category": {},
                             "repeat_factors": {}, "category_repeat": {},
                             "valid_per_category": {}, "records_per_file": {}}
+    # Select every category first: the totals size the occurrence list exactly (no regrowth).
+    chosen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for cat, files in scans.items():
+        c = cfg.categories[cat]
+        n_valid = sum(fs.valid for fs in files)
+        if n_valid == 0:
+            na = sum(fs.not_applicable for fs in files)
+            bad = sum(sum(fs.bad.values()) for fs in files)
+            raise MixError(
+                f"category {cat!r}: no records usable for {output} in "
+                f"{', '.join(fs.display for fs in files)} ({na} valid records of a format "
+                f"that has no {output} form, {bad} bad)")
+        n_held = heldout_count(cfg, n_valid, q[cat])
+        held, train, mult = select(cfg.seed, output, cat, n_valid, q[cat], n_held)
+        pool = n_valid - n_held
+        meta["valid_per_category"][cat] = n_valid
+        meta["distinct_per_category"][cat] = int(len(train))
+        meta["heldout_per_category"][cat] = n_held
+        meta["records_per_category"][cat] = int(mult.sum()) * c.repeat
+        meta["repeat_factors"][cat] = round(q[cat] / pool, 3) if q[cat] > pool else 1.0
+        meta["category_repeat"][cat] = c.repeat
+        if q[cat] > pool:
+            emit(log, f"mix {output}: category {cat} has {pool} distinct training records "
+                      f"for a quota of {q[cat]}: each repeated about {q[cat] / pool:.1f}x")
+        # One sorted list of wanted ordinals per category, multiplicity 0 meaning held out;
+        # both inputs are sorted and disjoint, so a merge by insertion does it without a sort.
+        at = np.searchsorted(train, held)
+        chosen[cat] = (np.insert(train, at, held), np.insert(mult * c.repeat, at, 0))
+        del held, train, mult, at
+
+    # Spool slot of each training occurrence (8 bytes each), filled in source order.
+    train_slots = array("q", [0]) * sum(meta["records_per_category"].values())
+    held_slots = array("q")
+    filled = 0
     spool = _Spool(out_dir)
     try:
-        # Slot numbers of spooled records, one entry per occurrence (array: 8 bytes each).
-        train_slots = array("q")
-        held_slots = array("q")
         for cat, files in scans.items():
-            c = cfg.categories[cat]
-            n_valid = sum(fs.valid for fs in files)
-            if n_valid == 0:
-                na = sum(fs.not_applicable for fs in files)
-                bad = sum(sum(fs.bad.values()) for fs in files)
-                raise MixError(
-                    f"category {cat!r}: no records usable for {output} in "
-                    f"{', '.join(fs.display for fs in files)} ({na} valid records of a format "
-                    f"that has no {output} form, {bad} bad)")
-            n_held = heldout_count(cfg, n_valid, q[cat])
-            held, train, mult = select(cfg.seed, output, cat, n_valid, q[cat], n_held)
-            pool = n_valid - n_held
-            meta["valid_per_category"][cat] = n_valid
-            meta["distinct_per_category"][cat] = int(len(train))
-            meta["heldout_per_category"][cat] = n_held
-            meta["records_per_category"][cat] = int(mult.sum()) * c.repeat
-            meta["repeat_factors"][cat] = round(q[cat] / pool, 3) if q[cat] > pool else 1.0
-            meta["category_repeat"][cat] = c.repeat
-            if q[cat] > pool:
-                emit(log, f"mix {output}: category {cat} has {pool} distinct training records "
-                          f"for a quota of {q[cat]}: each repeated about "
-                          f"{q[cat] / pool:.1f}x")
-            # One sorted list of wanted ordinals per category: (ordinal, multiplicity; 0 = held).
-            ords = np.concatenate([train, held])
-            mults = np.concatenate([mult * c.repeat, np.zeros(len(held), dtype=np.int64)])
-            order = np.argsort(ords, kind="stable")
-            ords, mults = ords[order], mults[order]
+            ords, mults = chosen.pop(cat)
             bounds = np.cumsum([0] + [fs.valid for fs in files])
             for i, fs in enumerate(files):
                 lo, hi = np.searchsorted(ords, [bounds[i], bounds[i + 1]])
                 if lo == hi:
                     continue
-                local, m = ords[lo:hi] - bounds[i], mults[lo:hi]
+                m = mults[lo:hi]
 
                 def emit_slot(k: int, slot: int, m: np.ndarray = m, fs: FileScan = fs) -> None:
-                    if m[k]:
-                        train_slots.extend(array("q", [slot]) * int(m[k]))
-                        meta["records_per_file"][fs.display] = \
-                            meta["records_per_file"].get(fs.display, 0) + int(m[k])
+                    nonlocal filled
+                    n = int(m[k])
+                    if n:
+                        train_slots[filled:filled + n] = array("q", [slot]) * n
+                        filled += n
+                        per_file = meta["records_per_file"]
+                        per_file[fs.display] = per_file.get(fs.display, 0) + n
                     else:
                         held_slots.append(slot)
 
-                _write_pass(fs, cfg, output, local, emit_slot, spool)
+                _write_pass(fs, cfg, output, ords[lo:hi] - bounds[i], emit_slot, spool)
+        assert filled == len(train_slots), (filled, len(train_slots))
         random.Random(f"{cfg.seed}:order:{output}").shuffle(train_slots)
         random.Random(f"{cfg.seed}:order-heldout:{output}").shuffle(held_slots)
         with atomic_path(main_path) as tmp_main, atomic_path(held_path) as tmp_held:

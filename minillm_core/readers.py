@@ -138,13 +138,16 @@ def sniff(path: Path, display: str, override: str | None = None) -> Sniff:
     first = stripped[:1]
     first_line = stripped.split(b"\n", 1)[0].strip()
     if first in (b"{", b"["):
-        try:
-            value = json.loads(first_line.decode("utf-8", "replace"))
-        except json.JSONDecodeError:
-            value = None
+        value = _whole_value(first_line)
+        if first == b"{" and not isinstance(value, dict):
+            # A corrupt first line must cost one record, not the file: JSON Lines if another
+            # unindented line among the first ones is a whole object (in a pretty-printed stream
+            # the top-level lines are a bare "{" or "}", and inner objects are indented).
+            tops = [ln for ln in stripped.split(b"\n")[1:21] if ln.startswith(b"{")]
+            value = next((v for v in map(_whole_value, tops) if isinstance(v, dict)), None)
+            return Sniff("jsonl" if value is not None else "json_stream")
         if value is None:
-            # The first line is not a whole value: a pretty-printed array or object stream.
-            return Sniff("json_array" if first == b"[" else "json_stream")
+            return Sniff("json_array")  # the first line is not a whole value: a pretty array
         if isinstance(value, dict):
             return Sniff("jsonl")
         # A one-line array is either a nanochat identity line (a list of messages) or a
@@ -160,6 +163,13 @@ def sniff(path: Path, display: str, override: str | None = None) -> Sniff:
     raise MixError(f"{display}: not JSON Lines, a JSON array or CSV (first line starts "
                    f"{header[:40]!r}); for one plain-text document per line set this "
                    "source's container to 'lines' in the mix config")
+
+
+def _whole_value(line: bytes) -> Any:
+    try:
+        return json.loads(line.decode("utf-8", "replace"))
+    except json.JSONDecodeError:
+        return None
 
 
 def _delimiter(body: bytes) -> str:

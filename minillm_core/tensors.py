@@ -25,12 +25,14 @@ Pretrain layouts (`TensorConfig.layout`):
   inside a row, as in nanochat and GPT-2-style pretraining; the BOS tells the model a new
   document starts.
 
-Evidence (the real Chinese corpus of /work/shared/corpus/build_corpus.sh, 61,191 documents, 20 MB,
-tokenized with a 4096-token BPE trained on it; `bench/bench_tensors.py`, see
-docs/readme/tensors.md): at `max_length=2048` the padded layout spends PADDED_2048 of its
-positions on padding (most documents are short reviews and news sentences) and the packed layout
-PACKED_2048; at 512, PADDED_512 against PACKED_512. So `packed` is the default: the same tokens
-train in a small fraction of the steps, and no document is cut.
+Evidence (the real Chinese corpus of /work/shared/corpus/build_corpus.sh, 61,191 documents,
+20 MB, shuffled, tokenized with a 4096-token BPE trained on it: 6.1 M tokens; median document 32-63
+tokens, longest 151,216; `bench/bench_tensors.py`, table in docs/readme/tensors.md): at
+`max_length=2048` the padded layout spends 95.9% of its positions on padding (59.5% even when
+the collator pads each shuffled batch of 4 only to its longest row) and still cuts 211 documents,
+13.9% of all tokens; packing spends 0.02% (the last row) and cuts nothing. At 512: padded 85.8%
+(55.1% batch-longest) and 26% of tokens cut, packed 0.004%. So `packed` is the default: the same
+tokens train in about a twentieth of the steps, and no document is cut.
 
 Truncation (padded pretrain, SFT, DPO): counted per sample (`truncated_samples`,
 `truncated_tokens`, `truncated_assistant_tokens`), reported in one warning with the count and the
@@ -178,6 +180,10 @@ class _Encoder:
         return self.tok.encode(texts, prepend=self.bos_id, append=self.eos_id,
                                num_threads=_threads(self.cfg))
 
+    def pretrain_one(self, text: str) -> list[int]:
+        # A single text skips the batch path, which starts a thread pool per call.
+        return self.tok.encode(text, prepend=self.bos_id, append=self.eos_id)
+
     def chat(self, messages: Any) -> tuple[list[int], list[int]]:
         ids, mask = self.tok.render_conversation({"messages": _messages(messages)}, _NO_LIMIT)
         if len(ids) != len(mask):
@@ -277,7 +283,7 @@ def _record_parts(stage: str, record: Any, enc: _Encoder, stats: "_Stats | None"
         text = record.get("text")
         if not isinstance(text, str):
             raise ValueError('pretrain record without a string "text"')
-        seq = enc.pretrain([text])[0] if text else []
+        seq = enc.pretrain_one(text) if text else []
         return _pretrain_padded(seq, enc, stats, line, record)
     if stage == "sft":
         ids, mask = enc.chat(record)
@@ -321,7 +327,8 @@ def _drop(stats: "_Stats | None", reason: str) -> None:
     return None
 
 
-def encode_record(stage: Stage, record: dict, tokenizer: Any, cfg: TensorConfig) -> dict[str, torch.Tensor] | None:
+def encode_record(stage: Stage, record: dict, tokenizer: Any,
+                  cfg: TensorConfig) -> dict[str, torch.Tensor] | None:
     """One mix record -> one row dict (as `TokenDataset[i]`), or None when the record is dropped
     (empty text, no assistant answer, answer cut away entirely). Always one document per row
     (pretrain truncates at max_length, whatever cfg.layout says): it serves held-out evaluation
@@ -484,7 +491,8 @@ class _Shard:
     def __init__(self, out: Path, index: int, streams: tuple[str, ...], dtype: np.dtype, masked: bool):
         self.out, self.name, self.streams = out, f"shard_{index:05d}", streams
         self.tokens = {s: _NpyStream(out / _file(self.name, s, "tokens"), dtype) for s in streams}
-        self.masks = {s: _NpyStream(out / _file(self.name, s, "mask"), np.uint8) for s in streams} if masked else {}
+        self.masks = ({s: _NpyStream(out / _file(self.name, s, "mask"), np.uint8) for s in streams}
+                      if masked else {})
         self.rows: dict[str, list[tuple[int, int]]] = {s: [] for s in streams}
 
     def close(self, rows: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
@@ -511,7 +519,8 @@ class _RowWriter:
     """Ragged rows (padded pretrain, SFT, DPO): each row is stored unpadded; `shard_rows` per shard."""
 
     def __init__(self, out: Path, streams: tuple[str, ...], dtype: np.dtype, masked: bool, shard_rows: int):
-        self.out, self.streams, self.dtype, self.masked, self.shard_rows = out, streams, dtype, masked, shard_rows
+        self.out, self.streams, self.dtype = out, streams, dtype
+        self.masked, self.shard_rows = masked, shard_rows
         self.shard: _Shard | None = None
         self.shards: list[dict[str, Any]] = []
         self.rows = 0
@@ -667,8 +676,9 @@ def export_tokens(cfg: TensorConfig, stage: Stage, mix_path: Path | str, tokeniz
                     writer.add(parts)
         writer.flush()
         if writer.rows == 0:
+            first = f"; first: {stats.first_invalid}" if stats.first_invalid else ""
             raise ArtifactError(f"{mix_path}: no usable {stage} record ({stats.samples} read, "
-                                f"dropped {stats.dropped or 'none'}{'; first: ' + stats.first_invalid if stats.first_invalid else ''})")
+                                f"dropped {stats.dropped or 'none'}{first})")
         if pretrain_packed:
             tokens, inputs = writer.stream_tokens, writer.stream_tokens - 1
             supervised = inputs
@@ -976,7 +986,8 @@ def _row_problems(row: dict[str, torch.Tensor], stage: str) -> list[str]:
     for prefix in ("chosen_", "rejected_") if stage == "dpo" else ("",):
         ids, labels = row[prefix + "input_ids"], row[prefix + "labels"]
         if ids.dtype != torch.long or labels.shape != ids.shape:
-            out.append(f"{prefix}labels {tuple(labels.shape)} do not match {prefix}input_ids {tuple(ids.shape)}")
+            out.append(f"{prefix}labels {tuple(labels.shape)} do not match "
+                       f"{prefix}input_ids {tuple(ids.shape)}")
             continue
         kept = labels != IGNORE_INDEX
         if not torch.equal(labels[:-1][kept[:-1]], ids[1:][kept[:-1]]):
@@ -1031,16 +1042,19 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="minillm tokens", description=export_tokens.__doc__.split("\n")[0])
     p.add_argument("--stage", required=True, choices=STAGES)
-    p.add_argument("--input", type=Path, help="the stage's JSONL mix (default data/processed/<stage>_chinese.jsonl)")
+    p.add_argument("--input", type=Path,
+                   help="the stage's JSONL mix (default data/processed/<stage>_chinese.jsonl)")
     p.add_argument("--output", type=Path, help="output directory (default out/tokens/<stage>)")
     p.add_argument("--tokenizer", type=Path, default=Path("out/tokenizer"), help="tokenizer directory")
     p.add_argument("--profile", choices=("smoke", "gpu"), help="layer a profile's preset under the flags")
     p.add_argument("--max-length", type=int, help="input positions per row (default 2048)")
     p.add_argument("--layout", choices=("packed", "padded"), help="pretrain row layout (default packed)")
     p.add_argument("--bos-token", help="special token before every pretrain document (default <|bos|>)")
-    p.add_argument("--append-eos", action="store_const", const=True, help="end every pretrain document with --eos-token")
+    p.add_argument("--append-eos", action="store_const", const=True,
+                   help="end every pretrain document with --eos-token")
     p.add_argument("--eos-token", help="end token for --append-eos (default <|assistant_end|>)")
-    p.add_argument("--dtype", choices=("auto", "uint16", "int32", "int64"), help="on-disk dtype (default auto)")
+    p.add_argument("--dtype", choices=("auto", "uint16", "int32", "int64"),
+                   help="on-disk dtype (default auto)")
     p.add_argument("--shard-rows", type=int, help="rows per shard file")
     p.add_argument("--num-threads", type=int, help="encoding threads (default all CPUs)")
     a = p.parse_args(argv)

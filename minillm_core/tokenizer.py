@@ -38,7 +38,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,7 +125,13 @@ class TokenizerConfig(CoreConfig):
     vocab_size: int = Field(6400, description="final vocabulary size, special tokens included")
     pattern: str = Field(DEFAULT_PATTERN, description="split regex (stored with the tokenizer)")
     max_chars_per_doc: int = Field(10_000, gt=0, description="longer documents are truncated")
-    max_chars_total: int = Field(2_000_000_000, gt=0, description="stop reading after this many")
+    # 200M characters, not nanochat's 2B: in Chinese, `\p{L}+` makes nearly every run of Han
+    # characters a distinct chunk, so training memory grows with the text itself (measured with
+    # the Rust trainer: ~21 bytes of RAM per character, 180 MB for the 8.7M characters of the
+    # benchmark corpus), while English chunks repeat and stay small. 200M Chinese characters need
+    # about 4-5 GB; raise it when
+    # the machine has the memory (the metadata reports whether the cap was reached).
+    max_chars_total: int = Field(200_000_000, gt=0, description="stop reading after this many")
     num_threads: int | None = Field(None, gt=0, description="training threads; None = all cores")
     trainer: Literal["auto", "rust", "python"] = Field(
         "auto", description="auto: Rust extension if built, else the pure-Python reference")
@@ -266,8 +272,9 @@ class Tokenizer:
     def token_bytes(self, token_id: int) -> bytes:
         return self.enc.decode_single_token_bytes(token_id)
 
-    @property
+    @cached_property
     def hash(self) -> str:
+        """sha256 of ranks, pattern and special tokens: what tensors and checkpoints record."""
         return _hash_tokenizer(self.mergeable_ranks, self.pattern, self.special_tokens)
 
     # -- encode / decode
@@ -473,7 +480,10 @@ def _train_ranks(texts: Iterable[str], n_ranks: int, pattern: str, num_threads: 
                              "`.venv/bin/pip install ./rustbpe` (needs cargo), or use trainer='auto'")
     if mod is not None:
         tok = mod.Tokenizer()
-        tok.train_from_iterator(iter(texts), n_ranks, pattern=pattern, num_threads=num_threads)
+        try:
+            tok.train_from_iterator(iter(texts), n_ranks, pattern=pattern, num_threads=num_threads)
+        except ValueError as exc:  # a pattern fancy-regex rejects (tiktoken could not serve it)
+            raise TokenizerError(f"minillm_rustbpe: {exc}") from None
         ranks = dict(tok.get_mergeable_ranks())
         return ranks, f"minillm_rustbpe {getattr(mod, '__version__', '?')}"
     if trainer == "auto":
@@ -640,7 +650,8 @@ def quality_metadata(tok: Tokenizer, han_counts: Counter | None = None,
     n = len(tok.mergeable_ranks)
     if n > 256:
         step = max((n - 256) // 24, 1)
-        md["vocab_sample"] = {str(r): tok.id_to_token(r) for r in range(256, n, step)}
+        # [rank, token]; a token that is not whole UTF-8 (part of a character) shows its bytes.
+        md["vocab_sample"] = [[r, _show_token(tok.token_bytes(r))] for r in range(256, n, step)]
         han_tokens = []
         for b, r in tok.mergeable_ranks.items():
             try:
@@ -652,6 +663,13 @@ def quality_metadata(tok: Tokenizer, han_counts: Counter | None = None,
         md["longest_chinese_tokens"] = [s for _, _, s in sorted(han_tokens)[:20]]
         md["multi_char_chinese_tokens"] = len(han_tokens)
     return md
+
+
+def _show_token(b: bytes) -> str:
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return repr(b)
 
 
 def _default_heldout(mix_paths: Sequence[Path]) -> list[Path]:

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -47,8 +47,7 @@ import torch
 from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
-from minillm_core.artifacts import (ArtifactError, MissingArtifactError, atomic_path, require,
-                                    sha256_file)
+from minillm_core.artifacts import ArtifactError, atomic_path, require, sha256_file
 from minillm_core.checkpoint import (RESUME, config_diff, load_checkpoint, load_resume,
                                      load_weights_into, read_meta, require_same_model,
                                      save_checkpoint, save_resume, weights_state)
@@ -65,13 +64,14 @@ IGNORE = -100
 # run through `minillm`.
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "pretrain": {"epochs": 2, "batch_size": 32, "learning_rate": 5e-4, "accumulation_steps": 8,
-                 "max_seq_len": 512, "data_path": "out/tokens/pretrain", "out_dir": "out/pretrain"},
+                 "max_seq_len": 512, "data_path": "out/tokens/pretrain", "out_dir": "out/pretrain",
+                 "group_by_length": False},
     "sft": {"epochs": 2, "batch_size": 16, "learning_rate": 1e-5, "accumulation_steps": 1,
             "max_seq_len": 512, "data_path": "out/tokens/sft", "out_dir": "out/sft",
-            "pretrained_path": "out/pretrain"},
+            "pretrained_path": "out/pretrain", "group_by_length": False},
     "dpo": {"epochs": 1, "batch_size": 4, "learning_rate": 4e-8, "accumulation_steps": 1,
             "max_seq_len": 1024, "data_path": "out/tokens/dpo", "out_dir": "out/dpo",
-            "pretrained_path": "out/sft"},
+            "pretrained_path": "out/sft", "group_by_length": True},
 }
 
 
@@ -109,21 +109,22 @@ class TrainConfig(CoreConfig):
     beta: float = Field(0.1, gt=0, description="DPO temperature")
     cache_reference: bool = Field(True, description="DPO: keep reference log-probs per pair for later "
                                   "epochs (2 floats per pair)")
+    group_by_length: bool | None = Field(None, description="batch rows of similar length together "
+                                         "(less padding); default: on for dpo, off otherwise")
     tokenizer_hash: str | None = Field(None, description="refuse data made with another tokenizer")
     resume: bool = Field(True, description="continue an interrupted run found in out_dir")
     compile: bool = Field(False, description="torch.compile the model")
     seed: int = Field(42, description="model init, data order and dropout")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms for this run")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _stage_defaults(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("stage") in STAGE_DEFAULTS:
-            data = dict(data)
-            for key, value in STAGE_DEFAULTS[data["stage"]].items():
-                if data.get(key) is None:
-                    data[key] = value
-        return data
+    @model_validator(mode="after")
+    def _stage_defaults(self) -> "TrainConfig":
+        # After validation, also on assignment (validate_assignment): a field set to None
+        # always means "the stage's value". Written through __dict__ to not re-trigger validation.
+        for key, value in STAGE_DEFAULTS[self.stage].items():
+            if getattr(self, key) is None:
+                self.__dict__[key] = value
+        return self
 
     @property
     def global_batch(self) -> int:
@@ -154,18 +155,36 @@ class TrainingInterrupted(RuntimeError):
 # Data: a stream of samples over epochs, batches padded to their longest row
 # ---------------------------------------------------------------------------------------------
 
-def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
-    """The dataset permutation of one epoch: a pure function of (seed, epoch)."""
+def epoch_order(seed: int, epoch: int, n: int, lengths: Sequence[int] | None = None,
+                batch: int = 1, chunk_batches: int = 64) -> torch.Tensor:
+    """The dataset permutation of one epoch: a pure function of (seed, epoch[, lengths]).
+
+    With `lengths`, rows of similar length share a batch: the shuffled order is cut into chunks of
+    `chunk_batches` batches, each chunk is sorted by length and cut into batches, and the batches
+    of a chunk are shuffled again. A batch is padded to its longest row, so this removes most of
+    the padding of variable-length rows (DPO pairs) while the data still arrives in random order.
+    """
     g = torch.Generator()
     g.manual_seed((seed * 1_000_003 + epoch) % (2**63))
-    return torch.randperm(n, generator=g)
+    perm = torch.randperm(n, generator=g)
+    if lengths is None or batch <= 1:
+        return perm
+    lens = torch.as_tensor(lengths, dtype=torch.long)
+    out = []
+    size = batch * chunk_batches
+    for lo in range(0, n, size):
+        chunk = perm[lo:lo + size]
+        chunk = chunk[torch.argsort(lens[chunk], descending=True, stable=True)]
+        batches = list(chunk.split(batch))
+        out.extend(batches[i] for i in torch.randperm(len(batches), generator=g).tolist())
+    return torch.cat(out)
 
 
 class SampleStream:
     """Dataset indices of global stream positions [start, end); epoch e = positions e*n .. e*n+n-1."""
 
-    def __init__(self, seed: int, n: int):
-        self.seed, self.n = seed, n
+    def __init__(self, seed: int, n: int, lengths: Sequence[int] | None = None, batch: int = 1):
+        self.seed, self.n, self.lengths, self.batch = seed, n, lengths, batch
         self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
 
     def indices(self, start: int, end: int) -> list[int]:
@@ -174,11 +193,19 @@ class SampleStream:
         while pos < end:
             epoch, offset = divmod(pos, self.n)
             if epoch != self._epoch:
-                self._epoch, self._order = epoch, epoch_order(self.seed, epoch, self.n)
+                self._epoch = epoch
+                self._order = epoch_order(self.seed, epoch, self.n, self.lengths, self.batch)
             take = min(end - pos, self.n - offset)
             out.extend(self._order[offset:offset + take].tolist())
             pos += take
         return out
+
+
+def row_lengths(ds: Any, stage: str) -> list[int]:
+    """Positions each row costs (a DPO pair: its longer side, what its batch is padded to)."""
+    if stage == "dpo":
+        return [max(len(r["chosen_input_ids"]), len(r["rejected_input_ids"])) for r in map(ds.__getitem__, range(len(ds)))]
+    return [len(ds[i]["input_ids"]) for i in range(len(ds))]
 
 
 class _MicroBatches(torch.utils.data.Sampler):
@@ -442,9 +469,9 @@ def _init_weights_dir(cfg: TrainConfig) -> Path | None:
         return None
     if not cfg.pretrained_path:
         raise ConfigError(f"{cfg.stage} starts from trained weights: set pretrained_path")
-    what = {"pretrain": "initial", "sft": "pretrain", "dpo": "SFT"}[cfg.stage]
-    d = require(cfg.pretrained_path, f"{what} checkpoint (run `minillm "
-                f"{ {'sft': 'pretrain', 'dpo': 'sft'}.get(cfg.stage, 'pretrain') }` first)")
+    what, producer = {"pretrain": ("initial", "pretrain"), "sft": ("pretrain", "pretrain"),
+                      "dpo": ("SFT", "sft")}[cfg.stage]
+    d = require(cfg.pretrained_path, f"{what} checkpoint (run `minillm {producer}` first)")
     require(d / "model.safetensors", f"{what} checkpoint weights")
     return d
 
@@ -521,8 +548,9 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None, dataset:
     model.to(device).train()
     n_params = model.num_parameters(trainable_only=True)
     msg = f"{cfg.stage}: {n_params:,} trainable parameters ({n_params / 1e6:.2f}M), {n:,} samples"
-    print(msg, flush=True)
-    emit(log, msg) if log is not None else None
+    print(msg, flush=True)  # stdout, as the seed does, and the log for the Dagster run
+    if log is not None:
+        log(msg)
 
     if cfg.stage == "pretrain":
         objective: Any = pretrain_loss
@@ -578,10 +606,9 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None, dataset:
         objective.reference = torch.compile(objective.reference)
 
     # ---- loader -----------------------------------------------------------------------------
-    stream = SampleStream(cfg.seed, n)
-    from functools import partial
-
-    collate = partial(collate_batch, stage=cfg.stage, pad_id=pad_id, max_len=cfg.max_seq_len,
+    lengths = row_lengths(dataset, cfg.stage) if cfg.group_by_length else None
+    stream = SampleStream(cfg.seed, n, lengths, cfg.batch_size * world)
+    collate = functools.partial(collate_batch, stage=cfg.stage, pad_id=pad_id, max_len=cfg.max_seq_len,
                       # compiled graphs specialise on shapes: fewer distinct widths, fewer recompiles
                       multiple=64 if cfg.compile else 1)
     loader = torch.utils.data.DataLoader(

@@ -168,6 +168,15 @@ def test_errors_are_clear():
     with pytest.raises(RuntimeError, match="not trained"):
         rb.Tokenizer().encode("x")
 
+    def failing():
+        yield "abc abc"
+        raise OSError("disk went away")
+
+    with pytest.raises(OSError, match="disk went away"):
+        tok.train_from_iterator(failing(), 300, buffer_size=1)
+    with pytest.raises(ValueError, match="must yield str, got int"):
+        tok.train_from_iterator(iter(["ok"] * 5 + [3]), 300, buffer_size=2)
+
 
 def test_nanochat_surface():
     """The calls nanochat's scripts make on `rustbpe.Tokenizer` work unchanged."""

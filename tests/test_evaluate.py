@@ -690,3 +690,26 @@ def test_bfloat16_autocast_scores_close_to_float32():
     s = ev.generate_samples(model, tok, ["你好"], chat=True, max_new_tokens=4, max_seq_len=64,
                             device=cpu, dtype=torch.bfloat16)
     assert s[0]["kind"] == "chat" and isinstance(s[0]["completion"], str)
+
+
+def test_smoke_pipeline_heldout_is_disjoint_from_its_tensors(smoke_graph):
+    """The same property on what the smoke graph built from the shipped samples."""
+    from minillm_core.tensors import TensorConfig, TokenDataset, encode_record
+    from minillm_core.tokenizer import load_tokenizer
+
+    res = smoke_graph.resource
+    tok = load_tokenizer(res.tokenizer_dir)
+    for stage in ("pretrain", "sft", "dpo"):
+        ds = TokenDataset(res.tokens_dir(stage), expected_tokenizer_hash=tok.hash)
+        heldout = list(ev.read_jsonl(res.mix_path(stage, heldout=True)))
+        assert heldout and len(ds)
+        if stage == "pretrain":
+            stream = _stream_text(ds, tok)
+            assert not [r["source"] for r in heldout if r["text"] in stream]
+            continue
+        key = "input_ids" if stage == "sft" else "chosen_input_ids"
+        tcfg = TensorConfig(max_length=ds.max_length)
+        trained = {tuple(ds[i][key].tolist()) for i in range(len(ds))}
+        rows = [encode_record(stage, r, tok, tcfg) for r in heldout]
+        assert not [r["source"] for r, row in zip(heldout, rows)
+                    if row is not None and tuple(row[key].tolist()) in trained]

@@ -318,3 +318,15 @@ def test_placeholders_filled_or_refused():
     assert readers.fill_placeholders(rec, names)[1]["content"] == "我是小白，由某团队开发。"
     with pytest.raises(RecordError, match=r"\{\{version\}\}"):
         readers.fill_placeholders({"output": "版本{{version}}"}, names)
+
+
+def test_corrupt_first_line_still_json_lines(tmp_path):
+    p = write(tmp_path, "x.json", '{"text": "被截断\n{"text": "完整"}\n{"text": "也完整"}\n')
+    assert readers.sniff(p, "x").container == "jsonl"
+    got = items(p)
+    assert isinstance(got[0][1], RecordError) and got[0][0] == 1
+    assert [v["text"] for _, v in got[1:]] == ["完整", "也完整"]
+    # Pretty-printed objects whose indented inner lines are whole objects: still a stream.
+    stream = write(tmp_path, "s.json", '{\n  "messages": [\n    {"role": "user", "content": "a"}\n'
+                                       '  ]\n}\n')
+    assert readers.sniff(stream, "s").container == "json_stream"

@@ -379,7 +379,11 @@ def test_dataset_maps_lazily_and_pickles_without_its_maps(tmp_path, tok_dir):
     with pytest.raises(IndexError):
         ds[5]
     loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=ds.collate_fn)
-    assert [b["input_ids"].shape[0] for b in loader] == [2, 2, 1]
+    batches = list(loader)
+    assert [b["input_ids"].shape[0] for b in batches] == [2, 2, 1]
+    # A worker process maps the shards itself and yields the same batches.
+    worker = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=ds.collate_fn, num_workers=1)
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(batches, worker) for k in a)
 
 
 def test_encode_record_and_jsonl_dataset_match_exported_rows(tmp_path, tok_dir, tok):

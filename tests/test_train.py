@@ -293,3 +293,64 @@ def test_smoke_profile_fields_exist():
         for profile in PROFILES:
             TrainConfig(stage=stage, **PROFILES[profile][stage])
     ModelConfig(**PROFILES["smoke"]["model"])
+
+
+# ------------------------------------------------------------------------------ real artifacts
+
+def test_manual_commands_on_token_tensors_and_a_jsonl_mix(tmp_path, capsys):
+    """`minillm pretrain` on exported token tensors, then `minillm sft` on a JSONL mix (tokenized
+    with the trained tokenizer) which finds the pretrain weights and takes their model shape."""
+    import random
+
+    from minillm_core.tensors import TensorConfig, export_tokens
+    from minillm_core.tokenizer import TokenizerConfig, train_tokenizer
+    from minillm_core.train import main_pretrain, main_sft
+
+    rnd = random.Random(0)
+    words = "我们 今天 天气 很好 学习 模型 语言 中文 数据 训练 你好 世界".split()
+
+    def say(n):
+        return "".join(rnd.choice(words) for _ in range(n))
+
+    pre = tmp_path / "pre.jsonl"
+    pre.write_text("".join(json.dumps({"text": say(rnd.randint(5, 30))}, ensure_ascii=False) + "\n"
+                           for _ in range(60)), encoding="utf-8")
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("".join(json.dumps({"conversations": [{"role": "user", "content": say(4)},
+                                                         {"role": "assistant", "content": say(6)}]},
+                                      ensure_ascii=False) + "\n" for _ in range(12)), encoding="utf-8")
+    tok = tmp_path / "tok"
+    train_tokenizer(TokenizerConfig(vocab_size=320), [pre, sft], tok)
+    export_tokens(TensorConfig(max_length=32), "pretrain", pre, tok, tmp_path / "tokens")
+    common = ["--profile", "smoke", "--max_steps", "3", "--hidden_size", "32",
+              "--num_hidden_layers", "1"]
+    assert main_pretrain(["--data_path", str(tmp_path / "tokens"), "--out_dir", str(tmp_path / "p"),
+                          *common]) == 0
+    meta = json.loads((tmp_path / "p" / "model.json").read_text())
+    assert meta["model"]["vocab_size"] == 320 and meta["step"] == 3
+    assert main_sft(["--data_path", str(sft), "--tokenizer_dir", str(tok), "--out_dir",
+                     str(tmp_path / "s"), "--pretrained_path", str(tmp_path / "p"),
+                     "--profile", "smoke", "--max_steps", "2"]) == 0
+    out = capsys.readouterr()
+    assert "trainable parameters" in out.out
+    smeta = json.loads((tmp_path / "s" / "model.json").read_text())
+    assert smeta["model"] == meta["model"] and smeta["tokenizer_hash"] == meta["tokenizer_hash"]
+    # DPO without its data says what is missing
+    from minillm_core.train import main_dpo
+    assert main_dpo(["--data_path", str(tmp_path / "nope"), "--out_dir", str(tmp_path / "d"),
+                     "--pretrained_path", str(tmp_path / "s")]) == 1
+    assert "dpo data" in capsys.readouterr().err
+
+
+def test_group_by_length_is_a_deterministic_permutation_of_similar_length_batches():
+    from minillm_core.train import epoch_order
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(10, 500, (1000,), generator=g).tolist()
+    a = epoch_order(3, 0, 1000, lengths, batch=4, chunk_batches=16)
+    assert sorted(a.tolist()) == list(range(1000))
+    assert torch.equal(a, epoch_order(3, 0, 1000, lengths, batch=4, chunk_batches=16))
+    lens = torch.tensor(lengths)[a].view(-1, 4)
+    spread = (lens.max(1).values - lens.min(1).values).float().mean()
+    plain = torch.tensor(lengths)[epoch_order(3, 0, 1000)].view(-1, 4)
+    assert spread < 0.2 * (plain.max(1).values - plain.min(1).values).float().mean()
+    assert TrainConfig(stage="dpo").group_by_length and not TrainConfig(stage="sft").group_by_length

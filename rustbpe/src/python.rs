@@ -82,6 +82,7 @@ impl Tokenizer {
         }
         let pattern = pattern.unwrap_or_else(|| DEFAULT_PATTERN.to_string());
         let splitter = Splitter::new(&pattern).map_err(err)?;
+        let fast_splitter = splitter.is_fast();
         crate::unicode::init();
         let pool = match num_threads {
             Some(0) => return Err(PyValueError::new_err("num_threads must be positive")),
@@ -94,24 +95,49 @@ impl Tokenizer {
             None => None,
         };
         let buffer_size = buffer_size.max(1);
-        // Also cut a batch at 64 MiB of text, so a few huge documents cannot blow up memory.
-        const BATCH_BYTES: usize = 64 << 20;
+        // Also cut a batch at 16 MiB of text, so a few huge documents cannot blow up memory.
+        const BATCH_BYTES: usize = 16 << 20;
         let t0 = Instant::now();
-        let mut counter = ChunkCounter::new();
+        // Pipeline: this thread pulls texts from Python (GIL held) while a worker thread splits and
+        // counts the previous batch in parallel (no GIL). On a real corpus the Python side (reading
+        // and parsing JSONL) costs as much as counting, so overlapping them cuts the wall time.
+        // At most two batches are in flight (the one being filled and one queued).
+        let pool = std::sync::Arc::new(pool);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<String>>(1);
+        let worker = {
+            let pool = pool.clone();
+            std::thread::spawn(move || -> Result<ChunkCounter, String> {
+                let mut counter = ChunkCounter::new();
+                for batch in rx {
+                    run(&pool, || counter.feed(&splitter, &batch))?;
+                }
+                Ok(counter)
+            })
+        };
         let mut it = iterator.try_iter()?;
-        let mut buf: Vec<String> = Vec::with_capacity(buffer_size);
-        loop {
-            buf.clear();
+        let mut py_error: Option<PyErr> = None;
+        'outer: loop {
+            let mut buf: Vec<String> = Vec::with_capacity(buffer_size.min(1 << 16));
             let mut bytes = 0;
             let mut done = false;
             while buf.len() < buffer_size && bytes < BATCH_BYTES {
                 match it.next() {
-                    Some(item) => {
-                        let s: String = item?.extract().map_err(|_| {
-                            PyValueError::new_err("the iterator must yield str")
-                        })?;
-                        bytes += s.len();
-                        buf.push(s);
+                    Some(Ok(item)) => match item.extract::<String>() {
+                        Ok(s) => {
+                            bytes += s.len();
+                            buf.push(s);
+                        }
+                        Err(_) => {
+                            py_error = Some(PyValueError::new_err(format!(
+                                "the iterator must yield str, got {}",
+                                item.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                            )));
+                            break 'outer;
+                        }
+                    },
+                    Some(Err(e)) => {
+                        py_error = Some(e);
+                        break 'outer;
                     }
                     None => {
                         done = true;
@@ -119,12 +145,19 @@ impl Tokenizer {
                     }
                 }
             }
-            let batch = &buf;
-            py.allow_threads(|| run(&pool, || counter.feed(&splitter, batch))).map_err(err)?;
-            if done {
+            // A send fails only when the worker stopped on an error; join below reports it.
+            if py.allow_threads(|| tx.send(buf)).is_err() || done {
                 break;
             }
         }
+        drop(tx);
+        let counted = py.allow_threads(|| worker.join());
+        if let Some(e) = py_error {
+            return Err(e);
+        }
+        let mut counter = counted
+            .map_err(|_| PyRuntimeError::new_err("the counting thread panicked"))?
+            .map_err(err)?;
         let count_seconds = t0.elapsed().as_secs_f64();
         let (texts, bytes, chunks, distinct) =
             (counter.texts, counter.bytes, counter.chunks, counter.counts.len() as u64);
@@ -144,7 +177,7 @@ impl Tokenizer {
             count_seconds,
             merge_seconds: t1.elapsed().as_secs_f64(),
             threads: run(&pool, rayon::current_num_threads),
-            fast_splitter: splitter.is_fast(),
+            fast_splitter,
         };
         self.encoder = Some(Encoder::new(&pattern, trained.token_bytes).map_err(err)?);
         self.merges = trained.merges;

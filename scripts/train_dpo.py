@@ -1,0 +1,14 @@
+"""The seed's `trainer/train_dpo.py` command: DPO, starting from and referenced to the SFT weights (out/sft).
+
+    python scripts/train_dpo.py --data_path out/tokens/... --batch_size 8 ...
+
+A thin front end: the options, the loop and the checkpoint format are those of
+`minillm_core.train` (`minillm dpo --help` lists them), shared by every stage.
+"""
+
+import sys
+
+from minillm_core.train import main_dpo
+
+if __name__ == "__main__":
+    sys.exit(main_dpo(sys.argv[1:]))

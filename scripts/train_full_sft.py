@@ -1,0 +1,14 @@
+"""The seed's `trainer/train_full_sft.py` command: supervised fine-tuning, starting from the pretrain weights (out/pretrain).
+
+    python scripts/train_full_sft.py --data_path out/tokens/... --batch_size 8 ...
+
+A thin front end: the options, the loop and the checkpoint format are those of
+`minillm_core.train` (`minillm sft --help` lists them), shared by every stage.
+"""
+
+import sys
+
+from minillm_core.train import main_sft
+
+if __name__ == "__main__":
+    sys.exit(main_sft(sys.argv[1:]))

@@ -1,0 +1,14 @@
+"""The seed's `trainer/train_pretrain.py` command: pretrain (from token tensors or a JSONL mix).
+
+    python scripts/train_pretrain.py --data_path out/tokens/... --batch_size 8 ...
+
+A thin front end: the options, the loop and the checkpoint format are those of
+`minillm_core.train` (`minillm pretrain --help` lists them), shared by every stage.
+"""
+
+import sys
+
+from minillm_core.train import main_pretrain
+
+if __name__ == "__main__":
+    sys.exit(main_pretrain(sys.argv[1:]))

@@ -1,0 +1,67 @@
+"""Schedule and sensor logic, evaluated without the daemon."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import dagster as dg
+
+from minillm_assets import defs
+from minillm_assets.jobs import weekly_retrain
+from minillm_assets.sensors import source_data_changed
+from tests.conftest import REPO, smoke_resource
+
+
+def test_weekly_schedule_is_stopped_and_requests_the_full_graph():
+    assert weekly_retrain.default_status == dg.DefaultScheduleStatus.STOPPED
+    assert weekly_retrain.cron_schedule == "0 3 * * 1"
+    assert weekly_retrain.job_name == "retrain"
+    with dg.build_schedule_context() as ctx:
+        requests = list(weekly_retrain.evaluate_tick(ctx).run_requests or [])
+    assert len(requests) == 1
+
+
+def _tick(resource, cursor):
+    with dg.build_sensor_context(cursor=cursor, resources={"minillm": resource},
+                                 repository_def=defs.get_repository_def()) as ctx:
+        result = source_data_changed.evaluate_tick(ctx)
+        return result, ctx.cursor if result.cursor is None else result.cursor
+
+
+def test_sensor_requests_one_run_per_content_change(tmp_path):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    pref = sources / "preference_pairs.jsonl"
+    shutil.copy(REPO / "dataset" / "preference_dpo_messages_sample.jsonl", pref)
+    res = smoke_resource(tmp_path)
+    assert res.sources == sources
+
+    first, cursor = _tick(res, None)
+    assert not first.run_requests and "baseline" in first.skip_message
+
+    again, cursor = _tick(res, cursor)
+    assert not again.run_requests
+
+    # Same bytes, new mtime: nothing to do.
+    os.utime(pref, ns=(1, 1))
+    touched, cursor = _tick(res, cursor)
+    assert not touched.run_requests
+
+    with pref.open("a", encoding="utf-8") as f:
+        f.write('{"chosen": [{"role": "user", "content": "一加一等于几？"}, {"role": "assistant", '
+                '"content": "等于二。"}], "rejected": [{"role": "user", "content": "一加一等于几？"}, '
+                '{"role": "assistant", "content": "等于三。"}]}\n')
+    changed, new_cursor = _tick(res, cursor)
+    (request,) = changed.run_requests
+    selected = {k.to_user_string() for k in request.asset_selection}
+    assert "dpo_mix" in selected and "tokenizer" in selected and "dpo_eval" in selected
+    assert "pretrain_mix" not in selected and "sft_mix" not in selected
+    assert request.tags["minillm/changed_outputs"] == "dpo"
+
+    # Evaluated again from the same cursor, the change maps to the same run key: one run.
+    replay, _ = _tick(res, cursor)
+    assert replay.run_requests[0].run_key == request.run_key
+    after, _ = _tick(res, new_cursor)
+    assert not after.run_requests
