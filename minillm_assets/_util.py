@@ -46,6 +46,12 @@ def user_errors(asset: str) -> Iterator[None]:
         raise dg.Failure(description=f"{asset}: {exc}", allow_retries=False) from exc
 
 
+def check_result(problems: list[str]) -> dg.AssetCheckResult:
+    """An asset check's result from a core check function's list of problems (empty = pass)."""
+    return dg.AssetCheckResult(passed=not problems,
+                               metadata={"problems": dg.MetadataValue.json(problems[:20])})
+
+
 def image_md(png: Path | str, title: str) -> dg.MetadataValue:
     """A PNG inlined in markdown metadata: the asset page shows the picture itself."""
     data = base64.b64encode(Path(png).read_bytes()).decode()

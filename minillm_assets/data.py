@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from minillm_assets._util import to_metadata, user_errors
+from minillm_assets._util import check_result, to_metadata, user_errors
 from minillm_assets.configs import dagster_config
 from minillm_assets.resources import MiniLLMResource
 from minillm_core.artifacts import sha256_file
@@ -21,7 +21,7 @@ def mix_asset(output: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinitio
     name = f"{output}_mix"
 
     @dg.asset(name=name, group_name="data", description=_DESCRIPTIONS[output],
-              code_version="mix-1", kinds={"jsonl"})
+              code_version="mix-1", kinds={"jsonl"}, deps=["chinese_sources"])
     def _mix(context: dg.AssetExecutionContext, config: MixRunConfig,
              minillm: MiniLLMResource) -> dg.MaterializeResult:
         with user_errors(name):
@@ -40,8 +40,7 @@ def mix_asset(output: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinitio
                                 "source, DPO pairs share the prompt and differ.")
     def _check(minillm: MiniLLMResource) -> dg.AssetCheckResult:
         problems = check_mix(minillm.mix_path(output), output)
-        return dg.AssetCheckResult(passed=not problems,
-                                   metadata={"problems": dg.MetadataValue.json(problems[:20])})
+        return check_result(problems)
 
     return _mix, _check
 

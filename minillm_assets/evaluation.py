@@ -4,7 +4,7 @@ from typing import Any
 
 import dagster as dg
 
-from minillm_assets._util import need, to_metadata, user_errors
+from minillm_assets._util import check_result, need, to_metadata, user_errors
 from minillm_assets.configs import dagster_config
 from minillm_assets.resources import MiniLLMResource
 from minillm_core.artifacts import read_json, sidecar_path
@@ -77,8 +77,7 @@ def eval_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinitio
         entry = event.asset_materialization.metadata.get("metrics") if event else None
         metrics = dict(entry.value) if entry is not None else {}
         problems = check_eval(metrics, minillm.preset("eval_checks").get(stage, {}))
-        return dg.AssetCheckResult(passed=bool(metrics) and not problems,
-                                   metadata={"problems": dg.MetadataValue.json(problems)})
+        return check_result(problems)  # no metrics at all is itself a problem
 
     return _eval, _check
 

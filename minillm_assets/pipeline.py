@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from minillm_assets.resources import STAGES, MiniLLMResource
-from minillm_core.artifacts import read_json
+from minillm_core.checkpoint import load_checkpoint
 from minillm_core.evaluate import print_latest
 from minillm_core.profiles import PROFILES
 from minillm_core.train import train_overrides
@@ -43,12 +43,10 @@ def summary(res: MiniLLMResource) -> None:
     print("\n== MiniLLM pipeline finished")
     for stage in STAGES:
         ckpt = res.checkpoint_dir(stage)
-        meta_file = ckpt / "model.json"
-        if meta_file.exists():
-            meta = read_json(meta_file)
-            params = meta.get("num_parameters")
-            extra = f"  ({params:,} parameters)" if isinstance(params, int) else ""
-            print(f"  {stage:<8} checkpoint: {ckpt}{extra}")
+        if (ckpt / "model.json").exists():
+            model, meta = load_checkpoint(ckpt)
+            print(f"  {stage:<8} checkpoint: {ckpt}  (step {meta.get('step')}, "
+                  f"{model.num_parameters():,} parameters)")
     print(f"  tokenizer:          {res.tokenizer_dir}")
     print(f"  eval results:       {res.results_file}")
     print(f"  TensorBoard:        tensorboard --logdir {res.tf}")

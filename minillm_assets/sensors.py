@@ -42,15 +42,30 @@ def fingerprint(cfg: MixConfig, previous: dict[str, list] | None = None
     return files, {o: h.hexdigest() for o, h in sorted(per_output.items())}
 
 
+def sources_version(outputs: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(outputs, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _mix_config(minillm: MiniLLMResource) -> MixConfig:
+    return minillm.settings(MixConfig, "mix", None, base={
+        "sources_dir": str(minillm.sources), "samples_dir": str(minillm.samples)})
+
+
+@dg.observable_source_asset(
+    group_name="data", description="The source files the mixes read: data/chinese, or the "
+    "shipped samples a category falls back to. Its data version is their content hash, so an "
+    "edit marks the mixes (and all below them) stale.")
+def chinese_sources(minillm: MiniLLMResource) -> dg.DataVersion:
+    return dg.DataVersion(sources_version(fingerprint(_mix_config(minillm))[1]))
+
+
 @dg.sensor(name="source_data_changed", minimum_interval_seconds=60,
            default_status=dg.DefaultSensorStatus.STOPPED, asset_selection=dg.AssetSelection.all(),
            description="Retrain what depends on data/chinese when its files' contents change.")
 def source_data_changed(context: dg.SensorEvaluationContext,
                         minillm: MiniLLMResource) -> dg.SensorResult | dg.SkipReason:
-    cfg = minillm.settings(MixConfig, "mix", None, base={
-        "sources_dir": str(minillm.sources), "samples_dir": str(minillm.samples)})
     state = json.loads(context.cursor) if context.cursor else None
-    files, outputs = fingerprint(cfg, state["files"] if state else None)
+    files, outputs = fingerprint(_mix_config(minillm), state["files"] if state else None)
     cursor = json.dumps({"files": files, "outputs": outputs}, sort_keys=True)
     if state is None:
         return dg.SensorResult(skip_reason=dg.SkipReason(
@@ -61,12 +76,16 @@ def source_data_changed(context: dg.SensorEvaluationContext,
         return dg.SensorResult(skip_reason=dg.SkipReason("no source file changed"), cursor=cursor)
     selection = dg.AssetSelection.assets(*(f"{o}_mix" for o in changed)).downstream()
     keys = sorted(selection.resolve(context.repository_def.asset_graph))
-    run_key = hashlib.sha256(json.dumps(outputs, sort_keys=True).encode()).hexdigest()[:20]
+    version = sources_version(outputs)
     context.log.info(f"sources changed for {', '.join(changed)}: requesting {len(keys)} assets")
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=run_key, asset_selection=keys,
+        run_requests=[dg.RunRequest(run_key=version, asset_selection=keys,
                                     tags={"minillm/changed_outputs": ",".join(changed)})],
+        # Recording the new version marks the mixes stale in the UI until the run lands.
+        asset_events=[dg.AssetObservation(asset_key=chinese_sources.key,
+                                           tags={"dagster/data_version": version})],
         cursor=cursor)
 
 
 sensors = [source_data_changed]
+source_assets = [chinese_sources]

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from minillm_assets._util import image_md, need, to_metadata, user_errors
+from minillm_assets._util import check_result, image_md, need, to_metadata, user_errors
 from minillm_assets.configs import dagster_config
 from minillm_assets.resources import STAGES, MiniLLMResource
 from minillm_core.artifacts import read_json, sha256_tree
@@ -34,8 +34,7 @@ def tokenizer(context: dg.AssetExecutionContext, config: TokenizerRunConfig,
                             "emoji, digits, whitespace runs); special tokens are where they belong.")
 def tokenizer_round_trip(minillm: MiniLLMResource) -> dg.AssetCheckResult:
     problems = check_tokenizer(minillm.tokenizer_dir)
-    return dg.AssetCheckResult(passed=not problems,
-                               metadata={"problems": dg.MetadataValue.json(problems)})
+    return check_result(problems)
 
 
 def tokens_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinition]:
@@ -69,8 +68,7 @@ def tokens_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinit
     def _check(minillm: MiniLLMResource) -> dg.AssetCheckResult:
         current = load_tokenizer(minillm.tokenizer_dir).hash
         problems = check_tokens(minillm.tokens_dir(stage), expected_tokenizer_hash=current)
-        return dg.AssetCheckResult(passed=not problems,
-                                   metadata={"problems": dg.MetadataValue.json(problems[:20])})
+        return check_result(problems)
 
     return _tokens, _check
 

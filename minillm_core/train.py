@@ -656,6 +656,9 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None, dataset:
                 "final_loss": losses[-1] if losses else None, "losses": _downsample(losses)}
 
     # ---- steps ------------------------------------------------------------------------------
+    emit(log, f"{cfg.stage}: {total_steps} steps of {global_batch} samples ({cfg.batch_size} x "
+              f"{cfg.accumulation_steps} accumulation x {world} process), {cfg.epochs} epoch(s) of {n:,}; "
+              f"starting at step {step}")
     bar = Progress(total_steps, f"{cfg.stage}", unit="step", log=None)
     bar.bar.n = bar.bar.initial = step
     t_start = time.perf_counter()

@@ -122,6 +122,22 @@ def test_tiktoken_encoding_equals_the_trainers_encoding(corpus):
     assert tok.batch_encode(corpus[:5]) == [served.encode(t) for t in corpus[:5]]
 
 
+@pytest.fixture(scope="module")
+def mixed_pair():
+    texts = CORPORA["mixed"](random.Random(1)) + CORPORA["emoji"](random.Random(2))
+    tok = rb.Tokenizer()
+    tok.train_from_iterator(iter(texts), 800)
+    return tok, Tokenizer(dict(tok.get_mergeable_ranks()), ref.DEFAULT_PATTERN)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=80))
+def test_tiktoken_equals_the_trainers_encoding_on_arbitrary_text(mixed_pair, text):
+    tok, served = mixed_pair
+    assert served.encode(text) == tok.encode(text)
+    assert tok.decode(tok.encode(text)) == text
+
+
 def test_splitter_equals_regex_engines(corpus):
     compiled = regex.compile(ref.DEFAULT_PATTERN)
     for text in corpus + [TRICKY_TEXT]:

@@ -13,12 +13,13 @@ REPO = Path(__file__).resolve().parents[1]
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
 
 GROUPS = {
-    "data": {"pretrain_mix", "sft_mix", "dpo_mix"},
+    "data": {"chinese_sources", "pretrain_mix", "sft_mix", "dpo_mix"},
     "tokenizer": {"tokenizer", "pretrain_tokens", "sft_tokens", "dpo_tokens"},
     "training": {"pretrain_checkpoint", "sft_checkpoint", "dpo_checkpoint"},
     "eval": {"pretrain_eval", "sft_eval", "dpo_eval"},
 }
 EDGES = {
+    **{f"{o}_mix": {"chinese_sources"} for o in ("pretrain", "sft", "dpo")},
     "tokenizer": {"pretrain_mix", "sft_mix", "dpo_mix"},
     "pretrain_tokens": {"pretrain_mix", "tokenizer"},
     "sft_tokens": {"sft_mix", "tokenizer"},

@@ -65,3 +65,42 @@ def test_sensor_requests_one_run_per_content_change(tmp_path):
     assert replay.run_requests[0].run_key == request.run_key
     after, _ = _tick(res, new_cursor)
     assert not after.run_requests
+
+
+def test_source_edit_marks_the_mix_stale_until_rebuilt(tmp_path):
+    # Dagster's own helper for resolving stale status outside the web server (no public API).
+    from dagster._core.definitions.data_version import StaleStatus
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    from minillm_assets.data import pretrain_mix, sft_mix
+    from minillm_assets.sensors import chinese_sources
+
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    general = sources / "general_notes.jsonl"
+    general.write_text("".join(
+        f'{{"text": "第{i}条：春天来了，公园里的花都开了，孩子们在草地上放风筝。"}}\n'
+        for i in range(40)), encoding="utf-8")
+    res = smoke_resource(tmp_path)
+    assets = [chinese_sources, pretrain_mix, sft_mix]
+    with dg.instance_for_test() as instance:
+        def status(key: str) -> StaleStatus:
+            return get_stale_status_resolver(instance, assets).get_status(dg.AssetKey(key))
+
+        def observe() -> None:
+            dg.materialize(assets, instance=instance, resources={"minillm": res},
+                           selection=["chinese_sources"])
+
+        observe()
+        dg.materialize(assets, instance=instance, resources={"minillm": res},
+                       selection=["pretrain_mix"])
+        assert status("pretrain_mix") == StaleStatus.FRESH
+
+        with general.open("a", encoding="utf-8") as f:
+            f.write('{"text": "新加的一条：秋天的稻田一片金黄。"}\n')
+        observe()
+        assert status("pretrain_mix") == StaleStatus.STALE
+
+        dg.materialize(assets, instance=instance, resources={"minillm": res},
+                       selection=["pretrain_mix"])
+        assert status("pretrain_mix") == StaleStatus.FRESH

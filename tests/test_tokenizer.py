@@ -4,7 +4,6 @@ rendering and the reference trainer. Runs with or without the Rust extension."""
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest

@@ -197,7 +197,7 @@ def test_materialize_smoke_graph_from_the_ui(server: DagsterDev, tmp_path: Path)
             # 1. the global asset lineage page, all groups expanded
             page.goto(f"{url}/asset-groups")
             expect(page.get_by_text("Global asset lineage").first).to_be_visible()
-            materialize = page.get_by_role("button", name="Materialize all", exact=True)
+            materialize = page.get_by_role("button", name="Materialize all")
             expect(materialize).to_be_enabled(timeout=120_000)
             expand_all_groups(page)
             for asset in ("pretrain_eval", "sft_eval", "dpo_eval", "tokenizer"):

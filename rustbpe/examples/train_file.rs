@@ -24,7 +24,12 @@ fn main() {
     let t3 = Instant::now();
     println!(
         "docs {} distinct {} words {} merges {} | count {:.3}s words {:.3}s train {:.3}s",
-        docs.len(), distinct, n_words, trained.merges.len(),
-        (t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64()
+        docs.len(),
+        distinct,
+        n_words,
+        trained.merges.len(),
+        (t1 - t0).as_secs_f64(),
+        (t2 - t1).as_secs_f64(),
+        (t3 - t2).as_secs_f64()
     );
 }

@@ -24,13 +24,19 @@ impl ChunkCounter {
     }
 
     /// Split and count one batch (uses the current rayon pool).
-    pub fn feed<S: AsRef<str> + Sync>(&mut self, splitter: &Splitter, texts: &[S]) -> Result<(), String> {
+    pub fn feed<S: AsRef<str> + Sync>(
+        &mut self,
+        splitter: &Splitter,
+        texts: &[S],
+    ) -> Result<(), String> {
         if texts.is_empty() {
             return Ok(());
         }
         let threads = rayon::current_num_threads().max(1);
         let per = texts.len().div_ceil(threads);
-        let locals: Vec<Result<(FxHashMap<&str, u64>, u64, u64), String>> = texts
+        // Per thread: (chunk counts, bytes, chunks).
+        type Local<'t> = (FxHashMap<&'t str, u64>, u64, u64);
+        let locals: Vec<Result<Local, String>> = texts
             .par_chunks(per)
             .map(|part| {
                 let mut m: FxHashMap<&str, u64> = FxHashMap::default();
@@ -72,10 +78,15 @@ mod tests {
 
     #[test]
     fn counts_do_not_depend_on_threads_or_batches() {
-        let texts: Vec<String> = (0..500).map(|i| format!("doc {i} 你好 hello {} !!", i % 7)).collect();
+        let texts: Vec<String> = (0..500)
+            .map(|i| format!("doc {i} 你好 hello {} !!", i % 7))
+            .collect();
         let s = Splitter::new(DEFAULT_PATTERN).unwrap();
         let run = |threads: usize, batch: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             let mut c = ChunkCounter::new();
             pool.install(|| {
                 for b in texts.chunks(batch) {

@@ -19,8 +19,16 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(pattern: &str, token_bytes: Vec<Vec<u8>>) -> Result<Self, String> {
-        let ranks = token_bytes.iter().enumerate().map(|(i, b)| (b.clone(), i as u32)).collect();
-        Ok(Encoder { splitter: Splitter::new(pattern)?, ranks, token_bytes })
+        let ranks = token_bytes
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.clone(), i as u32))
+            .collect();
+        Ok(Encoder {
+            splitter: Splitter::new(pattern)?,
+            ranks,
+            token_bytes,
+        })
     }
 
     fn encode_chunk(&self, piece: &[u8], out: &mut Vec<u32>) {
@@ -31,7 +39,10 @@ impl Encoder {
         // parts[i] = (start byte, rank of the pair starting at part i); sentinel at the end.
         let rank_of = |parts: &[(usize, u32)], i: usize| -> u32 {
             if i + 2 < parts.len() {
-                *self.ranks.get(&piece[parts[i].0..parts[i + 2].0]).unwrap_or(&u32::MAX)
+                *self
+                    .ranks
+                    .get(&piece[parts[i].0..parts[i + 2].0])
+                    .unwrap_or(&u32::MAX)
             } else {
                 u32::MAX
             }
@@ -64,7 +75,8 @@ impl Encoder {
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
-        self.splitter.for_each(text, |c| self.encode_chunk(c.as_bytes(), &mut out))?;
+        self.splitter
+            .for_each(text, |c| self.encode_chunk(c.as_bytes(), &mut out))?;
         Ok(out)
     }
 
@@ -80,10 +92,12 @@ impl Encoder {
     pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>, String> {
         let mut out = Vec::new();
         for &id in ids {
-            let b = self
-                .token_bytes
-                .get(id as usize)
-                .ok_or_else(|| format!("token id {id} is out of range (vocab {})", self.token_bytes.len()))?;
+            let b = self.token_bytes.get(id as usize).ok_or_else(|| {
+                format!(
+                    "token id {id} is out of range (vocab {})",
+                    self.token_bytes.len()
+                )
+            })?;
             out.extend_from_slice(b);
         }
         Ok(out)

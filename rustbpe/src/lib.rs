@@ -31,11 +31,19 @@ pub fn words_from_counts(counts: rustc_hash::FxHashMap<Box<str>, u64>) -> Words 
 }
 
 /// Train on an in-memory list of texts (Rust callers and tests; Python streams instead).
-pub fn train_texts<S: AsRef<str> + Sync>(texts: &[S], vocab_size: usize, pattern: &str) -> Result<Trained, String> {
+pub fn train_texts<S: AsRef<str> + Sync>(
+    texts: &[S],
+    vocab_size: usize,
+    pattern: &str,
+) -> Result<Trained, String> {
     let splitter = Splitter::new(pattern)?;
     let mut counter = ChunkCounter::new();
     counter.feed(&splitter, texts)?;
-    Ok(train(words_from_counts(counter.counts), vocab_size, |_, _| {}))
+    Ok(train(
+        words_from_counts(counter.counts),
+        vocab_size,
+        |_, _| {},
+    ))
 }
 
 #[cfg(test)]
@@ -44,7 +52,10 @@ mod tests {
 
     #[test]
     fn train_then_encode_round_trips() {
-        let texts = ["你好，世界！你好世界。hello hello world 123456 😀😀", "世界你好 hello!!"];
+        let texts = [
+            "你好，世界！你好世界。hello hello world 123456 😀😀",
+            "世界你好 hello!!",
+        ];
         let t = train_texts(&texts, 300, DEFAULT_PATTERN).unwrap();
         let enc = Encoder::new(DEFAULT_PATTERN, t.token_bytes.clone()).unwrap();
         for s in texts.iter().chain(["unseen 文本 ✓\n\n  x"].iter()) {

@@ -61,7 +61,12 @@ fn run<T: Send>(pool: &Option<rayon::ThreadPool>, f: impl FnOnce() -> T + Send) 
 impl Tokenizer {
     #[new]
     fn new() -> Self {
-        Tokenizer { pattern: DEFAULT_PATTERN.to_string(), merges: Vec::new(), encoder: None, stats: Stats::default() }
+        Tokenizer {
+            pattern: DEFAULT_PATTERN.to_string(),
+            merges: Vec::new(),
+            encoder: None,
+            stats: Stats::default(),
+        }
     }
 
     /// Train from an iterator of str. `vocab_size` counts the 256 byte tokens (no special tokens).
@@ -130,7 +135,10 @@ impl Tokenizer {
                         Err(_) => {
                             py_error = Some(PyValueError::new_err(format!(
                                 "the iterator must yield str, got {}",
-                                item.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                                item.get_type()
+                                    .name()
+                                    .map(|n| n.to_string())
+                                    .unwrap_or_default()
                             )));
                             break 'outer;
                         }
@@ -159,8 +167,12 @@ impl Tokenizer {
             .map_err(|_| PyRuntimeError::new_err("the counting thread panicked"))?
             .map_err(err)?;
         let count_seconds = t0.elapsed().as_secs_f64();
-        let (texts, bytes, chunks, distinct) =
-            (counter.texts, counter.bytes, counter.chunks, counter.counts.len() as u64);
+        let (texts, bytes, chunks, distinct) = (
+            counter.texts,
+            counter.bytes,
+            counter.chunks,
+            counter.counts.len() as u64,
+        );
         let t1 = Instant::now();
         let trained = py.allow_threads(|| {
             let words = words_from_counts(std::mem::take(&mut counter.counts));
@@ -190,7 +202,10 @@ impl Tokenizer {
     }
 
     /// [(token bytes, rank)] in rank order: 0..255 the bytes, then each learned token.
-    fn get_mergeable_ranks<'py>(&self, py: Python<'py>) -> PyResult<Vec<(Bound<'py, PyBytes>, u32)>> {
+    fn get_mergeable_ranks<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Vec<(Bound<'py, PyBytes>, u32)>> {
         let enc = self.encoder()?;
         Ok(enc
             .token_bytes()
@@ -249,7 +264,11 @@ impl Tokenizer {
 #[pyo3(signature = (text, pattern = None))]
 fn split(text: &str, pattern: Option<&str>) -> PyResult<Vec<String>> {
     let s = Splitter::new(pattern.unwrap_or(DEFAULT_PATTERN)).map_err(err)?;
-    Ok(s.split(text).map_err(err)?.into_iter().map(str::to_string).collect())
+    Ok(s.split(text)
+        .map_err(err)?
+        .into_iter()
+        .map(str::to_string)
+        .collect())
 }
 
 /// Split with the regex engine even for the default pattern (to check the scanner against it).
@@ -257,7 +276,11 @@ fn split(text: &str, pattern: Option<&str>) -> PyResult<Vec<String>> {
 #[pyo3(signature = (text, pattern = None))]
 fn split_regex(text: &str, pattern: Option<&str>) -> PyResult<Vec<String>> {
     let s = Splitter::regex_only(pattern.unwrap_or(DEFAULT_PATTERN)).map_err(err)?;
-    Ok(s.split(text).map_err(err)?.into_iter().map(str::to_string).collect())
+    Ok(s.split(text)
+        .map_err(err)?
+        .into_iter()
+        .map(str::to_string)
+        .collect())
 }
 
 #[pymodule]

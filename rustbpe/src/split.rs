@@ -100,7 +100,9 @@ fn decode(b: &[u8], i: usize) -> (u32, usize) {
         ((((x & 0x1F) as u32) << 6) | (b[i + 1] & 0x3F) as u32, 2)
     } else if x < 0xF0 {
         (
-            (((x & 0x0F) as u32) << 12) | (((b[i + 1] & 0x3F) as u32) << 6) | (b[i + 2] & 0x3F) as u32,
+            (((x & 0x0F) as u32) << 12)
+                | (((b[i + 1] & 0x3F) as u32) << 6)
+                | (b[i + 2] & 0x3F) as u32,
             3,
         )
     } else {
@@ -121,7 +123,10 @@ pub struct Fast {
 
 impl Fast {
     fn new(max_digits: usize) -> Self {
-        Fast { bmp: bmp_table(), max_digits }
+        Fast {
+            bmp: bmp_table(),
+            max_digits,
+        }
     }
 
     #[inline(always)]
@@ -154,7 +159,10 @@ impl Fast {
         // 1. Contractions. Case-insensitive in Unicode: 's' also matches U+017F (long s).
         if c == '\'' as u32 && i + 1 < n {
             let (c2, l2) = decode(b, i + 1);
-            if matches!(c2, 0x73 | 0x53 | 0x64 | 0x44 | 0x6D | 0x4D | 0x74 | 0x54 | 0x17F) {
+            if matches!(
+                c2,
+                0x73 | 0x53 | 0x64 | 0x44 | 0x6D | 0x4D | 0x74 | 0x54 | 0x17F
+            ) {
                 return i + 1 + l2;
             }
             if i + 2 < n && c2 < 0x80 {
@@ -253,7 +261,11 @@ mod tests {
 
     impl Pair {
         fn check(&self, text: &str) {
-            assert_eq!(self.0.split(text).unwrap(), self.1.split(text).unwrap(), "text: {text:?}");
+            assert_eq!(
+                self.0.split(text).unwrap(),
+                self.1.split(text).unwrap(),
+                "text: {text:?}"
+            );
         }
     }
 
@@ -265,7 +277,17 @@ mod tests {
         "a\r\n\r\nb \n c\u{3000}\u{3000}中文\u{a0}x\u{85}y",
         "😀👍🏽👨‍👩‍👧‍👦 emoji!!! ?? ... \n",
         "١٢٣ Ⅻ ½²³ ０１２３ 𝟎𝟏𝟐 𠀀𠀁 \u{2028}\u{2029}",
-        "x   ", "   ", "\n", " \n ", "'", "''", "'l", "'ll", " 'll", "a'b", "1'2",
+        "x   ",
+        "   ",
+        "\n",
+        " \n ",
+        "'",
+        "''",
+        "'l",
+        "'ll",
+        " 'll",
+        "a'b",
+        "1'2",
         "(hello) [world] {foo} <|bos|> <|assistant_end|>\n\n",
         "tab\tbefore\tletters \t\u{b}\u{c}x \u{1c}\u{1d}\u{1e}\u{1f}y",
     ];

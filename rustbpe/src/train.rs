@@ -84,7 +84,10 @@ impl Words {
         if chunk.len() < 2 || count == 0 {
             return;
         }
-        assert!(self.starts.len() < u32::MAX as usize, "more than 4 billion distinct chunks");
+        assert!(
+            self.starts.len() < u32::MAX as usize,
+            "more than 4 billion distinct chunks"
+        );
         self.starts.push(self.symbols.len());
         self.lens.push(chunk.len() as u32);
         self.counts.push(count as i64);
@@ -150,7 +153,10 @@ impl Sym for u32 {
 /// Learn merges until the vocabulary holds `vocab_size` tokens (the 256 bytes included) or no pair
 /// is left. `progress` is called after each merge with (tokens so far, vocab_size).
 pub fn train(words: Words, vocab_size: usize, progress: impl FnMut(usize, usize)) -> Trained {
-    assert!(vocab_size >= 256, "vocab_size must be at least 256 (the byte tokens)");
+    assert!(
+        vocab_size >= 256,
+        "vocab_size must be at least 256 (the byte tokens)"
+    );
     if vocab_size <= 1 << 16 {
         train_impl::<u16>(words, vocab_size, progress)
     } else {
@@ -158,12 +164,23 @@ pub fn train(words: Words, vocab_size: usize, progress: impl FnMut(usize, usize)
     }
 }
 
-fn train_impl<S: Sym>(mut words: Words, vocab_size: usize, mut progress: impl FnMut(usize, usize)) -> Trained {
-    let mut symbols: Vec<S> = words.symbols.iter().map(|&b| S::from_u32(b as u32)).collect();
+fn train_impl<S: Sym>(
+    mut words: Words,
+    vocab_size: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Trained {
+    let mut symbols: Vec<S> = words
+        .symbols
+        .iter()
+        .map(|&b| S::from_u32(b as u32))
+        .collect();
     words.symbols = Vec::new();
     let mut token_bytes: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
-    let mut id_of: FxHashMap<Vec<u8>, u32> =
-        token_bytes.iter().enumerate().map(|(i, b)| (b.clone(), i as u32)).collect();
+    let mut id_of: FxHashMap<Vec<u8>, u32> = token_bytes
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.clone(), i as u32))
+        .collect();
     let mut merges: Vec<Merge> = Vec::new();
 
     // Initial pair counts and word lists.
@@ -172,7 +189,9 @@ fn train_impl<S: Sym>(mut words: Words, vocab_size: usize, mut progress: impl Fn
         let s = &symbols[words.starts[w]..words.starts[w] + words.lens[w] as usize];
         let c = words.counts[w];
         for win in s.windows(2) {
-            let e = pairs.entry(key(win[0].to_u32(), win[1].to_u32())).or_default();
+            let e = pairs
+                .entry(key(win[0].to_u32(), win[1].to_u32()))
+                .or_default();
             e.count += c;
             if e.words.last() != Some(&(w as u32)) {
                 e.words.push(w as u32);
@@ -201,7 +220,9 @@ fn train_impl<S: Sym>(mut words: Words, vocab_size: usize, mut progress: impl Fn
     let mut touched: Vec<u64> = Vec::new();
 
     while token_bytes.len() < vocab_size {
-        let Some((count, Reverse(k))) = heap.pop() else { break };
+        let Some((count, Reverse(k))) = heap.pop() else {
+            break;
+        };
         let current = pairs.get(&k).map_or(0, |e| e.count);
         if current != count {
             if current > 0 {
@@ -296,7 +317,10 @@ fn train_impl<S: Sym>(mut words: Words, vocab_size: usize, mut progress: impl Fn
         }
         progress(token_bytes.len(), vocab_size);
     }
-    Trained { merges, token_bytes }
+    Trained {
+        merges,
+        token_bytes,
+    }
 }
 
 struct WordMeta {
@@ -333,8 +357,10 @@ fn add(pairs: &mut FxHashMap<u64, PairEntry>, k: u64, delta: i64, w: u32) {
 
 /// A slow, obvious trainer (full recount per merge) used by the tests as the oracle.
 pub fn train_naive(chunks: &[(Vec<u8>, u64)], vocab_size: usize) -> Trained {
-    let mut words: Vec<(Vec<u32>, i64)> =
-        chunks.iter().map(|(c, n)| (c.iter().map(|&b| b as u32).collect(), *n as i64)).collect();
+    let mut words: Vec<(Vec<u32>, i64)> = chunks
+        .iter()
+        .map(|(c, n)| (c.iter().map(|&b| b as u32).collect(), *n as i64))
+        .collect();
     let mut token_bytes: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
     let mut merges = Vec::new();
     while token_bytes.len() < vocab_size {
@@ -373,7 +399,10 @@ pub fn train_naive(chunks: &[(Vec<u8>, u64)], vocab_size: usize) -> Trained {
             *w = out;
         }
     }
-    Trained { merges, token_bytes }
+    Trained {
+        merges,
+        token_bytes,
+    }
 }
 
 #[cfg(test)]
@@ -423,8 +452,24 @@ mod tests {
     fn duplicate_bytes_map_to_the_existing_token() {
         // (b,c) first, then (a,b) from "abx", then (a,bc) -> "abc"; "abc" is also reachable as
         // (ab,c) in "abcc"? Build a corpus where both paths occur and check against the oracle.
-        let chunks = vec![c("bcbc", 9), c("abz", 8), c("xabc", 7), c("zab", 6), c("cabc", 3)];
+        let chunks = vec![
+            c("bcbc", 9),
+            c("abz", 8),
+            c("xabc", 7),
+            c("zab", 6),
+            c("cabc", 3),
+        ];
         check(&chunks, 300);
+    }
+
+    #[test]
+    fn wide_symbols_give_the_same_merges() {
+        // Vocabularies above 65,536 train on u32 symbols: same algorithm, same result.
+        let chunks = vec![c("abababcabc", 5), c("bcbcab", 4), c("aaaa", 3), c("cabca", 2)];
+        let narrow = train_impl::<u16>(words_of(&chunks), 280, |_, _| {});
+        let wide = train_impl::<u32>(words_of(&chunks), 280, |_, _| {});
+        assert_eq!(narrow, wide);
+        assert_eq!(wide, train_naive(&chunks, 280));
     }
 
     #[test]

@@ -51,7 +51,12 @@ fn tables() -> &'static Tables {
                 }
             }
         }
-        Tables { bmp, letters, numbers, spaces }
+        Tables {
+            bmp,
+            letters,
+            numbers,
+            spaces,
+        }
     })
 }
 
@@ -82,9 +87,17 @@ pub fn bmp_table() -> &'static [u8] {
 #[cold]
 pub fn class_of_astral(c: u32) -> u8 {
     let t = tables();
-    (in_ranges(&t.letters, c) as u8) * LETTER
-        | (in_ranges(&t.numbers, c) as u8) * NUMBER
-        | (in_ranges(&t.spaces, c) as u8) * SPACE
+    let mut k = 0;
+    if in_ranges(&t.letters, c) {
+        k |= LETTER;
+    }
+    if in_ranges(&t.numbers, c) {
+        k |= NUMBER;
+    }
+    if in_ranges(&t.spaces, c) {
+        k |= SPACE;
+    }
+    k
 }
 
 /// Force the tables to be built (so the first timed call does not pay for it).
