@@ -13,7 +13,7 @@ from minillm_assets.resources import MiniLLMResource
 # after another in the run's own process: the multiprocess executor would only add a ~3 s
 # process start per step (13 steps) without any parallelism to gain.
 all_assets = [*sensors.source_assets, *data.assets, *tokenization.assets, *training.assets, *evaluation.assets]
-all_checks = [*data.checks, *tokenization.checks, *evaluation.checks]
+all_checks = [*data.checks, *tokenization.checks, *training.checks, *evaluation.checks]
 
 defs = dg.Definitions(
     assets=all_assets,

@@ -1,5 +1,6 @@
 """Training group: pretrain -> SFT -> DPO checkpoints, all trained by the one core loop."""
 
+import math
 from typing import Any, Optional
 
 import dagster as dg
@@ -36,7 +37,23 @@ _DESCRIPTIONS = {
 _PARENT = {"pretrain": None, "sft": "pretrain", "dpo": "sft"}
 
 
-def checkpoint_asset(stage: str) -> dg.AssetsDefinition:
+def loss_problems(losses: list[float]) -> tuple[list[str], list[str]]:
+    """(errors, warnings) about a stage's logged losses: any non-finite value is an error; a
+    curve whose last quarter is not below its first quarter is a warning (a few smoke steps, or
+    DPO starting at ln 2, can legitimately be flat)."""
+    if not losses:
+        return ["no losses were logged"], []
+    bad = [i for i, x in enumerate(losses) if not math.isfinite(x)]
+    if bad:
+        return [f"non-finite loss at logged points {bad[:5]}"], []
+    k = max(1, len(losses) // 4)
+    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    warn = [] if last < first else [f"loss did not decrease: first {k} mean {first:.4f}, "
+                                    f"last {k} mean {last:.4f}"]
+    return [], warn
+
+
+def checkpoint_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinition]:
     name, parent = f"{stage}_checkpoint", _PARENT[stage]
     deps = [f"{stage}_tokens", "tokenizer"] + ([f"{parent}_checkpoint"] if parent else [])
 
@@ -74,11 +91,30 @@ def checkpoint_asset(stage: str) -> dg.AssetsDefinition:
                       "path": dg.MetadataValue.path(str(report.checkpoint_dir)),
                       "tensorboard": dg.MetadataValue.path(str(minillm.tf / stage))})
 
-    return _checkpoint
+    @dg.multi_asset_check(
+        specs=[dg.AssetCheckSpec(f"{name}_loss_finite", asset=name, blocking=True,
+                                 description="Every logged loss is finite."),
+               dg.AssetCheckSpec(f"{name}_loss_decreasing", asset=name,
+                                 description="The last quarter of the loss curve is below the "
+                                             "first (a warning: short runs can be flat).")],
+        name=f"{name}_loss_checks")
+    def _checks(minillm: MiniLLMResource):  # noqa: ANN202 (a generator of results)
+        losses = read_meta(minillm.checkpoint_dir(stage)).get("losses") or []
+        errors, warnings = loss_problems([float(x) for x in losses])
+        yield dg.AssetCheckResult(check_name=f"{name}_loss_finite", asset_key=name,
+                                  passed=not errors,
+                                  metadata={"problems": dg.MetadataValue.json(errors)})
+        yield dg.AssetCheckResult(check_name=f"{name}_loss_decreasing", asset_key=name,
+                                  passed=not warnings, severity=dg.AssetCheckSeverity.WARN,
+                                  metadata={"problems": dg.MetadataValue.json(warnings),
+                                            "points": len(losses)})
+
+    return _checkpoint, _checks
 
 
-pretrain_checkpoint = checkpoint_asset("pretrain")
-sft_checkpoint = checkpoint_asset("sft")
-dpo_checkpoint = checkpoint_asset("dpo")
+pretrain_checkpoint, pretrain_checkpoint_checks = checkpoint_asset("pretrain")
+sft_checkpoint, sft_checkpoint_checks = checkpoint_asset("sft")
+dpo_checkpoint, dpo_checkpoint_checks = checkpoint_asset("dpo")
 
 assets = [pretrain_checkpoint, sft_checkpoint, dpo_checkpoint]
+checks = [pretrain_checkpoint_checks, sft_checkpoint_checks, dpo_checkpoint_checks]

@@ -87,6 +87,30 @@ def _disk_full(exc: OSError, path: Path) -> ArtifactError:
     return ArtifactError(f"no space left on device while writing {path} ({free} bytes free there)")
 
 
+def _swap_dir(tmp: Path, final: Path) -> None:
+    """Rename directory `tmp` to `final`, moving an existing `final` aside first. Another run may
+    be swapping the same directory at the same moment: each rename either wins whole or finds the
+    name taken or gone, and then retries, so the final name always holds one complete version."""
+    displaced: list[Path] = []
+    try:
+        while True:
+            try:
+                os.rename(tmp, final)  # succeeds only when `final` is absent (or an empty dir)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            old = _tmp_name(final)
+            try:
+                os.rename(final, old)
+                displaced.append(old)
+            except FileNotFoundError:
+                continue  # the other run moved it aside first; try again
+    finally:
+        for old in displaced:
+            _remove(old)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str, *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block succeeds, rename it into place.
@@ -102,11 +126,8 @@ def atomic_path(path: Path | str, *, directory: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_path(tmp)
-        if directory and final.exists():
-            old = _tmp_name(final)
-            os.rename(final, old)
-            os.rename(tmp, final)
-            _remove(old)
+        if directory:
+            _swap_dir(tmp, final)
         else:
             os.replace(tmp, final)
     except OSError as exc:

@@ -104,3 +104,14 @@ def test_source_edit_marks_the_mix_stale_until_rebuilt(tmp_path):
         dg.materialize(assets, instance=instance, resources={"minillm": res},
                        selection=["pretrain_mix"])
         assert status("pretrain_mix") == StaleStatus.FRESH
+
+
+def test_loss_checks_flag_non_finite_as_error_and_flat_curves_as_warning():
+    from minillm_assets.training import loss_problems
+
+    assert loss_problems([7.0, 6.5, 6.0, 5.0]) == ([], [])
+    errors, _ = loss_problems([7.0, float("nan"), 6.0])
+    assert errors and "non-finite" in errors[0]
+    errors, warnings = loss_problems([0.69, 0.69, 0.70, 0.71])
+    assert not errors and "did not decrease" in warnings[0]
+    assert loss_problems([])[0] == ["no losses were logged"]

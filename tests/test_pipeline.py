@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import dagster as dg
 import torch
 
 from minillm_core.checkpoint import load_checkpoint
@@ -26,7 +27,8 @@ def test_every_asset_materialized_and_checks_passed(smoke_graph):
     assert keys == expected
     checks = result.get_asset_check_evaluations()
     assert checks, "asset checks ran"
-    failed = [c.check_name for c in checks if not c.passed]
+    failed = [c.check_name for c in checks
+              if not c.passed and c.severity == dg.AssetCheckSeverity.ERROR]
     assert not failed, failed
 
 

@@ -9,9 +9,10 @@ if anything is left after a grace period. Readiness is `GET /server_info` answer
 
 Isolation: a temporary `DAGSTER_HOME` (telemetry off, the first-visit dialog marked seen, the
 training pool limited to one slot as `scripts/setup.sh` does) and a temporary artifact root:
-`MINILLM_ROOT=<tmp>/root` with `dataset` linked to the shipped samples and an empty
-`data/chinese`, so `data/processed`, `out` and the eval results all land under the tmp dir, and
-`TF_DIR=<tmp>/tf_dir` (the default `$MINILLM_ROOT/../tf_dir` would be the tmp folder's parent).
+`MINILLM_ROOT=<tmp>/root` with an empty `data/chinese` (so the mixes use the shipped samples),
+which puts `data/processed` and `out` under the tmp dir, and `TF_DIR=<tmp>/tf_dir` (the default,
+`$MINILLM_ROOT/../tf_dir`, would be the tmp folder's parent). Nothing under the checkout's `out/`,
+`data/processed/` or `../tf_dir` is read or written.
 
 By hand: .venv/bin/python tests/ui_launcher.py --serve  (prints the URL; Ctrl-C stops it)
 """
@@ -55,9 +56,9 @@ def isolated_env(tmp: Path, profile: str = "smoke") -> dict[str, str]:
     (home / "dagster.yaml").write_text(DAGSTER_YAML)
     (home / ".nux" / "nux.yaml").write_text("seen: 1\n")
     root = tmp / "root"
-    (root / "data" / "chinese").mkdir(parents=True, exist_ok=True)  # empty: samples are used
-    if not (root / "dataset").exists():
-        (root / "dataset").symlink_to(REPO / "dataset", target_is_directory=True)
+    # sources_dir (data/chinese) resolves under the root: empty, so every category falls back to
+    # the shipped samples (samples_dir resolves against the checkout)
+    (root / "data" / "chinese").mkdir(parents=True, exist_ok=True)
     (tmp / "tf_dir").mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_")}
     env.update({
