@@ -70,7 +70,8 @@ RUN = """query($id: ID!) { runOrError(runId: $id) { __typename
 RUN_ERRORS = """query($id: ID!) { logsForRun(runId: $id, limit: 10000) { __typename
   ... on EventConnection { events { __typename
     ... on MessageEvent { message level stepKey }
-    ... on ExecutionStepFailureEvent { error { message stack } }
+    ... on ExecutionStepFailureEvent { error { message stack cause { message stack } } }
+    ... on ExecutionStepUpForRetryEvent { retryError: error { message cause { message } } }
     ... on RunFailureEvent { runError: error { message } } } }
   ... on PythonError { message } } }"""
 
@@ -98,8 +99,14 @@ def run_errors(url: str, run_id: str) -> str:
     for e in events:
         if e["__typename"] == "ExecutionStepFailureEvent":
             err = e.get("error") or {}
+            root = err.get("cause") or err  # a retried step's own exception is the cause
             lines.append(f"[{e.get('stepKey')}] {err.get('message', '').strip()}\n"
-                         + "".join(err.get("stack") or [])[-1500:])
+                         + "".join(root.get("stack") or [])[-2000:]
+                         + (root.get("message") or "").strip())
+        elif e["__typename"] == "ExecutionStepUpForRetryEvent":
+            err = e.get("retryError") or {}
+            cause = (err.get("cause") or {}).get("message") or err.get("message") or ""
+            lines.append(f"[{e.get('stepKey')}] up for retry: {cause.strip()}")
         elif e["__typename"] == "RunFailureEvent":
             lines.append(f"[run] {(e.get('runError') or {}).get('message', e.get('message'))}")
         elif e.get("level") == "ERROR":
@@ -188,11 +195,11 @@ def test_materialize_smoke_graph_from_the_ui(server: DagsterDev, tmp_path: Path)
     url = server.url
     known = {r["runId"] for r in gql(url, RUNS)["runsOrError"]["results"]}
 
-    args = ["--disable-dev-shm-usage", "--disable-gpu"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        args.append("--no-sandbox")  # Chromium refuses to start as root with its sandbox
+    # Playwright starts Chromium without its sandbox (chromium_sandbox=False), so this also runs
+    # as root and in containers without user namespaces; /dev/shm is small in many containers.
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                     args=["--disable-dev-shm-usage", "--disable-gpu"])
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1100})
             page.set_default_timeout(60_000)
