@@ -2,13 +2,16 @@
 
     .venv/bin/python bench/bench_train.py [--steps 3] [--stages pretrain,sft,dpo] [--threads N]
 
-For each stage, two child processes (so each has its own peak RSS) train the default model
-(hidden 512, 8 layers, 8 heads, vocab 6400: about 29M parameters) on CPU in float32 at batch 4,
-sequence 512, from the same initial weights on the same batches in the same order:
+For each stage, child processes (one per trial, so each has its own peak RSS) train the default
+model (hidden 512, 8 layers, 8 heads, vocab 6400: about 29M parameters) on CPU in float32 at
+batch 4, sequence 512, from the same initial weights on the same batches in the same order. The
+two implementations alternate (`--rounds`, ABAB...), so load from other jobs hits both alike; the
+table shows the best trial (the least disturbed) and the median:
 
-- `ours`: the product loop, `minillm_core.train.train`, timed between its per-step log calls
-  (so the time includes everything the loop does per step: data, forward, backward, the NaN
-  check, clipping, the fused AdamW step, logging), the first step left out as warm-up;
+- `ours`: the product loop, `minillm_core.train.train`, timed between its per-step log lines (the
+  time includes everything the loop does per step: data, forward, backward, the NaN check,
+  clipping, the fused AdamW step, logging). Pretrain/SFT leave the first step out as warm-up;
+  DPO steps differ in length, so DPO warms up with a separate one-step run and times every step;
 - `minimind`: `bench/minimind_ref.py`, the seed's model and step (rows padded to the maximum
   length, loss mask, foreach AdamW, DPO log_softmax + gather), timed per step, first step left out.
 
@@ -207,7 +210,7 @@ def main() -> int:
                     help="alternate the implementations this many times per stage (ABAB...): load from "
                          "other jobs then hits both alike, and the best round shows the quiet speed")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--out", default=str(HERE / "results_train.json"))
+    ap.add_argument("--out", default=str(HERE / "results" / "train.json"))
     ap.add_argument("--quick", action="store_true", help="tiny model, 64-token rows: checks the script")
     ap.add_argument("--child", nargs=3, metavar=("IMPL", "STAGE", "WORKDIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -252,6 +255,7 @@ def main() -> int:
         peaks.append((measure_peak(0.5 if args.quick else 3.0), os.getloadavg()[0]))
     results["peak_flops"] = max(p for p, _ in peaks)
     results["peaks"] = peaks
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(table(results))
     return 0

@@ -1,9 +1,10 @@
-"""The seed's `trainer/train_dpo.py` command: DPO, starting from and referenced to the SFT weights (out/sft).
+"""The seed's `trainer/train_dpo.py` command: DPO, starting from and
+referenced to the SFT weights (out/sft by default).
 
-    python scripts/train_dpo.py --data_path out/tokens/... --batch_size 8 ...
+    python scripts/train_dpo.py --data_path out/tokens/dpo --batch_size 8 ...
 
-A thin front end: the options, the loop and the checkpoint format are those of
-`minillm_core.train` (`minillm dpo --help` lists them), shared by every stage.
+A thin front end, the same as `minillm dpo`: the options (`--help`), the loop and the
+checkpoint format are those of `minillm_core.train`, shared by every stage.
 """
 
 import sys

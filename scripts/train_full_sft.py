@@ -1,9 +1,10 @@
-"""The seed's `trainer/train_full_sft.py` command: supervised fine-tuning, starting from the pretrain weights (out/pretrain).
+"""The seed's `trainer/train_full_sft.py` command: supervised fine-tuning,
+starting from the pretrain weights (out/pretrain by default).
 
-    python scripts/train_full_sft.py --data_path out/tokens/... --batch_size 8 ...
+    python scripts/train_full_sft.py --data_path out/tokens/sft --batch_size 8 ...
 
-A thin front end: the options, the loop and the checkpoint format are those of
-`minillm_core.train` (`minillm sft --help` lists them), shared by every stage.
+A thin front end, the same as `minillm sft`: the options (`--help`), the loop and the
+checkpoint format are those of `minillm_core.train`, shared by every stage.
 """
 
 import sys

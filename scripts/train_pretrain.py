@@ -1,9 +1,9 @@
-"""The seed's `trainer/train_pretrain.py` command: pretrain (from token tensors or a JSONL mix).
+"""The seed's `trainer/train_pretrain.py` command: pretraining from token tensors or a JSONL mix.
 
-    python scripts/train_pretrain.py --data_path out/tokens/... --batch_size 8 ...
+    python scripts/train_pretrain.py --data_path out/tokens/pretrain --batch_size 8 ...
 
-A thin front end: the options, the loop and the checkpoint format are those of
-`minillm_core.train` (`minillm pretrain --help` lists them), shared by every stage.
+A thin front end, the same as `minillm pretrain`: the options (`--help`), the loop and the
+checkpoint format are those of `minillm_core.train`, shared by every stage.
 """
 
 import sys
