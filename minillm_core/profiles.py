@@ -15,7 +15,7 @@ from minillm_core.config import ConfigError
 Preset = dict[str, dict[str, Any]]
 
 _SMOKE_TRAIN = {"device": "cpu", "dtype": "float32", "batch_size": 4, "accumulation_steps": 1,
-                "compile": False, "log_interval": 1, "save_interval": 2}
+                "compile": False, "log_interval": 5, "save_interval": 10}
 
 PROFILES: dict[str, Preset] = {
     "smoke": {
@@ -24,9 +24,10 @@ PROFILES: dict[str, Preset] = {
         "tensors": {"max_length": 128},
         "model": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                   "num_key_value_heads": 2},
-        "pretrain": {**_SMOKE_TRAIN, "epochs": 1, "max_steps": 6, "learning_rate": 3e-3},
-        "sft": {**_SMOKE_TRAIN, "epochs": 1, "max_steps": 4, "learning_rate": 1e-3},
-        "dpo": {**_SMOKE_TRAIN, "epochs": 1, "max_steps": 3, "learning_rate": 1e-4},
+        # A 0.16M-parameter model takes milliseconds a step: enough steps for a falling curve.
+        "pretrain": {**_SMOKE_TRAIN, "epochs": 3, "max_steps": 40, "learning_rate": 3e-3},
+        "sft": {**_SMOKE_TRAIN, "epochs": 5, "max_steps": 20, "learning_rate": 1e-3},
+        "dpo": {**_SMOKE_TRAIN, "epochs": 3, "max_steps": 6, "learning_rate": 1e-4},
         "eval": {"device": "cpu", "dtype": "float32", "max_samples": 8, "max_new_tokens": 16,
                  "batch_size": 4},
         # A few CPU steps teach nothing: smoke checks only that scores are finite and in range.
