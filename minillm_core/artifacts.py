@@ -79,12 +79,47 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def _disk_full(exc: OSError, path: Path) -> ArtifactError:
+def _size(path: Path) -> int:
+    """Bytes under `path` (a file, or a directory's files); 0 when it is gone."""
     try:
-        free = shutil.disk_usage(path.parent).free
+        if path.is_dir():
+            return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        return path.stat().st_size
     except OSError:
-        free = -1
-    return ArtifactError(f"no space left on device while writing {path} ({free} bytes free there)")
+        return 0
+
+
+def _free(path: Path) -> int:
+    try:
+        return shutil.disk_usage(path.parent).free
+    except OSError:
+        return -1
+
+
+def _is_disk_full(exc: BaseException, path: Path) -> bool:
+    """Whether `exc` came from a full disk. Writers report it in their own ways: OSError ENOSPC
+    (plain writes), "os error 28" (safetensors), "N requested and M written" (numpy), a bare
+    RuntimeError (torch.save); the last two are recognised by the filesystem being (nearly) full."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(e) or "os error 28" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return isinstance(exc, (OSError, RuntimeError)) and 0 <= _free(path) < (1 << 20)
+
+
+def _disk_full(exc: BaseException, path: Path, written: int = 0) -> ArtifactError:
+    return ArtifactError(
+        f"no space left on device while writing {path}: it needs more than {written} bytes "
+        f"(written before the disk filled), {_free(path)} bytes free there; free some space "
+        "and materialize again (the previous version was left untouched)")
+
+
+disk_full_error = _disk_full  # for writers outside atomic_path (the mix's spool)
 
 
 def _swap_dir(tmp: Path, final: Path) -> None:
@@ -130,13 +165,12 @@ def atomic_path(path: Path | str, *, directory: bool = False) -> Iterator[Path]:
             _swap_dir(tmp, final)
         else:
             os.replace(tmp, final)
-    except OSError as exc:
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and _is_disk_full(exc, final)
+        written = _size(tmp) if full else 0
         _remove(tmp)
-        if exc.errno == errno.ENOSPC:
-            raise _disk_full(exc, final) from exc
-        raise
-    except BaseException:
-        _remove(tmp)
+        if full:
+            raise _disk_full(exc, final, written) from exc
         raise
 
 

@@ -66,6 +66,18 @@ def read_meta(ckpt_dir: Path | str) -> dict[str, Any]:
     return read_json(require(Path(d) / META, f"checkpoint sidecar {META}"))
 
 
+def load_weights_file(path: Path | str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a truncated or foreign file is an ArtifactError naming it
+    (safetensors itself says only "incomplete metadata" or "header too small")."""
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # SafetensorError is not exported under a stable name
+        size = Path(path).stat().st_size if Path(path).exists() else 0
+        raise ArtifactError(f"{path}: not a readable safetensors file ({size} bytes: truncated, "
+                            f"corrupt or not safetensors at all): {exc}; copy or train it "
+                            "again") from None
+
+
 def load_checkpoint(ckpt_dir: Path | str, device: str | torch.device = "cpu"
                     ) -> tuple[MiniLLM, dict[str, Any]]:
     """Rebuild the model from `ckpt_dir` (config from model.json) on `device`, in eval mode."""
@@ -76,7 +88,7 @@ def load_checkpoint(ckpt_dir: Path | str, device: str | torch.device = "cpu"
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{d / META}: no valid model config ({exc})") from exc
     model = MiniLLM(cfg)
-    state = load_file(str(require(d / WEIGHTS, f"checkpoint weights {WEIGHTS}")))
+    state = load_weights_file(require(d / WEIGHTS, f"checkpoint weights {WEIGHTS}"))
     load_weights_into(model, state, str(d / WEIGHTS))
     model.to(device).eval()
     return model, meta
@@ -107,4 +119,11 @@ def save_resume(path: Path | str, state: dict[str, Any]) -> None:
 
 def load_resume(path: Path | str) -> dict[str, Any]:
     # weights_only: tensors, dicts, lists and numbers only; nothing in the file can run code.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # UnpicklingError (a foreign object), RuntimeError (a cut zip), ...
+        raise ArtifactError(f"{path}: unreadable resume state, refused ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to train "
+                            "from the start") from None

@@ -19,6 +19,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "dpo": ("minillm_core.train", "main_dpo", "DPO from the latest SFT weights"),
     "eval": ("minillm_core.evaluate", "main", "evaluate a checkpoint; append to eval_results.jsonl"),
     "chat": ("minillm_core.chat", "main", "talk to a checkpoint in the terminal"),
+    "export-hf": ("minillm_core.hf_export", "main",
+                  "export a checkpoint as a HuggingFace Llama folder"),
+    "serve": ("minillm_core.serve", "main", "OpenAI-compatible chat server for a checkpoint"),
 }
 
 

@@ -51,10 +51,10 @@ from typing import Any, Literal, TextIO
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from minillm_core.artifacts import require, sha256_file, sha256_tree
-from minillm_core.config import CoreConfig
+from minillm_core.config import CoreConfig, validate_device
 from minillm_core.progress import LogFn, emit
 
 Stage = Literal["pretrain", "sft", "dpo"]
@@ -135,6 +135,11 @@ class EvalConfig(CoreConfig):
                                    "margin. Default: the beta the DPO checkpoint was trained "
                                    "with (model.json), else 0.1.")
     seed: int = Field(default=1337, description="Seeds torch before scoring (determinism).")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        return validate_device(v, allow_auto=True)
 
     @model_validator(mode="before")
     @classmethod

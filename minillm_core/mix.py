@@ -38,6 +38,8 @@ end-to-end time is dominated by writing them until the sources reach a few GB.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import fnmatch
 import hashlib
 import json
@@ -58,7 +60,7 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from minillm_core import readers
-from minillm_core.artifacts import atomic_path, sidecar_path, write_json
+from minillm_core.artifacts import atomic_path, disk_full_error, sidecar_path, write_json
 from minillm_core.config import ConfigError, CoreConfig
 from minillm_core.progress import Progress, emit
 from minillm_core.readers import (CANONICAL_KEYS, CONTAINERS, FORMATS, MixError, NotApplicable,
@@ -468,7 +470,9 @@ class _Spool:
         return written
 
     def close(self) -> None:
-        self.f.close()
+        # Unlinked scratch: a failed flush of buffered data (a full disk) loses nothing.
+        with contextlib.suppress(OSError):
+            self.f.close()
 
 
 def _write_pass(fs: FileScan, cfg: MixConfig, output: str, wanted: np.ndarray,
@@ -639,6 +643,10 @@ def build_mix(cfg: MixConfig, output: Output, out_dir: Path | str,
         with atomic_path(main_path) as tmp_main, atomic_path(held_path) as tmp_held:
             n_bytes = spool.write(train_slots, tmp_main)
             held_bytes = spool.write(held_slots, tmp_held)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:  # the spool filled the disk (outputs are never partial)
+            raise disk_full_error(exc, main_path, spool.bounds[-1]) from exc
+        raise
     finally:
         spool.close()
 

@@ -168,7 +168,7 @@ def sniff(path: Path, display: str, override: str | None = None) -> Sniff:
 def _whole_value(line: bytes) -> Any:
     try:
         return json.loads(line.decode("utf-8", "replace"))
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError, a 5000-digit number, deep nesting
         return None
 
 
@@ -196,22 +196,67 @@ _decoder = json.JSONDecoder()
 _WS = re.compile(r"[ \t\r\n]*")
 
 
+# Deeper values are refused per record: Python's JSON parser raises RecursionError near 1000
+# levels, and a value that just fits would make every later recursive step (placeholder filling,
+# json.dumps of the output record) fail instead. Real chat records nest fewer than 10 levels.
+MAX_DEPTH = 100
+# A JSON escape of a UTF-16 surrogate: a lone one decodes to a str that cannot be written as UTF-8.
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(v, dict):
+            stack.extend((x, depth + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, depth + 1) for x in v)
+    return False
+
+
+def _check_value(text: str, values: list[Any]) -> list[Any]:
+    """Refuse what parsed but cannot be processed: too deep, or holding a lone surrogate. Both
+    checks run only when cheap counts over the raw text say they could apply."""
+    if text.count("[") + text.count("{") > MAX_DEPTH and any(_too_deep(v) for v in values):
+        raise RecordError("invalid JSON", f"nested deeper than {MAX_DEPTH} levels")
+    if "\\u" in text and _ESCAPED_SURROGATE.search(text):
+        try:
+            json.dumps(values, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RecordError("invalid UTF-8", f"a lone surrogate escape "
+                              f"({exc.object[exc.start:exc.end]!a}) is not a character") from None
+    return values
+
+
+def _json_error(exc: Exception) -> RecordError:
+    if isinstance(exc, json.JSONDecodeError):
+        return RecordError("invalid JSON", f"{exc.msg} at column {exc.colno}")
+    if isinstance(exc, RecursionError):
+        return RecordError("invalid JSON", "nested too deeply to parse")
+    return RecordError("invalid JSON", str(exc).split(";")[0])  # e.g. a 5000-digit number
+
+
 def parse_jsonl_line(text: str) -> list[Any]:
     """The values on one JSONL line: usually one; several when objects were concatenated."""
     try:
-        return [json.loads(text)]
+        return _check_value(text, [json.loads(text)])
     except json.JSONDecodeError as exc:
         if exc.msg != "Extra data":
-            raise RecordError("invalid JSON", f"{exc.msg} at column {exc.colno}") from None
+            raise _json_error(exc) from None
+    except (ValueError, RecursionError) as exc:
+        raise _json_error(exc) from None
     values, pos, n = [], 0, len(text)
     while True:
         pos = _WS.match(text, pos).end()
         if pos >= n:
-            return values
+            return _check_value(text, values)
         try:
             value, pos = _decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise RecordError("invalid JSON", f"{exc.msg} at column {exc.colno}") from None
+        except (ValueError, RecursionError) as exc:
+            raise _json_error(exc) from None
         values.append(value)
 
 
@@ -297,6 +342,11 @@ def iter_stream(f: BinaryIO, display: str, array: bool) -> Iterator[tuple[int, A
                 raise fatal(f"invalid JSON: {exc.msg} (an array or stream cannot be read past "
                             "a syntax error; fix the file)", exc.pos) from None
             truncated = True
+        except (ValueError, RecursionError) as exc:
+            # Valid JSON the parser refuses (nesting near 1000 levels, a number of 4300+
+            # digits): where the element ends is unknown, so the rest cannot be read either.
+            raise fatal(f"invalid JSON: {_json_error(exc).detail} (an array or stream cannot "
+                        "be read past it; fix the file)", pos) from None
         if truncated:
             fill()
             continue
@@ -307,7 +357,10 @@ def iter_stream(f: BinaryIO, display: str, array: bool) -> Iterator[tuple[int, A
         if _has_surrogates(text):
             yield start_line, RecordError("invalid UTF-8", "in this element")
         else:
-            yield start_line, value
+            try:
+                yield start_line, _check_value(text, [value])[0]
+            except RecordError as exc:
+                yield start_line, exc
 
 
 _SURROGATE = re.compile("[\udc80-\udcff]")
@@ -331,6 +384,10 @@ def iter_csv(f: BinaryIO, display: str, delimiter: str) -> Iterator[tuple[int, A
                 bad_lines.add(counter[0])
                 yield raw.decode("utf-8", "replace").rstrip("\r\n") + "\n"
 
+    # The csv module refuses fields over 128 KiB by default, which would end the whole file at
+    # one long answer; allow what a JSON Lines line may hold (process-wide, only ever raised).
+    if csv.field_size_limit() < MAX_VALUE_BYTES:
+        csv.field_size_limit(MAX_VALUE_BYTES)
     reader = csv.reader(lines(), delimiter=delimiter)
     header: list[str] | None = None
     last = 0

@@ -93,7 +93,7 @@ _DTYPES = {"uint16": np.uint16, "int32": np.int32, "int64": np.int64}
 class TensorConfig(CoreConfig):
     """Settings of the token tensors stage (`minillm tokens`, the `*_tokens` assets)."""
 
-    max_length: int = Field(2048, ge=1, description="input positions per row (the seed's --max-length)")
+    max_length: int = Field(2048, ge=2, description="input positions per row (the seed's --max-length)")
     layout: Literal["packed", "padded"] = Field(
         "packed", description="pretrain only: documents packed back to back (default, no padding) "
         "or the seed's one document per row, truncated and padded")
@@ -860,7 +860,16 @@ class TokenDataset(torch.utils.data.Dataset):
             name = self.meta["shards"][k]["name"]
 
             def load(stream: str, kind: str) -> np.ndarray:
-                return np.load(self.path / _file(name, stream, kind), mmap_mode="r", allow_pickle=False)
+                f = self.path / _file(name, stream, kind)
+                try:
+                    return np.load(f, mmap_mode="r", allow_pickle=False)
+                except FileNotFoundError:
+                    raise
+                except (OSError, ValueError, EOFError) as exc:
+                    # numpy names neither the file nor the cause ("mmap length is greater than
+                    # file size"); an object array (pickle) is refused here too.
+                    raise ArtifactError(f"{f}: not a readable token shard ({exc}); the directory "
+                                        "is truncated or corrupt: export the tokens again") from None
 
             maps = {s: (load(s, "tokens"), load(s, "rows"), load(s, "mask") if self.masked else None)
                     for s in self.streams}
@@ -922,7 +931,7 @@ def check_tokens(path: Path | str, expected_tokenizer_hash: str | None = None,
         name = shard["name"]
         try:
             maps = ds._shard(k)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, ArtifactError) as exc:
             problems.append(f"{name}: cannot map its files ({exc})")
             continue
         for s in ds.streams:

@@ -10,8 +10,16 @@ one copy and not the others.
 Data order and resume. The training data is one stream of samples: epoch e is a permutation of the
 dataset that depends only on (seed, e), and the stream is epoch 0, then epoch 1, ... A run's
 position is the number of *global* samples consumed, so the resume state does not depend on the
-batch split and a later multi-process run (global batch = batch_size x accumulation_steps x world
-size) reads the same stream. The resume state (`resume.pt`) holds the weights, AdamW moments,
+batch split: a run may resume under another number of processes.
+
+Several processes (DDP under torchrun, see `minillm_core.distributed`). When a process group is
+initialised, `train` wraps the model in DistributedDataParallel. The global batch stays
+batch_size x accumulation_steps for any world size W: each optimizer step is accumulation_steps
+micro-batches of batch_size rows, dealt round-robin to the ranks (W micro-batches per round,
+accumulation_steps / W rounds), so rank r reads only its own rows of the memory-mapped shards and
+the gradient is the same mean over the same micro-batches as in one process. Losses, token counts
+and the SIGTERM flag are gathered once per step so every rank takes the same decisions (stop on a
+non-finite loss, save, stop on SIGTERM); only rank 0 writes files, logs and TensorBoard. The resume state (`resume.pt`) holds the weights, AdamW moments,
 grad-scaler state, step, stream position, RNG states, the loss history and (DPO) the cached
 reference log-probabilities; it is written atomically every `save_interval` steps, at the end,
 and on SIGTERM. The learning rate is a pure function of the step, so there is no scheduler object
@@ -44,6 +52,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
@@ -128,8 +137,28 @@ class TrainConfig(CoreConfig):
 
     @property
     def global_batch(self) -> int:
-        """Samples per optimizer step (x world size once several processes train)."""
+        """Samples per optimizer step, for any number of processes (they split it, see
+        `rank_accumulation`)."""
         return self.batch_size * self.accumulation_steps
+
+    def rank_accumulation(self, world: int) -> int:
+        """Micro-batches each of `world` processes runs per optimizer step.
+
+        The global batch must split into whole micro-batches per rank: accumulation_steps a
+        multiple of the world size. Otherwise the effective batch (and so the training) would
+        depend on how many GPUs ran it, which is what makes results irreproducible across
+        machines; refusing is clearer than silently changing the batch."""
+        if self.accumulation_steps % world:
+            hint = ""
+            if self.global_batch % world == 0:
+                hint = (f" (e.g. --batch_size {self.global_batch // world} --accumulation_steps "
+                        f"{world} keeps the global batch of {self.global_batch})")
+            raise ConfigError(
+                f"accumulation_steps={self.accumulation_steps} does not split across {world} "
+                f"processes: each optimizer step is accumulation_steps micro-batches of batch_size "
+                f"rows shared out among the processes, so accumulation_steps must be a multiple of "
+                f"{world}; raise it and lower batch_size to keep the global batch{hint}")
+        return self.accumulation_steps // world
 
 
 class TrainReport(BaseModel):
@@ -202,7 +231,14 @@ class SampleStream:
 
 
 def row_lengths(ds: Any, stage: str) -> list[int]:
-    """Positions each row costs (a DPO pair: its longer side, what its batch is padded to)."""
+    """Positions each row costs (a DPO pair: its longer side, what its batch is padded to).
+
+    Token tensors (`TokenDataset.sequences`) answer from the row index alone: the token arrays
+    are memory-map views whose length needs no page of the corpus, so every DDP rank can compute
+    the (global) length order without reading the whole data set. Each stored sequence is one
+    longer than its input_ids, a constant that leaves the order unchanged."""
+    if hasattr(ds, "sequences"):
+        return [max(len(t) for t, _ in ds.sequences(i)) - 1 for i in range(len(ds))]
     if stage == "dpo":
         return [max(len(r["chosen_input_ids"]), len(r["rejected_input_ids"])) for r in map(ds.__getitem__, range(len(ds)))]
     return [len(ds[i]["input_ids"]) for i in range(len(ds))]
@@ -210,7 +246,13 @@ def row_lengths(ds: Any, stage: str) -> list[int]:
 
 class _MicroBatches(torch.utils.data.Sampler):
     """Batch sampler: micro-batch k holds stream positions [k*bs, (k+1)*bs) (clipped to `end`),
-    starting at `start`, so a resumed run reads exactly the micro-batches the first run had left."""
+    starting at `start`, so a resumed run reads exactly the micro-batches the first run had left.
+
+    With `world` processes, micro-batch k goes to rank k mod world (a "round" is world consecutive
+    micro-batches), so each rank reads only its own rows. In the last round of a run the stream may
+    end before every rank has rows; such a rank gets a stand-in (the round's first micro-batch),
+    which the loop runs with weight 0: DDP needs every rank in every gradient all-reduce, and a
+    zero-weighted real batch is the simplest way to take part without changing the gradient."""
 
     def __init__(self, stream: SampleStream, start: int, end: int, batch_size: int,
                  rank: int = 0, world: int = 1):
@@ -220,9 +262,10 @@ class _MicroBatches(torch.utils.data.Sampler):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         step = self.bs * self.world
         for pos in range(self.start, self.end, step):
-            # Each rank takes its slice of the global micro-batch (rank 0 only, for now).
             lo = min(pos + self.rank * self.bs, self.end)
             hi = min(lo + self.bs, self.end)
+            if lo == hi and self.world > 1:
+                lo, hi = pos, min(pos + self.bs, self.end)  # the stand-in (weight 0)
             idx = self.stream.indices(lo, hi)
             if idx:
                 yield [(i, p) for i, p in zip(idx, range(lo, hi))]
@@ -504,6 +547,32 @@ def _load_init(model: MiniLLM, d: Path, data_meta: dict[str, Any], log: LogFn | 
     return meta
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _comm_device(device: torch.device) -> torch.device:
+    # NCCL moves only CUDA tensors; gloo moves CPU tensors on any machine.
+    return device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _gather(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """[world, *t.shape]: every rank's `t` (same shape on every rank), on the CPU."""
+    t = t.to(_comm_device(device))
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t)
+    return torch.stack(parts).cpu()
+
+
+def _gather_rows(t: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+    """Every rank's `t` ([n_rank, *rest], n_rank may differ), as a list indexed by rank."""
+    n = _gather(torch.tensor([t.shape[0]]), device)[:, 0].tolist()
+    pad = torch.zeros((max(n), *t.shape[1:]), dtype=t.dtype)
+    pad[: t.shape[0]] = t
+    full = _gather(pad, device)
+    return [full[r, : n[r]] for r in range(len(n))]
+
+
 def train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None = None, *,
           dataset: Any | None = None) -> TrainReport:
     """Train one stage and write its checkpoint into cfg.out_dir; see the module docstring.
@@ -513,7 +582,9 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None = None, *,
     """
     out = Path(cfg.out_dir)
     device = torch.device(cfg.device)
-    world, rank = 1, 0  # one process for now; the stream and save logic are written for more
+    # One process, or one rank of a process group that the caller initialised (torchrun +
+    # minillm_core.distributed): the loop below is the same, DDP only wraps the model.
+    world, rank = (dist.get_world_size(), dist.get_rank()) if _distributed() else (1, 0)
     prev_det = torch.are_deterministic_algorithms_enabled()
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -525,6 +596,10 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None = None, *,
 
 def _train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None, dataset: Any | None,
            out: Path, device: torch.device, world: int, rank: int) -> TrainReport:
+    # Only rank 0 speaks: one log, one progress bar, one TensorBoard writer, one set of files.
+    if rank != 0:
+        log = _silent
+    acc_rank = cfg.rank_accumulation(world)
     # ---- data --------------------------------------------------------------------------------
     if dataset is None:
         dataset, data_meta = open_dataset(cfg)
@@ -546,9 +621,13 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None, dataset:
         _load_init(model, init_dir, data_meta, log)
         init_hash = sha256_file(init_dir / "model.safetensors")
     model.to(device).train()
+    if rank > 0:
+        # Same initial weights on every rank (the seed above), different dropout masks after it.
+        torch.manual_seed(_rank_seed(cfg.seed, rank, 0))
     n_params = model.num_parameters(trainable_only=True)
     msg = f"{cfg.stage}: {n_params:,} trainable parameters ({n_params / 1e6:.2f}M), {n:,} samples"
-    print(msg, flush=True)  # stdout, as the seed does, and the log for the Dagster run
+    if rank == 0:
+        print(msg, flush=True)  # stdout, as the seed does, and the log for the Dagster run
     if log is not None:
         log(msg)
 
@@ -567,7 +646,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None, dataset:
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
 
     # ---- plan -------------------------------------------------------------------------------
-    global_batch = cfg.global_batch * world
+    global_batch = cfg.global_batch
     total_samples = cfg.epochs * n
     total_steps = math.ceil(total_samples / global_batch)
     if cfg.max_steps:
@@ -595,19 +674,36 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None, dataset:
             scaler.load_state_dict(state["scaler"])
             step, pos, tokens_seen = int(state["step"]), int(state["position"]), int(state["tokens_seen"])
             losses = [float(x) for x in state["losses"].tolist()]
-            _set_rng_state(state["rng"])
+            if rank == 0:
+                _set_rng_state(state["rng"])
+            elif rank < len(state.get("rng_ranks", [])):
+                _set_rank_rng(state["rng_ranks"][rank], device)
+            else:  # resumed on more processes than saved it: a fresh dropout stream for this rank
+                torch.manual_seed(_rank_seed(cfg.seed, rank, step))
             if isinstance(objective, DPOLoss) and "dpo_cache" in state:
                 objective.load_state_dict(state["dpo_cache"])
             emit(log, f"{cfg.stage}: resuming at step {step}/{total_steps} (sample {pos:,} of "
                       f"{stream_end:,}, epoch {pos // n + 1}) from {resume_path}")
 
-    fwd = torch.compile(model) if cfg.compile else model
+    fwd: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Wrapped after the weights are loaded: DDP starts by broadcasting rank 0's parameters.
+        # The model has no buffers to keep in sync (RoPE tables are recomputed), so no per-forward
+        # buffer broadcast.
+        fwd = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      broadcast_buffers=False)
+    ddp = fwd
+    fwd = torch.compile(fwd) if cfg.compile else fwd
     if isinstance(objective, DPOLoss) and cfg.compile:
         objective.reference = torch.compile(objective.reference)
 
     # ---- loader -----------------------------------------------------------------------------
     lengths = row_lengths(dataset, cfg.stage) if cfg.group_by_length else None
-    stream = SampleStream(cfg.seed, n, lengths, cfg.batch_size * world)
+    # Length groups of one micro-batch (not x world): the stream then does not depend on the
+    # number of processes, and each rank's micro-batch is still one group of similar lengths.
+    stream = SampleStream(cfg.seed, n, lengths, cfg.batch_size)
     collate = functools.partial(collate_batch, stage=cfg.stage, pad_id=pad_id, max_len=cfg.max_seq_len,
                       # compiled graphs specialise on shapes: fewer distinct widths, fewer recompiles
                       multiple=64 if cfg.compile else 1)
@@ -631,6 +727,13 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None, dataset:
 
     def save(finished: bool) -> None:
         nonlocal last_saved
+        # Collective parts first (every rank calls save at the same step): each rank's RNG state
+        # and, for DPO, the union of the reference caches the ranks filled.
+        rng_ranks: list[dict[str, Any]] = []
+        if world > 1:
+            rng_ranks = _gather_rng(device)
+            if isinstance(objective, DPOLoss) and objective.use_cache:
+                _merge_dpo_cache(objective, device)
         if rank != 0:
             return
         state = {"format_version": 1, "stage": cfg.stage, "finished": finished, "step": step,
@@ -639,6 +742,8 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None, dataset:
                  "scaler": scaler.state_dict(), "rng": _rng_state(),
                  "lr_schedule": {"kind": "warmup_cosine", "total_steps": total_steps},
                  "losses": torch.tensor(losses, dtype=torch.float64)}
+        if rng_ranks:
+            state["rng_ranks"] = rng_ranks
         if isinstance(objective, DPOLoss):
             state["dpo_cache"] = objective.state_dict()
         # Weights + sidecar first, then the resume state: the resume state carries its own copy
@@ -649,7 +754,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None, dataset:
 
     def _sidecar(finished: bool) -> dict[str, Any]:
         return {"stage": cfg.stage, "step": step, "total_steps": total_steps, "finished": finished,
-                "epoch": pos / n, "samples_seen": pos, "tokens_seen": tokens_seen,
+                "epoch": pos / n, "samples_seen": pos, "tokens_seen": tokens_seen, "world_size": world,
                 "tokenizer_hash": data_meta.get("tokenizer_hash"), "data_hash": data_meta.get("data_hash"),
                 "data_path": str(cfg.data_path), "init_from": str(init_dir) if init_dir else None,
                 "train": json.loads(cfg.model_dump_json()),
@@ -657,9 +762,9 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None, dataset:
 
     # ---- steps ------------------------------------------------------------------------------
     emit(log, f"{cfg.stage}: {total_steps} steps of {global_batch} samples ({cfg.batch_size} x "
-              f"{cfg.accumulation_steps} accumulation x {world} process), {cfg.epochs} epoch(s) of {n:,}; "
-              f"starting at step {step}")
-    bar = Progress(total_steps, f"{cfg.stage}", unit="step", log=None)
+              f"{acc_rank} accumulation x {world} process{'es' if world > 1 else ''}), "
+              f"{cfg.epochs} epoch(s) of {n:,}; starting at step {step}")
+    bar = Progress(total_steps, f"{cfg.stage}", unit="step", log=None, disable=True if rank else None)
     bar.bar.n = bar.bar.initial = step
     t_start = time.perf_counter()
     t_window, tokens_window, session_tokens = t_start, 0, 0
@@ -672,23 +777,33 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None, dataset:
                 lr = lr_at(step, total_steps, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                remaining = stream_end - pos
-                n_micro = min(cfg.accumulation_steps, math.ceil(remaining / (cfg.batch_size * world)))
-                micro_losses, micro_sources, step_metrics = [], [], []
-                for _ in range(n_micro):
+                # This step's rounds of `world` micro-batches; near the end of the stream a round
+                # may have fewer real micro-batches than ranks (see _MicroBatches).
+                round_rows = cfg.batch_size * world
+                n_micro = min(acc_rank, math.ceil((stream_end - pos) / round_rows))
+                real = [min(world, math.ceil((stream_end - (pos + k * round_rows)) / cfg.batch_size))
+                        for k in range(n_micro)]
+                # Each real micro-batch's mean loss weighs equally in the step's gradient: a rank
+                # scales by world / (real micro-batches of the step), as DDP averages over ranks
+                # (in one process this is loss / n_micro, the plain accumulation average).
+                share = sum(real) / world
+                micro_losses, micro_tokens, micro_sources, step_metrics = [], [], [], []
+                for k in range(n_micro):
                     batch = next(batches)
-                    micro_sources.append(batch["indices"].tolist())
-                    tokens_seen += batch["num_tokens"] * world
-                    session_tokens += batch["num_tokens"] * world
-                    tokens_window += batch["num_tokens"] * world
-                    pos = min(pos + cfg.batch_size * world, stream_end)
-                    tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items()
+                    weight = 1.0 if rank < real[k] else 0.0
+                    micro_sources.append(batch["indices"].tolist() if weight else [])
+                    micro_tokens.append(batch["num_tokens"] if weight else 0)
+                    pos = min(pos + round_rows, stream_end)
+                    tensors = {k2: v.to(device, non_blocking=True) for k2, v in batch.items()
                                if torch.is_tensor(v)}
+                    # DDP all-reduces the gradients once per step, in the last backward.
+                    sync = contextlib.nullcontext() if world == 1 or k == n_micro - 1 else ddp.no_sync()
                     try:
-                        with _autocast(cfg):
-                            loss, metrics = objective(fwd, tensors)
-                        # Each micro-batch's mean loss weighs equally in the step's gradient.
-                        scaler.scale(loss / n_micro).backward()
+                        with sync:
+                            with _autocast(cfg):
+                                loss, metrics = objective(fwd, tensors)
+                            scaled = loss / share if weight else loss * 0.0
+                            scaler.scale(scaled).backward()
                     except torch.OutOfMemoryError as exc:
                         raise RuntimeError(
                             f"out of memory on {device} at batch_size={cfg.batch_size}, "
@@ -696,14 +811,36 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None, dataset:
                             f"--accumulation_steps to keep the global batch of {global_batch}) or "
                             f"--max_seq_len") from exc
                     micro_losses.append(loss.detach())
-                    step_metrics.append(metrics)
+                    if weight:
+                        step_metrics.append(metrics)
                 # One host sync per optimizer step: the loss must be checked before the update.
-                step_losses = torch.stack(micro_losses).float().cpu()
+                # With several ranks the losses, token counts and SIGTERM flag of all ranks are
+                # gathered here, so every rank sees the same numbers and decides alike.
+                local = torch.stack([torch.stack(micro_losses).detach().double(),
+                                     torch.tensor([1.0 if rank < r else 0.0 for r in real],
+                                                  dtype=torch.float64, device=device),
+                                     torch.tensor(micro_tokens, dtype=torch.float64, device=device)], 1)
+                if world > 1:
+                    flag = torch.tensor([[float(sigterm.set)] * 3], dtype=torch.float64, device=device)
+                    every = _gather(torch.cat([local, flag]), device)  # [world, n_micro + 1, 3]
+                    stop_now = bool(every[:, -1, 0].max() > 0)
+                    # global micro-batch order: round by round, rank by rank
+                    every = every[:, :-1].transpose(0, 1).reshape(-1, 3)
+                else:
+                    every = local.cpu()
+                    stop_now = sigterm.set
+                every = every[every[:, 1] > 0]
+                step_losses = every[:, 0].float()
+                step_tokens = int(every[:, 2].sum())
+                tokens_seen += step_tokens
+                session_tokens += step_tokens
+                tokens_window += step_tokens
                 bad = (~torch.isfinite(step_losses)).nonzero()
                 if len(bad):
                     m = int(bad[0])
+                    sources = micro_sources[m] if world == 1 else _gathered_sources(micro_sources, real, m, device)
                     raise NonFiniteLossError(_nonfinite_message(
-                        "loss", float(step_losses[m]), step, m, n_micro, micro_sources[m], cfg, out,
+                        "loss", float(step_losses[m]), step, m, len(step_losses), sources, cfg, out,
                         last_saved, pos, n))
                 scaler.unscale_(optimizer)
                 if cfg.grad_clip > 0:
@@ -714,9 +851,13 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None, dataset:
                 if not scaler.is_enabled() and not torch.isfinite(grad_norm):
                     # (with float16 an inf gradient is expected now and then: the scaler skips
                     # that step and lowers its scale, which is the documented behaviour)
+                    # After DDP's all-reduce the gradients, hence this norm, are equal on all ranks.
+                    sources = sum(micro_sources, []) if world == 1 else sorted(
+                        sum((_gathered_sources(micro_sources, real, m, device)
+                             for m in range(len(step_losses))), []))
                     raise NonFiniteLossError(_nonfinite_message(
-                        "gradient norm", float(grad_norm), step, None, n_micro,
-                        sum(micro_sources, []), cfg, out, last_saved, pos, n))
+                        "gradient norm", float(grad_norm), step, None, len(step_losses),
+                        sources, cfg, out, last_saved, pos, n))
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -724,12 +865,17 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None, dataset:
                 step_loss = float(step_losses.mean())
                 losses.append(step_loss)
                 for mt in step_metrics:
-                    for k, v in mt.items():
-                        metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
+                    for k2, v in mt.items():
+                        metric_sums[k2] = metric_sums.get(k2, 0.0) + float(v)
                 metric_count += len(step_metrics)
                 bar.update(1, loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
 
                 if step % cfg.log_interval == 0 or step == total_steps:
+                    if world > 1:  # the means over every rank's micro-batches, not rank 0's
+                        keys = sorted(metric_sums)
+                        sums = _gather(torch.tensor([metric_sums[k2] for k2 in keys] + [metric_count],
+                                                    dtype=torch.float64), device).sum(0).tolist()
+                        metric_sums, metric_count = dict(zip(keys, sums[:-1])), int(sums[-1])
                     now = time.perf_counter()
                     tps = tokens_window / max(now - t_window, 1e-9)
                     means = {k: v / max(metric_count, 1) for k, v in metric_sums.items()}
@@ -754,7 +900,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None, dataset:
                     t_window, tokens_window = now, 0
                     metric_sums, metric_count = {}, 0
 
-                if sigterm.set:
+                if stop_now:
                     save(finished=False)
                     raise TrainingInterrupted(
                         f"{cfg.stage}: SIGTERM at step {step}; resume state saved to {resume_path}, "
@@ -769,6 +915,8 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None, dataset:
 
     # ---- final artifacts --------------------------------------------------------------------
     save(finished=True)
+    if world > 1:
+        dist.barrier()  # no rank reports done before rank 0's checkpoint is in place
     png = plot_losses(losses, out / "loss.png", f"{cfg.stage} loss") if losses and rank == 0 else None
     tps = session_tokens / max(elapsed, 1e-9)
     final = losses[-1] if losses else float("nan")
@@ -776,13 +924,62 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None, dataset:
                 "final_loss_mean10": float(np.mean(losses[-10:])) if losses else None,
                 "steps": step, "tokens_seen": tokens_seen, "tokens_per_s": round(tps, 1),
                 "num_parameters": n_params, "epochs": round(pos / n, 4), "samples_seen": pos,
-                "global_batch": global_batch, "device": cfg.device, "dtype": cfg.dtype,
+                "global_batch": global_batch, "world_size": world, "device": cfg.device,
+                "dtype": cfg.dtype,
                 "checkpoint_dir": str(out), "tokenizer_hash": data_meta.get("tokenizer_hash"),
                 "data_hash": data_meta.get("data_hash")}
     emit(log, f"{cfg.stage}: done, {step} steps, loss {final:.4f}, {tokens_seen:,} tokens, "
               f"{tps:,.0f} tok/s -> {out}")
     return TrainReport(checkpoint_dir=out, final_loss=final, steps=step, tokens_seen=tokens_seen,
                        tokens_per_s=tps, num_parameters=n_params, loss_curve_png=png, metadata=metadata)
+
+
+def _silent(msg: str) -> None:
+    """The log of ranks other than 0: one voice per run."""
+
+
+def _rank_seed(seed: int, rank: int, step: int) -> int:
+    return (seed * 1_000_003 + rank * 7_919 + step) % 2**63
+
+
+def _gather_rng(device: torch.device) -> list[dict[str, Any]]:
+    """Every rank's torch RNG states (dropout), for an exact resume on the same number of ranks."""
+    cpu = _gather(torch.get_rng_state(), device)
+    states = [{"torch": cpu[r]} for r in range(len(cpu))]
+    if device.type == "cuda":
+        cuda = _gather(torch.cuda.get_rng_state(device), device)
+        for r, st in enumerate(states):
+            st["cuda"] = cuda[r]
+    return states
+
+
+def _set_rank_rng(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _merge_dpo_cache(objective: DPOLoss, device: torch.device) -> None:
+    """Give every rank the union of the reference log-probabilities the ranks computed (each saw
+    other pairs), so the saved cache is complete and later epochs reuse all of it."""
+    st = objective.state_dict()
+    idx = _gather_rows(st["indices"], device)
+    val = _gather_rows(st["values"], device)
+    objective.load_state_dict({"indices": torch.cat(idx), "values": torch.cat(val)})
+
+
+def _gathered_sources(local: list[list[int]], real: list[int], m: int, device: torch.device) -> list[int]:
+    """Dataset rows of the m-th real micro-batch of the step (global order: round by round, rank by
+    rank), which another rank may have read. Collective: every rank calls it with the same m."""
+    width = max((len(x) for x in local), default=0)
+    width = int(_gather(torch.tensor([width]), device).max())
+    table = torch.full((len(local), max(width, 1)), -1, dtype=torch.long)
+    for k, rows in enumerate(local):
+        table[k, : len(rows)] = torch.tensor(rows, dtype=torch.long)
+    every = _gather(table, device)  # [world, n_micro, width]
+    order = [(k, r) for k, n_real in enumerate(real) for r in range(n_real)]
+    k, r = order[m]
+    return [int(i) for i in every[r, k] if i >= 0]
 
 
 def _nonfinite_message(what: str, value: float, step: int, micro: int | None, n_micro: int,

@@ -17,6 +17,7 @@ GROUPS = {
     "tokenizer": {"tokenizer", "pretrain_tokens", "sft_tokens", "dpo_tokens"},
     "training": {"pretrain_checkpoint", "sft_checkpoint", "dpo_checkpoint"},
     "eval": {"pretrain_eval", "sft_eval", "dpo_eval"},
+    "export": {"hf_export"},
 }
 EDGES = {
     **{f"{o}_mix": {"chinese_sources"} for o in ("pretrain", "sft", "dpo")},
@@ -30,6 +31,7 @@ EDGES = {
     "pretrain_eval": {"pretrain_checkpoint", "pretrain_mix", "tokenizer"},
     "sft_eval": {"sft_checkpoint", "sft_mix", "tokenizer"},
     "dpo_eval": {"dpo_checkpoint", "sft_checkpoint", "dpo_mix", "tokenizer"},
+    "hf_export": {"dpo_checkpoint", "tokenizer"},
 }
 
 

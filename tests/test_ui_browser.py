@@ -36,7 +36,7 @@ EVAL_ASSET = "sft_eval"
 SHOWN_METRICS = ("loss", "perplexity")
 ASSETS = ("pretrain_mix", "sft_mix", "dpo_mix", "tokenizer", "pretrain_tokens", "sft_tokens",
           "dpo_tokens", "pretrain_checkpoint", "sft_checkpoint", "dpo_checkpoint",
-          "pretrain_eval", "sft_eval", "dpo_eval")
+          "pretrain_eval", "sft_eval", "dpo_eval", "hf_export")
 
 
 def _in_ci() -> bool:

@@ -1,0 +1,227 @@
+"""Fault injection across the whole graph: SIGKILL at random points in every stage, and a full
+disk. Nothing under a final name is ever partial, the re-materialized artifacts equal an
+uninterrupted run's, and a stage that cannot write fails naming the path and leaves the
+previous artifact whole.
+
+Kill trials run `dagster asset materialize --select '*'` as a subprocess in its own process
+group (artifact roots and DAGSTER_HOME under a temporary folder). A trial picks a target step
+(seeded), waits for the run's own "Started execution of step" line for it, sleeps a seeded
+fraction of that step's duration in the uninterrupted reference run, and SIGKILLs the whole
+group; then every final-named file under the roots is opened the way its reader opens it. The
+next trial's run is the re-materialization (it resumes an interrupted training stage from its
+resume state); after the last trial one run goes to completion and its mixes, tokenizer, token
+tensors (bytes) and checkpoints (tensors, bitwise) are compared with the reference run.
+
+Default run: 3 kill trials (`test_kill_trials_quick`). `-m slow` adds 13 more, one per asset
+step of the graph (`test_kill_trials_every_stage`), so a full run has 16.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from minillm_core.artifacts import sha256_tree
+from tests.faults_helpers import (Run, artifact_digest, compare_weights, count, materialize,
+                                  roots, scan_artifacts, weights)
+
+pytestmark = pytest.mark.faults
+
+ASSET_STEPS = ["pretrain_mix", "sft_mix", "dpo_mix", "tokenizer", "pretrain_tokens", "sft_tokens",
+               "dpo_tokens", "pretrain_checkpoint", "sft_checkpoint", "dpo_checkpoint",
+               "pretrain_eval", "sft_eval", "dpo_eval"]
+STAGES = ("pretrain", "sft", "dpo")
+
+_REFERENCE: dict[str, object] = {}
+
+
+def reference_run(tmp_path_factory) -> tuple[Path, dict[str, tuple[float, float]]]:
+    """One uninterrupted run from scratch per session (shared by the tests of this module)."""
+    if "base" not in _REFERENCE:
+        base = tmp_path_factory.mktemp("reference")
+        run = materialize(base, "*")
+        _REFERENCE["base"], _REFERENCE["times"] = base, run.step_times()
+    return _REFERENCE["base"], _REFERENCE["times"]  # type: ignore[return-value]
+
+
+def _normalized_digest(base: Path) -> dict[str, str]:
+    """artifact_digest with the run's own root replaced (index.json records the mix path)."""
+    import hashlib
+
+    out = {}
+    for key, value in artifact_digest(base).items():
+        if key.endswith("index.json"):
+            stage = key.split("/")[1]
+            text = (roots(base)["out"] / "tokens" / stage / "index.json").read_text()
+            value = hashlib.sha256(text.replace(str(base), "<ROOT>").encode()).hexdigest()
+        out[key] = value
+    return out
+
+
+def _last_eval_metrics(base: Path) -> dict[str, dict]:
+    out = {}
+    path = roots(base)["tf"] / "eval_results.jsonl"
+    for line in path.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        out[rec["stage"]] = rec["metrics"]
+    return out
+
+
+def _scan(base: Path, context: str) -> None:
+    r = roots(base)
+    checked, problems = scan_artifacts(r["processed"], r["out"], r["tf"])
+    count("files_scanned", checked)
+    assert not problems, f"after {context}: files under final names are unreadable:\n" + \
+        "\n".join(problems[:10])
+
+
+def _kill_trials(tmp_path: Path, tmp_path_factory, seed: int, targets: list[str]) -> None:
+    ref, times = reference_run(tmp_path_factory)
+    base = tmp_path / "interrupted"
+    rng = random.Random(seed)
+    log = []
+    for i, step in enumerate(targets):
+        run = Run(base, "*")
+        t_start = None
+        deadline = time.monotonic() + 300
+        while t_start is None and run.proc.poll() is None and time.monotonic() < deadline:
+            t_start = run.step_started(step)
+            time.sleep(0.005)
+        start, end = times.get(step, (0.0, 0.2))
+        delay = rng.uniform(0.0, max(end - start, 0.05))
+        time.sleep(delay)
+        finished = run.proc.poll() is not None
+        run.kill()
+        if t_start is None:
+            # The run ended before the step: a previous kill made it fail? Show why.
+            pytest.fail(f"trial {i}: step {step} never started:\n{run.output[-3000:]}")
+        count("kill_trials")
+        if not finished:
+            count("kills_survived")
+        log.append(f"trial {i}: SIGKILL {delay:.2f}s into {step}"
+                   f"{' (run had already finished)' if finished else ''}")
+        _scan(base, log[-1])
+    materialize(base, "*")
+    count("rematerializations")
+    _scan(base, "the final run")
+    assert _normalized_digest(base) == _normalized_digest(ref), "\n".join(log)
+    for stage in STAGES:
+        bitwise, worst = compare_weights(weights(ref, stage), weights(base, stage), atol=0.0)
+        assert bitwise, f"{stage} weights differ by {worst} after {log}"
+        count("checkpoints_bitwise_equal")
+    # Greedy evaluation of equal weights gives equal scores.
+    assert _last_eval_metrics(base) == _last_eval_metrics(ref)
+    print("\n".join(log))
+
+
+def test_kill_trials_quick(tmp_path, tmp_path_factory):
+    """Three seeded kills: one in the data steps, one in training, one anywhere."""
+    rng = random.Random(10)
+    targets = [rng.choice(ASSET_STEPS[:7]), rng.choice(ASSET_STEPS[7:10]), rng.choice(ASSET_STEPS)]
+    _kill_trials(tmp_path, tmp_path_factory, seed=10, targets=targets)
+
+
+@pytest.mark.slow
+def test_kill_trials_every_stage(tmp_path, tmp_path_factory):
+    """One seeded kill in every asset step of the graph (13), in a seeded order."""
+    targets = list(ASSET_STEPS)
+    random.Random(11).shuffle(targets)
+    _kill_trials(tmp_path, tmp_path_factory, seed=11, targets=targets)
+
+
+# ------------------------------------------------------------------------------ disk full
+
+def _mount_tiny(path: Path, size: str) -> bool:
+    """A tmpfs of `size` at `path` (root only); False when mounting is not permitted."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    return proc.returncode == 0
+
+
+def _fill(path: Path, leave: int = 4096) -> None:
+    free = shutil.disk_usage(path).free
+    with open(path / "ballast", "wb") as f:
+        try:
+            f.write(b"\0" * max(free - leave, 0))
+        except OSError:
+            pass
+
+
+def _failure_text(result) -> str:
+    return "\n".join(str(e.event_specific_data) for e in result.all_events if e.is_step_failure)
+
+
+def _materialize(resource, names: list[str]):
+    import dagster as dg
+
+    from minillm_assets.definitions import all_assets
+
+    selected = [a for a in all_assets if any(k.path[-1] in names for k in getattr(a, "keys", []))]
+    with dg.instance_for_test() as instance:
+        return dg.materialize(selected, resources={"minillm": resource}, instance=instance,
+                              raise_on_error=False)
+
+
+def test_disk_full_fails_naming_the_path_and_keeps_the_previous_artifact(tmp_path, monkeypatch):
+    from minillm_assets.resources import MiniLLMResource
+    from tests.conftest import REPO
+
+    tiny = tmp_path / "tiny"
+    mounted = _mount_tiny(tiny, "8m")
+    count("disk_full_tmpfs" if mounted else "disk_full_injected_enospc")
+    try:
+        (tmp_path / "sources").mkdir()
+        res = MiniLLMResource(profile="smoke", sources_dir=str(tmp_path / "sources"),
+                              samples_dir=str(REPO / "dataset"),
+                              processed_dir=str(tiny / "processed"), out_dir=str(tiny / "out"),
+                              tf_dir=str(tmp_path / "tf"))
+        first = _materialize(res, ["pretrain_mix", "sft_mix", "dpo_mix", "tokenizer",
+                                   "pretrain_tokens", "pretrain_checkpoint"])
+        assert first.success, _failure_text(first)
+        targets = {  # asset -> (the artifact that must stay untouched, the path the error names)
+            "pretrain_mix": (res.mix_path("pretrain"), res.mix_path("pretrain")),
+            "pretrain_tokens": (res.tokens_dir("pretrain"), res.tokens_dir("pretrain")),
+            "pretrain_checkpoint": (res.checkpoint_dir("pretrain"),
+                                    res.checkpoint_dir("pretrain") / "model.safetensors"),
+        }
+        before = {k: sha256_tree(v[0]) for k, v in targets.items()}
+        if mounted:
+            _fill(tiny)
+        else:
+            import minillm_core.artifacts as artifacts
+
+            def enospc(path):
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+            monkeypatch.setattr(artifacts, "_fsync_path", enospc)
+        for asset, (artifact, named) in targets.items():
+            result = _materialize(res, [asset])
+            assert not result.success, f"{asset} succeeded on a full disk"
+            msg = _failure_text(result)
+            assert f"no space left on device while writing {named}" in msg, msg[-2000:]
+            assert "bytes (written before the disk filled)" in msg and "bytes free there" in msg
+            assert sha256_tree(artifact) == before[asset], f"{asset}: previous artifact changed"
+            leftovers = [p for p in tiny.rglob("*") if ".tmp-" in p.name or ".mix-spool" in p.name]
+            assert not leftovers, leftovers
+            count("disk_full_failures_reported")
+        # With space again, the same stage succeeds.
+        if mounted:
+            (tiny / "ballast").unlink()
+        else:
+            monkeypatch.undo()
+        again = _materialize(res, ["pretrain_tokens"])
+        assert again.success, _failure_text(again)
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(tiny)], check=False)
