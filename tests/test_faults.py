@@ -173,12 +173,20 @@ def _materialize(resource, names: list[str]):
                               raise_on_error=False)
 
 
-def test_disk_full_fails_naming_the_path_and_keeps_the_previous_artifact(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["tmpfs", "injected"])
+def test_disk_full_fails_naming_the_path_and_keeps_the_previous_artifact(tmp_path, monkeypatch,
+                                                                         mode):
+    """`tmpfs`: the outputs live on an 8 MiB tmpfs this test mounts, filled to 4 KiB free before
+    the second materialization (falls back to `injected` where mounting is not permitted);
+    `injected`: every atomic write fails with ENOSPC when it is flushed."""
     from minillm_assets.resources import MiniLLMResource
     from tests.conftest import REPO
 
     tiny = tmp_path / "tiny"
-    mounted = _mount_tiny(tiny, "8m")
+    mounted = mode == "tmpfs" and _mount_tiny(tiny, "8m")
+    tiny.mkdir(exist_ok=True)
+    if mode == "tmpfs" and not mounted:
+        print("tmpfs mount not permitted here: ENOSPC injected instead")
     count("disk_full_tmpfs" if mounted else "disk_full_injected_enospc")
     try:
         (tmp_path / "sources").mkdir()
