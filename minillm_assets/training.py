@@ -6,20 +6,31 @@ from typing import Any, Optional
 import dagster as dg
 from pydantic import Field
 
-from minillm_assets._util import image_md, need, to_metadata, user_errors
+from minillm_assets._util import need, user_errors
 from minillm_assets.configs import dagster_config
+from minillm_assets.launch import K8sPodConfig, checkpoint_metadata, run_k8s, run_torchrun
 from minillm_assets.resources import MiniLLMResource
 from minillm_core.checkpoint import read_meta
+from minillm_core.distributed import DistributedConfig
 from minillm_core.model import ModelConfig
 from minillm_core.tokenizer import load_tokenizer
 from minillm_core.train import TrainConfig, train
 
 ModelRunConfig = dagster_config(ModelConfig, "ModelRunConfig", exclude=("vocab_size",))
+DistributedRunConfig = dagster_config(DistributedConfig, "DistributedRunConfig")
+_DISTRIBUTED = (Optional[DistributedRunConfig], Field(
+    default=None, description="How to launch: in this process, or as torchrun ranks (DDP) with "
+    "nproc_per_node / nnodes / rdzv_endpoint / backend. Unset fields take the profile's preset."))
+K8sRunConfig = dagster_config(K8sPodConfig, "K8sRunConfig")
+_K8S = (Optional[K8sRunConfig], Field(default=None, description="The pod, when distributed."
+                                      "launcher is k8s (image, volume claim, GPUs node selector)."))
 PretrainRunConfig = dagster_config(
     TrainConfig, "PretrainRunConfig", exclude=("stage",),
     model=(Optional[ModelRunConfig], Field(default=None, description="Model shape; SFT and DPO "
-                                           "inherit it from the pretrain checkpoint.")))
-FinetuneRunConfig = dagster_config(TrainConfig, "FinetuneRunConfig", exclude=("stage",))
+                                           "inherit it from the pretrain checkpoint.")),
+    distributed=_DISTRIBUTED, k8s=_K8S)
+FinetuneRunConfig = dagster_config(TrainConfig, "FinetuneRunConfig", exclude=("stage",),
+                                   distributed=_DISTRIBUTED, k8s=_K8S)
 
 # Training on one device at a time: runs that would share the GPU (or the CPU cores) queue on
 # this pool instead (its limit is set in the instance's dagster.yaml).
@@ -53,13 +64,14 @@ def loss_problems(losses: list[float]) -> tuple[list[str], list[str]]:
     return [], warn
 
 
-def checkpoint_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinition]:
+def checkpoint_asset(stage: str, retry_policy: dg.RetryPolicy | None = TRAIN_RETRY
+                     ) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinition]:
     name, parent = f"{stage}_checkpoint", _PARENT[stage]
     deps = [f"{stage}_tokens", "tokenizer"] + ([f"{parent}_checkpoint"] if parent else [])
 
     @dg.asset(name=name, group_name="training", description=_DESCRIPTIONS[stage], deps=deps,
               code_version="train-1", kinds={"pytorch"}, pool=TRAIN_POOL,
-              retry_policy=TRAIN_RETRY)
+              retry_policy=retry_policy)
     def _checkpoint(context: dg.AssetExecutionContext,
                     config: PretrainRunConfig if parent is None else FinetuneRunConfig,  # type: ignore[valid-type]
                     minillm: MiniLLMResource) -> dg.MaterializeResult:
@@ -67,6 +79,8 @@ def checkpoint_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDef
         tok_dir = need(minillm.tokenizer_dir, "tokenizer", name)
         user: dict[str, Any] = config.model_dump(exclude_none=True)
         model_user = user.pop("model", None)
+        dist_user = user.pop("distributed", None)
+        k8s_user = user.pop("k8s", None)
         base: dict[str, Any] = {"stage": stage, "data_path": str(data),
                                 "out_dir": str(minillm.checkpoint_dir(stage)),
                                 "tensorboard_dir": str(minillm.tf / stage)}
@@ -80,16 +94,21 @@ def checkpoint_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDef
                 base["pretrained_path"] = str(parent_dir)
                 model_cfg = ModelConfig(**read_meta(parent_dir)["model"])
             cfg = minillm.settings(TrainConfig, stage, user, base)
+            dist_cfg = minillm.settings(DistributedConfig, "distributed", dist_user)
+            if dist_cfg.uses_torchrun or dist_cfg.launcher == "k8s":
+                # Refuse a global batch that does not split across the ranks here, in one line,
+                # rather than once per rank inside the job.
+                cfg.rank_accumulation(dist_cfg.world_size)
+            if dist_cfg.launcher == "k8s":
+                k8s_cfg = minillm.settings(K8sPodConfig, "k8s", k8s_user)
+                return run_k8s(context, name, stage, cfg, model_cfg, dist_cfg, k8s_cfg,
+                               minillm.root_path)
+        if dist_cfg.uses_torchrun:
+            # Rank 0 reports through Pipes the metadata checkpoint_metadata builds, as below.
+            return run_torchrun(context, name, stage, cfg, model_cfg, dist_cfg)
+        with user_errors(name):
             report = train(cfg, model_cfg, log=context.log.info)
-        meta = to_metadata(report.metadata)
-        if report.loss_curve_png:
-            meta["loss_curve"] = image_md(report.loss_curve_png, f"{stage} loss")
-        return dg.MaterializeResult(
-            metadata={**meta, "final_loss": report.final_loss, "steps": report.steps,
-                      "tokens_seen": report.tokens_seen, "tokens_per_s": report.tokens_per_s,
-                      "num_parameters": report.num_parameters,
-                      "path": dg.MetadataValue.path(str(report.checkpoint_dir)),
-                      "tensorboard": dg.MetadataValue.path(str(minillm.tf / stage))})
+        return dg.MaterializeResult(metadata=checkpoint_metadata(report, minillm.tf / stage))
 
     @dg.multi_asset_check(
         specs=[dg.AssetCheckSpec(f"{name}_loss_finite", asset=name, blocking=True,

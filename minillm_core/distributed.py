@@ -55,8 +55,9 @@ MODULE = "minillm_core.distributed"
 class DistributedConfig(CoreConfig):
     """How a training stage is launched: in this process, or as torchrun ranks."""
 
-    launcher: Literal["auto", "in_process", "torchrun"] = Field(
-        "auto", description="auto = torchrun when nproc_per_node x nnodes > 1, else in this process")
+    launcher: Literal["auto", "in_process", "torchrun", "k8s"] = Field(
+        "auto", description="auto = torchrun when nproc_per_node x nnodes > 1, else in this "
+        "process; k8s = torchrun in a Kubernetes pod (Dagster's PipesK8sClient, one node)")
     nproc_per_node: int = Field(1, ge=1, description="processes (GPUs) per node")
     nnodes: int = Field(1, ge=1, description="nodes (machines); more than 1 needs rdzv_endpoint")
     rdzv_endpoint: str | None = Field(None, description="host:port of the c10d rendezvous that "
@@ -129,7 +130,7 @@ def init_process_group(backend: str, device: str, timeout_s: float) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     p.add_argument("--dist_backend", choices=["auto", "nccl", "gloo"], default="auto")
     p.add_argument("--dist_timeout_s", type=float, default=DistributedConfig.model_fields["timeout_s"].default)
     return p
@@ -184,11 +185,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] not in ("pretrain", "sft", "dpo"):
         print(_USAGE, file=sys.stderr)
         return 2
+    from minillm_core.train import NonFiniteLossError, TrainingInterrupted
+
     try:
         report = run_stage(args[0], args[1:])
-    except (ConfigError, ArtifactError) as exc:
-        # A settings or input problem: the same on every rank, so every rank stops with it.
-        raise SystemExit(f"minillm {args[0]} (rank {env_rank()}): {exc}") from None
+    except (ConfigError, ArtifactError, NonFiniteLossError, TrainingInterrupted) as exc:
+        if "TORCHELASTIC_ERROR_FILE" in os.environ:
+            raise  # under torchrun: @record writes it where the agent's failure report finds it
+        print(f"minillm {args[0]}: {exc}", file=sys.stderr)
+        return 1
     if env_rank() == 0:
         print(json.dumps(report.metadata, indent=2, default=str))
     return 0
@@ -222,7 +227,7 @@ def launch_main(argv: Sequence[str]) -> int:
     """`torchrun` with the first failure written to --failure_file (and stderr)."""
     from torch.distributed import run as torchrun
 
-    p = argparse.ArgumentParser(add_help=False)
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     p.add_argument("--failure_file", default=None)
     ns, rest = p.parse_known_args(list(argv))
     args = torchrun.parse_args(rest)

@@ -391,23 +391,30 @@ def iter_csv(f: BinaryIO, display: str, delimiter: str) -> Iterator[tuple[int, A
     reader = csv.reader(lines(), delimiter=delimiter)
     header: list[str] | None = None
     last = 0
-    try:
-        for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            # A NUL, a bare CR or a stray quote costs its row, not the file: the reader starts
+            # afresh on the next line.
             start, last = last + 1, reader.line_num
-            if not row or all(not c.strip() for c in row):
-                continue
-            if header is None:
-                header = [h.strip() or f"column{i}" for i, h in enumerate(row)]
-                continue
-            if any(n in bad_lines for n in range(start, last + 1)):
-                yield start, RecordError("invalid UTF-8", "in this row")
-            elif len(row) != len(header):
-                yield start, RecordError("wrong number of columns", f"expected {len(header)} "
-                                         f"({', '.join(header)}), got {len(row)}")
-            else:
-                yield start, dict(zip(header, row))
-    except csv.Error as exc:
-        raise MixError(f"{display}:{last + 1}: CSV error: {exc}") from None
+            yield start, RecordError("CSV error", str(exc).split(" - ")[0])
+            continue
+        start, last = last + 1, reader.line_num
+        if not row or all(not c.strip() for c in row):
+            continue
+        if header is None:
+            header = [h.strip() or f"column{i}" for i, h in enumerate(row)]
+            continue
+        if any(n in bad_lines for n in range(start, last + 1)):
+            yield start, RecordError("invalid UTF-8", "in this row")
+        elif len(row) != len(header):
+            yield start, RecordError("wrong number of columns", f"expected {len(header)} "
+                                     f"({', '.join(header)}), got {len(row)}")
+        else:
+            yield start, dict(zip(header, row))
 
 
 def iter_items(path: Path, display: str, sn: Sniff) -> Iterator[tuple[int, Any]]:

@@ -813,6 +813,8 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None, dataset:
                     micro_losses.append(loss.detach())
                     if weight:
                         step_metrics.append(metrics)
+                    for k2 in metrics:  # same keys on every rank, even one with only a stand-in
+                        metric_sums.setdefault(k2, 0.0)
                 # One host sync per optimizer step: the loss must be checked before the update.
                 # With several ranks the losses, token counts and SIGTERM flag of all ranks are
                 # gathered here, so every rank sees the same numbers and decides alike.

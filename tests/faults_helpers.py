@@ -289,3 +289,32 @@ def compare_weights(a: dict[str, Any], b: dict[str, Any], atol: float = 1e-6) ->
             worst = max(worst, float((a[k] - b[k]).abs().max()))
     assert worst <= atol, f"weights differ by {worst} > {atol}"
     return bitwise, worst
+
+
+# ------------------------------------------------------------------------------ reference run
+
+_REFERENCE: dict[str, object] = {}
+
+
+def reference_run(tmp_path_factory) -> tuple[Path, dict[str, tuple[float, float]]]:
+    """One uninterrupted `dagster asset materialize --select *` from scratch per test session,
+    shared by the kill trials and the reproducibility test."""
+    if "base" not in _REFERENCE:
+        base = tmp_path_factory.mktemp("reference")
+        run = materialize(base, "*")
+        _REFERENCE["base"], _REFERENCE["times"] = base, run.step_times()
+    return _REFERENCE["base"], _REFERENCE["times"]  # type: ignore[return-value]
+
+
+def normalized_digest(base: Path) -> dict[str, str]:
+    """artifact_digest with the run's own root replaced (index.json records the mix path)."""
+    import hashlib
+
+    out = {}
+    for key, value in artifact_digest(base).items():
+        if key.endswith("index.json"):
+            stage = key.split("/")[1]
+            text = (roots(base)["out"] / "tokens" / stage / "index.json").read_text()
+            value = hashlib.sha256(text.replace(str(base), "<ROOT>").encode()).hexdigest()
+        out[key] = value
+    return out

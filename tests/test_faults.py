@@ -30,41 +30,26 @@ from pathlib import Path
 import pytest
 
 from minillm_core.artifacts import sha256_tree
-from tests.faults_helpers import (Run, artifact_digest, compare_weights, count, materialize,
-                                  roots, scan_artifacts, weights)
+from tests.faults_helpers import (Run, compare_weights, count, materialize, normalized_digest,
+                                  reference_run, roots, scan_artifacts, weights)
 
 pytestmark = pytest.mark.faults
 
 ASSET_STEPS = ["pretrain_mix", "sft_mix", "dpo_mix", "tokenizer", "pretrain_tokens", "sft_tokens",
                "dpo_tokens", "pretrain_checkpoint", "sft_checkpoint", "dpo_checkpoint",
                "pretrain_eval", "sft_eval", "dpo_eval"]
+TRAINING_STEPS = ["pretrain_checkpoint", "sft_checkpoint", "dpo_checkpoint"]
+
+
+def graph_steps() -> list[str]:
+    """Every materializable asset of the graph (a step each): the 13 above plus any added since."""
+    from minillm_assets.definitions import all_assets
+
+    keys = [k.path[-1] for a in all_assets if hasattr(a, "keys") and a.is_executable
+            for k in a.keys]
+    assert set(ASSET_STEPS) <= set(keys), set(ASSET_STEPS) - set(keys)
+    return ASSET_STEPS + sorted(set(keys) - set(ASSET_STEPS))
 STAGES = ("pretrain", "sft", "dpo")
-
-_REFERENCE: dict[str, object] = {}
-
-
-def reference_run(tmp_path_factory) -> tuple[Path, dict[str, tuple[float, float]]]:
-    """One uninterrupted run from scratch per session (shared by the tests of this module)."""
-    if "base" not in _REFERENCE:
-        base = tmp_path_factory.mktemp("reference")
-        run = materialize(base, "*")
-        _REFERENCE["base"], _REFERENCE["times"] = base, run.step_times()
-    return _REFERENCE["base"], _REFERENCE["times"]  # type: ignore[return-value]
-
-
-def _normalized_digest(base: Path) -> dict[str, str]:
-    """artifact_digest with the run's own root replaced (index.json records the mix path)."""
-    import hashlib
-
-    out = {}
-    for key, value in artifact_digest(base).items():
-        if key.endswith("index.json"):
-            stage = key.split("/")[1]
-            text = (roots(base)["out"] / "tokens" / stage / "index.json").read_text()
-            value = hashlib.sha256(text.replace(str(base), "<ROOT>").encode()).hexdigest()
-        out[key] = value
-    return out
-
 
 def _last_eval_metrics(base: Path) -> dict[str, dict]:
     out = {}
@@ -83,12 +68,22 @@ def _scan(base: Path, context: str) -> None:
         "\n".join(problems[:10])
 
 
-def _kill_trials(tmp_path: Path, tmp_path_factory, seed: int, targets: list[str]) -> None:
+def _unfinished(base: Path, stage: str) -> bool:
+    import torch
+
+    path = roots(base)["out"] / stage / "resume.pt"
+    return path.exists() and not torch.load(path, weights_only=True).get("finished", True)
+
+
+def _kill_trials(tmp_path: Path, tmp_path_factory, seed: int,
+                 targets: list[tuple[str, float, float]]) -> None:
+    """Each target is (step, lo, hi): kill at a seeded uniform fraction in [lo, hi] of the step's
+    duration in the reference run, counted from the moment this run starts the step."""
     ref, times = reference_run(tmp_path_factory)
     base = tmp_path / "interrupted"
     rng = random.Random(seed)
     log = []
-    for i, step in enumerate(targets):
+    for i, (step, lo, hi) in enumerate(targets):
         run = Run(base, "*")
         t_start = None
         deadline = time.monotonic() + 300
@@ -96,7 +91,7 @@ def _kill_trials(tmp_path: Path, tmp_path_factory, seed: int, targets: list[str]
             t_start = run.step_started(step)
             time.sleep(0.005)
         start, end = times.get(step, (0.0, 0.2))
-        delay = rng.uniform(0.0, max(end - start, 0.05))
+        delay = rng.uniform(lo, hi) * max(end - start, 0.05)
         time.sleep(delay)
         finished = run.proc.poll() is not None
         run.kill()
@@ -106,13 +101,17 @@ def _kill_trials(tmp_path: Path, tmp_path_factory, seed: int, targets: list[str]
         count("kill_trials")
         if not finished:
             count("kills_survived")
+        unfinished = [s for s in STAGES if _unfinished(base, s)]
+        if unfinished:
+            count("kills_leaving_a_resume_state")
         log.append(f"trial {i}: SIGKILL {delay:.2f}s into {step}"
-                   f"{' (run had already finished)' if finished else ''}")
+                   f"{' (run had already finished)' if finished else ''}"
+                   f"{'; unfinished resume state: ' + ', '.join(unfinished) if unfinished else ''}")
         _scan(base, log[-1])
     materialize(base, "*")
     count("rematerializations")
     _scan(base, "the final run")
-    assert _normalized_digest(base) == _normalized_digest(ref), "\n".join(log)
+    assert normalized_digest(base) == normalized_digest(ref), "\n".join(log)
     for stage in STAGES:
         bitwise, worst = compare_weights(weights(ref, stage), weights(base, stage), atol=0.0)
         assert bitwise, f"{stage} weights differ by {worst} after {log}"
@@ -123,16 +122,19 @@ def _kill_trials(tmp_path: Path, tmp_path_factory, seed: int, targets: list[str]
 
 
 def test_kill_trials_quick(tmp_path, tmp_path_factory):
-    """Three seeded kills: one in the data steps, one in training, one anywhere."""
+    """Three seeded kills: one in the data steps, one late in training (so an unfinished resume
+    state is left for the next run to continue from), one anywhere."""
     rng = random.Random(10)
-    targets = [rng.choice(ASSET_STEPS[:7]), rng.choice(ASSET_STEPS[7:10]), rng.choice(ASSET_STEPS)]
+    targets = [(rng.choice(ASSET_STEPS[:7]), 0.0, 1.0), (rng.choice(TRAINING_STEPS), 0.5, 0.95),
+               (rng.choice(ASSET_STEPS), 0.0, 1.0)]
     _kill_trials(tmp_path, tmp_path_factory, seed=10, targets=targets)
 
 
 @pytest.mark.slow
 def test_kill_trials_every_stage(tmp_path, tmp_path_factory):
-    """One seeded kill in every asset step of the graph (13), in a seeded order."""
-    targets = list(ASSET_STEPS)
+    """One seeded kill anywhere in every asset step of the graph, plus one late in each training
+    step, in a seeded order."""
+    targets = [(s, 0.0, 1.0) for s in graph_steps()] + [(s, 0.5, 0.95) for s in TRAINING_STEPS]
     random.Random(11).shuffle(targets)
     _kill_trials(tmp_path, tmp_path_factory, seed=11, targets=targets)
 

@@ -105,6 +105,17 @@ def _items(path: Path, sniff: Sniff) -> tuple[list[tuple[int, object]], str | No
     return out, None
 
 
+def _sniff_refusal(path: Path, container: str) -> str | None:
+    """The message of a whole-file refusal (binary data, GBK, an HTML page), which names the file."""
+    try:
+        readers.sniff(path, str(path), container)
+    except MixError as exc:
+        assert str(exc).startswith(f"{path}: "), exc
+        count("files_refused_with_file_line")
+        return str(exc)
+    return None
+
+
 def _classify(items, output: str, cfg: MixConfig, category: str) -> dict[str, int]:
     """valid / not applicable / bad per item, through the mix's own converter."""
     fs = FileScan(Path("x"), "x", category, Sniff("jsonl"), None)
@@ -168,6 +179,16 @@ def test_jsonl_every_line_kept_or_reported(tmp_path_factory, lines):
     cfg = _cfg(tmp, "f.jsonl", container="jsonl")
 
     def run():
+        count("jsonl_lines_fuzzed", len(lines))
+        count("fuzzed_files")
+        try:  # what the mix does first: a file of binary data is refused whole, by name
+            readers.sniff(path, str(path), "jsonl")
+        except MixError as exc:
+            assert str(exc).startswith(f"{path}: "), exc
+            count("files_refused_with_file_line")
+            with pytest.raises(MixError):
+                scan_file(path, str(path), path.parent, cfg, "general", "pretrain")
+            return
         items, fatal = _items(path, Sniff("jsonl"))
         assert fatal is None, fatal  # JSON Lines never gives up on a file of bounded lines
         # Every non-blank line yields at least one item (a value or its error), in order.
@@ -180,8 +201,6 @@ def test_jsonl_every_line_kept_or_reported(tmp_path_factory, lines):
         _check_scan(path, cfg, items, None)
         good = {line for line, v in items if not isinstance(v, RecordError)}
         _check_build(tmp, cfg, good)
-        count("jsonl_lines_fuzzed", len(lines))
-        count("fuzzed_files")
 
     _timed(run)
 
@@ -224,7 +243,7 @@ def test_csv_rows_kept_or_reported(tmp_path_factory, rows, header):
             count("files_refused_with_file_line")
         lines_ = [line for line, _ in items]
         assert lines_ == sorted(lines_) and all(2 <= x <= n_lines for x in lines_), lines_
-        _check_scan(path, cfg, items, fatal)
+        _check_scan(path, cfg, items, _sniff_refusal(path, "csv") or fatal)
         count("csv_rows_fuzzed", len(rows))
         count("fuzzed_files")
 
@@ -254,7 +273,7 @@ def test_json_array_and_stream_kept_or_refused_with_file_line(tmp_path_factory, 
             assert m and m["file"] == str(path), fatal
             assert 1 <= int(m["line"]) <= body.count(b"\n") + 1, fatal
             count("files_refused_with_file_line")
-        _check_scan(path, cfg, items, fatal)
+        _check_scan(path, cfg, items, _sniff_refusal(path, container) or fatal)
         count("json_elements_fuzzed", len(elements))
         count("fuzzed_files")
 
