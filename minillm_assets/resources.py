@@ -15,12 +15,15 @@ from typing import Any, TypeVar
 import dagster as dg
 from pydantic import Field, field_validator
 
-from minillm_core.config import ConfigError, CoreConfig
+from minillm_core.config import ConfigError, CoreConfig, check_within_roots
 from minillm_core.profiles import PROFILES, preset
 
 C = TypeVar("C", bound=CoreConfig)
 
 STAGES = ("pretrain", "sft", "dpo")
+
+# Config fields naming where a stage writes: run config may move them, but only inside the roots.
+OUTPUT_FIELDS = ("out_dir", "output_dir", "tensorboard_dir", "results_file")
 
 
 # The checkout this package lives in: the shipped samples are found here whatever the root.
@@ -111,10 +114,14 @@ class MiniLLMResource(dg.ConfigurableResource):
 
     def settings(self, cls: type[C], concern: str, user: dg.Config | dict | None,
                  base: dict[str, Any] | None = None) -> C:
-        """Field defaults < `base` (paths the asset derives) < the profile preset < run config."""
+        """Field defaults < `base` (paths the asset derives) < the profile preset < run config.
+        Output paths must resolve inside the artifact roots (out, processed, tf)."""
         if isinstance(user, dg.Config):
             user = user.model_dump(exclude_none=True)
         try:
-            return cls.resolve(base, self.preset(concern), user)
+            cfg = cls.resolve(base, self.preset(concern), user)
+            check_within_roots(cfg.model_dump(), [self.out, self.processed, self.tf],
+                               [f for f in OUTPUT_FIELDS if f in cls.model_fields])
+            return cfg
         except ConfigError as exc:
             raise dg.Failure(description=f"{exc}\n(set it under ops.<asset>.config in run config)")

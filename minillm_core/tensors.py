@@ -93,7 +93,7 @@ _DTYPES = {"uint16": np.uint16, "int32": np.int32, "int64": np.int64}
 class TensorConfig(CoreConfig):
     """Settings of the token tensors stage (`minillm tokens`, the `*_tokens` assets)."""
 
-    max_length: int = Field(2048, ge=2, description="input positions per row (the seed's --max-length)")
+    max_length: int = Field(2048, ge=1, description="input positions per row (the seed's --max-length)")
     layout: Literal["packed", "padded"] = Field(
         "packed", description="pretrain only: documents packed back to back (default, no padding) "
         "or the seed's one document per row, truncated and padded")

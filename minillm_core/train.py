@@ -53,14 +53,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from torch import nn
 
 from minillm_core.artifacts import ArtifactError, atomic_path, require, sha256_file
 from minillm_core.checkpoint import (RESUME, config_diff, load_checkpoint, load_resume,
                                      load_weights_into, read_meta, require_same_model,
                                      save_checkpoint, save_resume, weights_state)
-from minillm_core.config import ConfigError, CoreConfig
+from minillm_core.config import ConfigError, CoreConfig, validate_device
 from minillm_core.model import MiniLLM, ModelConfig
 from minillm_core.objectives import DPOLoss, pretrain_loss, sft_loss
 from minillm_core.progress import LogFn, Progress, emit
@@ -125,6 +125,11 @@ class TrainConfig(CoreConfig):
     compile: bool = Field(False, description="torch.compile the model")
     seed: int = Field(42, description="model init, data order and dropout")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms for this run")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        return validate_device(v)
 
     @model_validator(mode="after")
     def _stage_defaults(self) -> "TrainConfig":

@@ -49,3 +49,13 @@ def smoke_graph(tmp_path_factory: pytest.TempPathFactory) -> SmokeGraph:
         result = dg.materialize([*all_assets, *all_checks], resources={"minillm": resource},
                                 instance=instance, raise_on_error=True)
         yield SmokeGraph(root=root, resource=resource, result=result)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The reliability suite's counts (trials, kills survived, inputs fuzzed, files scanned)."""
+    from tests import faults_helpers
+
+    line = faults_helpers.take_summary()
+    if line:
+        terminalreporter.write_sep("=", "reliability suite")
+        terminalreporter.write_line(line)

@@ -8,8 +8,9 @@ test_config_validation.py, test_fuzz_readers.py, test_reproducibility.py).
 - `artifact_digest` hashes what must be reproducible: mixes, tokenizer ranks, token tensors,
   checkpoint weights.
 - `count` / `COUNTS` tally trials, kills, files scanned and inputs fuzzed; the totals are printed
-  at the end of the pytest session (an `atexit` line on the real stdout, and a JSON file when
-  `MINILLM_RELIABILITY_COUNTS` names one) so CI logs show them.
+  at the end of the pytest session (by a `pytest_terminal_summary` hook calling `take_summary`
+  where conftest has one, else an `atexit` line on the real stdout; and as JSON in the file
+  `MINILLM_RELIABILITY_COUNTS` names) so CI logs show them.
 """
 
 from __future__ import annotations
@@ -38,15 +39,26 @@ def count(key: str, n: int = 1) -> None:
     COUNTS[key] += n
 
 
+_PRINTED = [False]
+
+
+def take_summary() -> str | None:
+    """The counts line for a `pytest_terminal_summary` hook; the exit-time print is then skipped."""
+    if not COUNTS:
+        return None
+    _PRINTED[0] = True
+    return "reliability suite counts: " + ", ".join(f"{k}={v}" for k, v in sorted(COUNTS.items()))
+
+
 def _report() -> None:
     if not COUNTS:
         return
-    line = "reliability suite counts: " + ", ".join(f"{k}={v}" for k, v in sorted(COUNTS.items()))
-    try:
-        sys.__stdout__.write("\n" + line + "\n")
-        sys.__stdout__.flush()
-    except (OSError, ValueError):
-        pass
+    if not _PRINTED[0]:
+        try:
+            sys.__stdout__.write("\n" + take_summary() + "\n")
+            sys.__stdout__.flush()
+        except (OSError, ValueError):
+            pass
     target = os.environ.get("MINILLM_RELIABILITY_COUNTS")
     if target:
         Path(target).write_text(json.dumps(dict(sorted(COUNTS.items())), indent=2) + "\n")

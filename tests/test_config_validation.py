@@ -30,9 +30,11 @@ CASES = [
      r"batch_size: Input should be greater than or equal to 1"),
     (TokenizerConfig, {}, {"vocab_size": 264},
      r"vocab_size: .*264 is too small: the 256 byte tokens and 9 special tokens need at least 265"),
-    (TensorConfig, {}, {"max_length": 1},
-     r"max_length: Input should be greater than or equal to 2 \(got 1\)"),
-    (TensorConfig, {}, {"max_length": -5}, r"max_length: Input should be greater than or equal to 2"),
+    # max_length counts input positions: a row holds max_length + 1 tokens, so >= 1 means a
+    # sequence of at least 2 tokens (one input, one target); TrainConfig says the same in tokens.
+    (TensorConfig, {}, {"max_length": 0},
+     r"max_length: Input should be greater than or equal to 1 \(got 0\)"),
+    (TensorConfig, {}, {"max_length": -5}, r"max_length: Input should be greater than or equal to 1"),
     (TrainConfig, {"stage": "pretrain"}, {"max_seq_len": 1},
      r"max_seq_len: Input should be greater than or equal to 2"),
     (EvalConfig, {"stage": "dpo"}, {"device": "gpu"},
@@ -79,9 +81,6 @@ def test_unknown_devices_are_refused(device):
     count("config_rules_checked")
 
 
-@pytest.mark.xfail(strict=True, reason="TrainConfig.device is a free string (minillm_core/train.py, "
-                   "not this suite's to edit): add `@field_validator('device')` returning "
-                   "config.validate_device(v); today 'gpu' fails only inside torch.device()")
 def test_train_config_refuses_an_unknown_device():
     with pytest.raises(ConfigError, match="device: .*unknown device 'gpu'"):
         TrainConfig.resolve({"stage": "pretrain", "device": "gpu"})
@@ -104,10 +103,6 @@ def test_output_paths_escaping_the_roots_are_named(tmp_path):
         count("config_rules_checked")
 
 
-@pytest.mark.xfail(strict=True, reason="minillm_assets/resources.py (the lead's) lets run config "
-                   "override out_dir/tensorboard_dir/results_file/...; proposed: in "
-                   "MiniLLMResource.settings, after resolve, call config.check_within_roots(cfg."
-                   "model_dump(), [self.out, self.processed, self.tf], <the output path fields>)")
 def test_resource_refuses_run_config_outputs_outside_the_roots(tmp_path):
     import dagster as dg
 

@@ -12,8 +12,9 @@ next trial's run is the re-materialization (it resumes an interrupted training s
 resume state); after the last trial one run goes to completion and its mixes, tokenizer, token
 tensors (bytes) and checkpoints (tensors, bitwise) are compared with the reference run.
 
-Default run: 3 kill trials (`test_kill_trials_quick`). `-m slow` adds 13 more, one per asset
-step of the graph (`test_kill_trials_every_stage`), so a full run has 16.
+Default run (`-m "not slow"`): 3 kill trials (`test_kill_trials_quick`). The slow test adds one
+kill in every asset step of the graph (14 with hf_export) plus a late kill in each training step
+(`test_kill_trials_every_stage`, 17), so a full run has 20.
 """
 
 from __future__ import annotations

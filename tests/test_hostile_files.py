@@ -24,6 +24,8 @@ from minillm_core.tensors import TensorConfig, TokenDataset, check_tokens, expor
 from minillm_core.tokenizer import Tokenizer, check_tokenizer, load_tokenizer
 from tests.faults_helpers import REPO, Payload, count, payload_bytes
 
+pytestmark = pytest.mark.faults
+
 TEXTS = ["你好，世界！今天天气很好。", "The quick brown fox jumps over the lazy dog.",
          "机器学习是人工智能的一个分支。", "数字 12345 和 emoji 😀"] * 20
 
