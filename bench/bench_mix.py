@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_mix.py                  # 10 MB / 100 MB / 1 GB of sources
     .venv/bin/python bench/bench_mix.py --base-mb 20     # quicker: 2 / 20 / 200 MB
-    .venv/bin/python bench/bench_mix.py --write-doc      # and put the table in docs/readme/mix.md
+    .venv/bin/python bench/bench_mix.py --write-doc      # and put the table in docs/mix.md
 
 Synthetic sources (seeded, written under /tmp/minillm-bench, never committed) imitate the real
 layouts in the proportions of the seed's mix: Belle/ShareGPT/messages/Alpaca-style general data,
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/minillm-bench"))
     ap.add_argument("--keep-outputs", action="store_true")
     ap.add_argument("--write-doc", action="store_true",
-                    help="replace the table in docs/readme/mix.md with this run's")
+                    help="replace the table in docs/mix.md with this run's")
     ap.add_argument("--run", type=Path, help=argparse.SUPPRESS)  # internal: one measurement
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     table = _table(rows)
     print("\n" + table)
     if args.write_doc:
-        doc = ROOT / "docs" / "readme" / "mix.md"
+        doc = ROOT / "docs" / "mix.md"
         text = doc.read_text(encoding="utf-8")
         head, _, rest = text.partition(DOC_BEGIN)
         _, _, tail = rest.partition(DOC_END)

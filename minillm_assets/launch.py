@@ -16,7 +16,7 @@ path and for rank 0 alike, so the asset page shows the same keys whichever way i
 
 The rank side imports this package, hence Dagster (about 1-2 s per process); a machine with torch
 but no Dagster runs the core entry point `python -m minillm_core.distributed` under torchrun
-instead (see docs/readme/distributed.md).
+instead (see docs/distributed.md).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ the record's original fields (a field whose name clashes with a canonical one is
 `original_<name>`, unless it holds the same value).
 
 Evidence: `bench/bench_mix.py` measures throughput and peak RSS at 0.1x, 1x and 10x input (the
-table is in docs/readme/mix.md). On 1 GB of sources the scan read 80 MB/s of JSON Lines by the
+table is in docs/mix.md). On 1 GB of sources the scan read 80 MB/s of JSON Lines by the
 wall clock on a 2-core machine at load 9 (160 MB per CPU-second), and the peak RSS was 1.23x that
 at 1x; what remains of the growth is the O(q) selection, which stops growing once the sources
 exceed the quotas. At the seed's quotas the outputs are 2.7 GB whatever the input size, so

@@ -22,7 +22,7 @@ first few `file:line: kind: detail` lines. Errors that make the rest of a file u
 syntax error inside a JSON array, a non-text file) raise `MixError` naming file and line.
 
 Trade-off: JSON Lines is parsed with `json.loads` per line, which is the fast path (the
-benchmark in docs/readme/mix.md measures it); arrays and streams go through `raw_decode` on a
+benchmark in docs/mix.md measures it); arrays and streams go through `raw_decode` on a
 sliding 1 MiB window, slower but flat in memory however large the array is.
 """
 

@@ -27,7 +27,7 @@ Pretrain layouts (`TensorConfig.layout`):
 
 Evidence (the real Chinese corpus of /work/shared/corpus/build_corpus.sh, 61,191 documents,
 20 MB, shuffled, tokenized with a 4096-token BPE trained on it: 6.1 M tokens; median document 32-63
-tokens, longest 151,216; `bench/bench_tensors.py`, table in docs/readme/tensors.md): at
+tokens, longest 151,216; `bench/bench_tensors.py`, table in docs/tensors.md): at
 `max_length=2048` the padded layout spends 95.9% of its positions on padding (59.5% even when
 the collator pads each shuffled batch of 4 only to its longest row) and still cuts 211 documents,
 13.9% of all tokens; packing spends 0.02% (the last row) and cuts nothing. At 512: padded 85.8%

@@ -14,7 +14,7 @@ Training and serving are split on purpose:
   checkpoints, which refuse a mismatch.
 
 Evidence (bench/bench_tokenizer.py, 20 MB of real Chinese, 2 shared CPUs; table in
-docs/readme/tokenizer.md): at vocab 6,400 the Rust trainer takes 1.9 s wall / 1.9 s CPU / 267 MB
+docs/tokenizer.md): at vocab 6,400 the Rust trainer takes 1.9 s wall / 1.9 s CPU / 267 MB
 peak against 7.0 s / 8.5 s / 683 MB for nanochat's `rustbpe` and 18.7 s / 21.1 s / 1262 MB for
 HuggingFace `tokenizers`; at 32,768, 3.1 s / 2.6 s / 349 MB against 13.2 s / 9.9 s / 781 MB.
 

@@ -23,7 +23,7 @@ from tests.faults_helpers import compare_weights, count, normalized_digest, refe
     weights
 
 STAGES = ("pretrain", "sft", "dpo")
-# Wall-clock content: the only files allowed to differ between two runs (docs/readme/reliability.md).
+# Wall-clock content: the only files allowed to differ between two runs (docs/reliability.md).
 TIMED = (".meta.json", "tokenizer_meta.json", "model.json", "eval_results.jsonl", "events.out.tfevents",
          "hf/README.md", "hf/minillm_export.json")  # the last two: hf_export's verify_seconds
 
