@@ -8,14 +8,14 @@ Relative paths resolve against the project root (the folder holding workspace.ya
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, TypeVar
 
 import dagster as dg
 from pydantic import Field, field_validator
 
-from minillm_core.config import ConfigError, CoreConfig, check_within_roots
+from minillm_core.config import (CHECKOUT, ConfigError, CoreConfig, check_within_roots,
+                                 default_tf_dir, project_root)
 from minillm_core.profiles import PROFILES, preset
 
 C = TypeVar("C", bound=CoreConfig)
@@ -24,17 +24,6 @@ STAGES = ("pretrain", "sft", "dpo")
 
 # Config fields naming where a stage writes: run config may move them, but only inside the roots.
 OUTPUT_FIELDS = ("out_dir", "output_dir", "tensorboard_dir", "results_file")
-
-
-# The checkout this package lives in: the shipped samples are found here whatever the root.
-CHECKOUT = Path(__file__).resolve().parents[1]
-
-
-def project_root() -> Path:
-    """`MINILLM_ROOT`, else the checkout this package lives in, else the current directory."""
-    if env := os.environ.get("MINILLM_ROOT"):
-        return Path(env).resolve()
-    return CHECKOUT if (CHECKOUT / "workspace.yaml").exists() else Path.cwd().resolve()
 
 
 class MiniLLMResource(dg.ConfigurableResource):
@@ -85,11 +74,7 @@ class MiniLLMResource(dg.ConfigurableResource):
 
     @property
     def tf(self) -> Path:
-        if self.tf_dir:
-            return self._abs(self.tf_dir)
-        if env := os.environ.get("TF_DIR"):
-            return self._abs(env)
-        return (self.root_path.parent / "tf_dir").resolve()
+        return self._abs(self.tf_dir) if self.tf_dir else default_tf_dir(self.root_path)
 
     def mix_path(self, output: str, heldout: bool = False) -> Path:
         return self.processed / f"{output}_chinese{'_heldout' if heldout else ''}.jsonl"

@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from minillm_core.artifacts import require
     from minillm_core.checkpoint import load_checkpoint
-    from minillm_core.evaluate import autocast, project_root, resolve_device, resolve_dtype
+    from minillm_core.config import project_root
+    from minillm_core.evaluate import autocast, resolve_device, resolve_dtype
     from minillm_core.tokenizer import load_tokenizer
 
     root = project_root()

@@ -8,6 +8,8 @@ A value of None in a layer means "not set here", so an unset flag never hides a 
 
 from __future__ import annotations
 
+import os
+
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -16,6 +18,27 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 C = TypeVar("C", bound="CoreConfig")
+
+
+# The checkout minillm_core lives in: the shipped samples and default roots are found here.
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def project_root() -> Path:
+    """`MINILLM_ROOT`, else the checkout (never the current directory)."""
+    if env := os.environ.get("MINILLM_ROOT"):
+        return Path(env).expanduser().resolve()
+    return CHECKOUT
+
+
+def default_tf_dir(root: Path | None = None) -> Path:
+    """`$TF_DIR` (relative to the project root), else `../tf_dir` one level above the project,
+    where the seed's pipelines write TensorBoard logs and eval_results.jsonl."""
+    root = root or project_root()
+    if env := os.environ.get("TF_DIR"):
+        p = Path(env).expanduser()
+        return p if p.is_absolute() else (root / p).resolve()
+    return (root.parent / "tf_dir").resolve()
 
 
 class ConfigError(ValueError):

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from minillm_core.artifacts import require, sha256_file, sha256_tree
-from minillm_core.config import CoreConfig, validate_device
+from minillm_core.config import CoreConfig, default_tf_dir, project_root, validate_device
 from minillm_core.progress import LogFn, emit
 
 Stage = Literal["pretrain", "sft", "dpo"]
@@ -68,21 +68,6 @@ DEFAULT_CONTINUATIONS = ["中国的首都是", "今天天气很好，我们", "�
 DEFAULT_FOREIGN_IDENTITIES = ["ChatGPT", "OpenAI", "GPT-4", "GPT-3", "Claude", "Anthropic",
                               "通义千问", "Qwen", "文心一言", "ERNIE", "Llama", "LLaMA", "MiniMind",
                               "智谱", "ChatGLM", "Kimi", "DeepSeek", "豆包"]
-
-
-def project_root() -> Path:
-    """`MINILLM_ROOT`, else the checkout this package lives in (never the current directory)."""
-    if env := os.environ.get("MINILLM_ROOT"):
-        return Path(env).resolve()
-    return Path(__file__).resolve().parents[1]
-
-
-def default_tf_dir() -> Path:
-    """`$TF_DIR`, else `../tf_dir` one level above the project (the seed's location)."""
-    if env := os.environ.get("TF_DIR"):
-        p = Path(env).expanduser()
-        return p if p.is_absolute() else project_root() / p
-    return project_root().parent / "tf_dir"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -624,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from minillm_core.evaluate import project_root
+    from minillm_core.config import project_root
 
     root = project_root()
     try:
