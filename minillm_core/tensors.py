@@ -73,6 +73,7 @@ from pydantic import BaseModel, Field
 from minillm_core.artifacts import (ArtifactError, atomic_path, read_json, require, sha256_json,
                                    write_json)
 from minillm_core.config import ConfigError, CoreConfig
+from minillm_core.profiles import PROFILES
 from minillm_core.progress import LogFn, Progress, emit
 
 FORMAT = "minillm-tokens"
@@ -1055,7 +1056,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the stage's JSONL mix (default data/processed/<stage>_chinese.jsonl)")
     p.add_argument("--output", type=Path, help="output directory (default out/tokens/<stage>)")
     p.add_argument("--tokenizer", type=Path, default=Path("out/tokenizer"), help="tokenizer directory")
-    p.add_argument("--profile", choices=("smoke", "gpu"), help="layer a profile's preset under the flags")
+    p.add_argument("--profile", choices=sorted(PROFILES), help="layer a profile's preset under the flags")
     p.add_argument("--max-length", type=int, help="input positions per row (default 2048)")
     p.add_argument("--layout", choices=("packed", "padded"), help="pretrain row layout (default packed)")
     p.add_argument("--bos-token", help="special token before every pretrain document (default <|bos|>)")

@@ -54,6 +54,7 @@ from pydantic import BaseModel, Field, field_validator
 from minillm_core import bpe_reference
 from minillm_core.artifacts import ArtifactError, atomic_path, require
 from minillm_core.config import ConfigError, CoreConfig
+from minillm_core.profiles import PROFILES
 from minillm_core.progress import LogFn, Progress, emit
 
 DEFAULT_PATTERN = bpe_reference.DEFAULT_PATTERN
@@ -791,7 +792,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_threads", "--num-threads", type=int, default=None)
     p.add_argument("--trainer", choices=["auto", "rust", "python"], default=None)
     p.add_argument("--pattern", default=None, help="split regex (default: the GPT-4-style variant)")
-    p.add_argument("--profile", default=None, help="preset to layer under the flags (smoke, gpu)")
+    p.add_argument("--profile", default=None, choices=sorted(PROFILES),
+                   help="preset to layer under the flags")
     return p
 
 

@@ -63,6 +63,7 @@ from minillm_core.checkpoint import (RESUME, config_diff, load_checkpoint, load_
 from minillm_core.config import ConfigError, CoreConfig, validate_device
 from minillm_core.model import MiniLLM, ModelConfig
 from minillm_core.objectives import DPOLoss, pretrain_loss, sft_loss
+from minillm_core.profiles import PROFILES
 from minillm_core.progress import LogFn, Progress, emit
 
 Stage = Literal["pretrain", "sft", "dpo"]
@@ -1037,7 +1038,7 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
         prog=f"minillm {stage}",
         description=f"{stage} stage. Unset options take the profile's preset, then the defaults "
                     f"(stage defaults: {STAGE_DEFAULTS[stage]}).")
-    p.add_argument("--profile", choices=["smoke", "gpu"], default=argparse.SUPPRESS,
+    p.add_argument("--profile", choices=sorted(PROFILES), default=argparse.SUPPRESS,
                    help="apply a profile preset under the flags")
     for name, field in TrainConfig.model_fields.items():
         if name != "stage":
