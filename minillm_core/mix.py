@@ -28,11 +28,12 @@ the record's original fields (a field whose name clashes with a canonical one is
 `original_<name>`, unless it holds the same value).
 
 Evidence: `bench/bench_mix.py` measures throughput and peak RSS at 0.1x, 1x and 10x input (the
-table is in docs/mix.md). On 1 GB of sources the scan read 80 MB/s of JSON Lines by the
-wall clock on a 2-core machine at load 9 (160 MB per CPU-second), and the peak RSS was 1.23x that
-at 1x; what remains of the growth is the O(q) selection, which stops growing once the sources
-exceed the quotas. At the seed's quotas the outputs are 2.7 GB whatever the input size, so
-end-to-end time is dominated by writing them until the sources reach a few GB.
+table is in docs/mix.md). On 1 GB of sources (all three outputs, 1.9 GB of source read) the
+whole build read 51 MB/s by the wall clock and 52 MB per CPU-second on a 2-core machine at load 1
+(the scan alone 140 MB/s), and the peak RSS was 1.25x that at 1x; what remains of the growth is
+the O(q) selection, which stops growing once the sources exceed the quotas. At the seed's quotas
+the outputs are 2.6 GB whatever the input size, so end-to-end time is dominated by converting and
+writing them until the sources reach a few GB.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from pydantic import BaseModel, Field, field_validator
 from minillm_core import readers
 from minillm_core.artifacts import atomic_path, disk_full_error, sidecar_path, write_json
 from minillm_core.config import ConfigError, CoreConfig
+from minillm_core.profiles import PROFILES
 from minillm_core.progress import Progress, emit
 from minillm_core.readers import (CANONICAL_KEYS, CONTAINERS, FORMATS, MixError, NotApplicable,
                                   RecordError, Sniff)
@@ -254,9 +256,9 @@ class FileScan:
 class _Converter:
     """Turns one parsed value of a category into canonical fields for one output."""
 
-    def __init__(self, cfg: MixConfig, category: str, output: str):
+    def __init__(self, cfg: MixConfig, category: str, output: str, check_only: bool = False):
         c = cfg.categories[category]
-        self.output, self.category = output, category
+        self.output, self.category, self.check_only = output, category, check_only
         self.names = {"name": cfg.model_name, "author": cfg.model_author} \
             if c.fill_placeholders else None
 
@@ -264,7 +266,7 @@ class _Converter:
         if self.names is not None:
             value = readers.fill_placeholders(value, self.names)
         fmt = fmt or readers.detect_format(value)
-        return fmt, value, readers.convert(value, fmt, self.output)
+        return fmt, value, readers.convert(value, fmt, self.output, self.check_only)
 
 
 def resolve_files(cfg: MixConfig, category: str) -> tuple[list[tuple[Path, str, Path]], bool]:
@@ -335,15 +337,17 @@ def scan_file(path: Path, display: str, root: Path, cfg: MixConfig, category: st
     st = path.stat()
     fs = FileScan(path, display, category, readers.sniff(path, display, container), fmt,
                   size=st.st_size, mtime_ns=st.st_mtime_ns)
-    conv = _Converter(cfg, category, output)
+    # Fields are only needed here for the samples shown; counting only validates.
+    conv = _Converter(cfg, category, output, check_only=not keep_samples)
     h = hashlib.sha256()
     if fs.sniff.container == "jsonl":
         # The hot loop of the whole stage: kept flat and free of per-line allocations beyond the
         # parse itself (see the benchmark).
         pending = 0
+        update, decode, parse = h.update, readers.decode_line, readers.parse_jsonl_line
         with open(path, "rb") as f:
             for line_no, raw in enumerate(readers.read_lines(f, display), 1):
-                h.update(raw)
+                update(raw)
                 pending += len(raw)
                 if pending >= 1 << 20 and progress is not None:
                     progress.update(pending)
@@ -351,7 +355,7 @@ def scan_file(path: Path, display: str, root: Path, cfg: MixConfig, category: st
                 if raw.isspace():
                     continue
                 try:
-                    values = readers.parse_jsonl_line(readers.decode_line(raw, line_no, False))
+                    values = parse(decode(raw, line_no, False))
                 except RecordError as exc:
                     _bad(fs, line_no, exc)
                     fs.exc_lines.append(line_no)
@@ -444,30 +448,55 @@ def select(seed: int, output: str, category: str, n_valid: int, quota: int,
 
 # ------------------------------------------------------------------------------- writing
 
+def _make_encoder() -> Callable[[Any], str]:
+    """What json.dumps(rec, ensure_ascii=False) returns, for one record, minus its overhead.
+
+    json.dumps builds a new JSONEncoder for non-default arguments, and JSONEncoder.encode a new
+    C encoder per call; this runs per chosen record (over a million at the seed's quotas), so
+    the C encoder is built once, with exactly the arguments JSONEncoder.iterencode would pass.
+    Falls back to the encoder's own method where the C accelerator is missing.
+    """
+    from json import encoder as je
+    if je.c_make_encoder is None or je.c_encode_basestring is None:
+        return json.JSONEncoder(ensure_ascii=False).encode
+    # (markers, default, encoder, indent, key_separator, item_separator, sort_keys, skipkeys,
+    # allow_nan); markers is the circular-reference memo, empty again after every call.
+    c_encode = je.c_make_encoder({}, json.JSONEncoder().default, je.c_encode_basestring, None,
+                                 ": ", ", ", False, False, True)
+    return lambda rec: "".join(c_encode(rec, 0))
+
+
 class _Spool:
     """Chosen records, converted, in an unlinked temporary file; read back in any order."""
 
     def __init__(self, directory: Path):
-        self.f = tempfile.TemporaryFile(dir=directory, prefix=".mix-spool-")
+        # A 1 MiB buffer: the default (8 KiB) costs a write syscall every few records.
+        self.f = tempfile.TemporaryFile(dir=directory, prefix=".mix-spool-", buffering=1 << 20)
         self.bounds = array("q", [0])  # record s is bytes bounds[s]:bounds[s + 1]
+        # One per spool, not per module: its circular-reference memo is not thread-safe, and
+        # an encoding error could leave it dirty (that build fails; the next gets a fresh one).
+        self._encode = _make_encoder()
 
     def add(self, rec: dict) -> int:
-        data = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
+        data = (self._encode(rec) + "\n").encode("utf-8")
         self.f.write(data)
         self.bounds.append(self.bounds[-1] + len(data))
         return len(self.bounds) - 2
 
     def write(self, slots: array, path: Path) -> int:
         self.f.flush()
-        written, fd, b = 0, self.f.fileno(), self.bounds
+        fd, b, pread = self.f.fileno(), self.bounds, os.pread
         # pread, not mmap: pages of a mapped spool count in the process's RSS, and the spool
-        # grows with the distinct records drawn (1.3 GB at the seed's quotas).
+        # grows with the distinct records drawn (1.3 GB at the seed's quotas). One pread and
+        # one buffered write per record measured fastest (copy_file_range per record, joining
+        # into big os.write calls and mmap slices with MADV_DONTNEED were all slower); the
+        # loop body is kept to those two calls, names bound locally.
         with open(path, "wb", buffering=1 << 20) as out:
+            write = out.write
             for s in slots:
-                chunk = os.pread(fd, b[s + 1] - b[s], b[s])
-                out.write(chunk)
-                written += len(chunk)
-        return written
+                lo = b[s]
+                write(pread(fd, b[s + 1] - lo, lo))
+            return out.tell()
 
     def close(self) -> None:
         # Unlinked scratch: a failed flush of buffered data (a full disk) loses nothing.
@@ -502,18 +531,32 @@ def _write_pass(fs: FileScan, cfg: MixConfig, output: str, wanted: np.ndarray,
         return True
 
     if fs.sniff.container == "jsonl":
+        # Most lines are skipped once the sources outnumber the quota: per line, only the
+        # cheapest checks (next_exc is the next exceptional line, 0 when there is none left).
         exc_lines, exc_counts, e = fs.exc_lines, fs.exc_counts, 0
+        next_exc = exc_lines[0] if exc_lines else 0
+        n_want = len(want)
         with open(fs.path, "rb") as f:
             for line_no, raw in enumerate(readers.read_lines(f, fs.display), 1):
                 if raw.isspace():
                     continue
                 n = 1
-                if e < len(exc_lines) and exc_lines[e] == line_no:
+                if line_no == next_exc:
                     n = exc_counts[e]
                     e += 1
+                    next_exc = exc_lines[e] if e < len(exc_lines) else 0
                 if n and want[ptr] < ordinal + n:
                     try:
-                        values = readers.parse_jsonl_line(readers.decode_line(raw, line_no, False))
+                        text = readers.decode_line(raw, line_no, False)
+                        try:
+                            # The scan checked this line (nesting depth, lone surrogates), so a
+                            # line with one record needs only the parse; the full reader splits
+                            # lines of several values (or of one valid value among others).
+                            values = [json.loads(text)] if n == 1 else None
+                        except (ValueError, RecursionError):
+                            values = None
+                        if values is None:
+                            values = readers.parse_jsonl_line(text)
                     except RecordError:
                         values = []
                     got = 0
@@ -524,10 +567,10 @@ def _write_pass(fs: FileScan, cfg: MixConfig, output: str, wanted: np.ndarray,
                     if got != n:
                         raise MixError(f"{fs.display}:{line_no}: changed while the mix was "
                                        "being built; run it again")
+                    if ptr == n_want:  # ptr only moves in take()
+                        return
                 else:
                     ordinal += n
-                if ptr == len(want):
-                    return
     else:
         for line, value in readers.iter_items(fs.path, fs.display, fs.sniff):
             if take(line, value):
@@ -623,16 +666,22 @@ def build_mix(cfg: MixConfig, output: Output, out_dir: Path | str,
                 lo, hi = np.searchsorted(ords, [bounds[i], bounds[i + 1]])
                 if lo == hi:
                     continue
-                m = mults[lo:hi]
+                # Python ints, counted per file once: this runs per chosen record, where
+                # indexing a numpy array and a dict update each cost more than the rest.
+                m = mults[lo:hi].tolist()
+                if n_file := sum(m):
+                    per_file = meta["records_per_file"]
+                    per_file[fs.display] = per_file.get(fs.display, 0) + n_file
 
-                def emit_slot(k: int, slot: int, m: np.ndarray = m, fs: FileScan = fs) -> None:
+                def emit_slot(k: int, slot: int, m: list = m) -> None:
                     nonlocal filled
-                    n = int(m[k])
-                    if n:
+                    n = m[k]
+                    if n == 1:
+                        train_slots[filled] = slot
+                        filled += 1
+                    elif n:
                         train_slots[filled:filled + n] = array("q", [slot]) * n
                         filled += n
-                        per_file = meta["records_per_file"]
-                        per_file[fs.display] = per_file.get(fs.display, 0) + n
                     else:
                         held_slots.append(slot)
 
@@ -836,7 +885,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output-dir", "--output_dir", default="data/processed", type=Path)
     ap.add_argument("--outputs", nargs="+", choices=OUTPUTS, default=list(OUTPUTS))
     ap.add_argument("--config", type=Path, help="JSON or YAML file of MixConfig fields")
-    ap.add_argument("--profile", choices=("smoke", "gpu"), help="apply a profile's mix preset")
+    ap.add_argument("--profile", choices=sorted(PROFILES), help="apply a profile's mix preset")
     ap.add_argument("--sources-dir", "--data_path", dest="sources_dir", type=Path)
     ap.add_argument("--samples-dir", type=Path)
     ap.add_argument("--seed", type=int)

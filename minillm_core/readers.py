@@ -754,8 +754,12 @@ def conversation_text(msgs: list[dict]) -> str:
 CANONICAL_KEYS = {"pretrain": ("text",), "sft": ("conversations",), "dpo": ("chosen", "rejected")}
 
 
-def convert(value: Any, fmt: str, output: str) -> dict:
-    """The canonical fields of one record for `output`; RecordError or NotApplicable if none."""
+def convert(value: Any, fmt: str, output: str, check_only: bool = False) -> dict:
+    """The canonical fields of one record for `output`; RecordError or NotApplicable if none.
+
+    check_only: validate the same way, but the pretrain text of a conversation (which cannot
+    fail once the conversation is valid) is not built; for the mix's counting pass.
+    """
     if fmt not in _FORMAT_SET:
         raise MixError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
     if not isinstance(value, (dict, list)) or (isinstance(value, list) and fmt != "messages"):
@@ -779,6 +783,8 @@ def convert(value: Any, fmt: str, output: str) -> dict:
     conv = _conversation(value, fmt)
     if output == "sft":
         return {"conversations": conv}
+    if check_only:
+        return {}
     return {"text": conversation_text(conv)}
 
 
