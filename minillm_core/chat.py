@@ -26,6 +26,8 @@ from typing import Any, TextIO
 
 import torch
 
+from minillm_core.config import add_model_arguments, model_paths
+
 
 def _device_of(model: torch.nn.Module) -> torch.device:
     try:
@@ -180,10 +182,7 @@ def chat_loop(model: torch.nn.Module, tokenizer: Any, *, temperature: float = 0.
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minillm chat",
                                 description="Talk to a checkpoint in the terminal.")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="checkpoint dir (default out/dpo under the project)")
-    p.add_argument("--tokenizer", "--tokenizer-dir", dest="tokenizer", type=Path, default=None,
-                   help="tokenizer dir (default out/tokenizer)")
+    add_model_arguments(p)
     p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
     p.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=50,
                    help="sample among the k likeliest tokens; 0 = all")
@@ -212,13 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from minillm_core.artifacts import require
     from minillm_core.checkpoint import load_checkpoint
-    from minillm_core.config import project_root
     from minillm_core.evaluate import autocast, resolve_device, resolve_dtype
     from minillm_core.tokenizer import load_tokenizer
 
-    root = project_root()
-    ckpt = require(args.checkpoint or root / "out" / "dpo", "checkpoint")
-    tok_dir = require(args.tokenizer or root / "out" / "tokenizer", "tokenizer")
+    ckpt, tok_dir = model_paths(args)
+    ckpt, tok_dir = require(ckpt, "checkpoint"), require(tok_dir, "tokenizer")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     tokenizer = load_tokenizer(tok_dir)

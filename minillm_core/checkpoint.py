@@ -127,3 +127,4 @@ def load_resume(path: Path | str) -> dict[str, Any]:
         raise ArtifactError(f"{path}: unreadable resume state, refused ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to train "
                             "from the start") from None
+

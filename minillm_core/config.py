@@ -41,6 +41,19 @@ def default_tf_dir(root: Path | None = None) -> Path:
     return (root.parent / "tf_dir").resolve()
 
 
+def add_model_arguments(parser: Any) -> None:
+    """`--checkpoint` and `--tokenizer`, shared by the commands that load a trained model."""
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="checkpoint dir (default out/dpo under the project)")
+    parser.add_argument("--tokenizer", "--tokenizer-dir", "--tokenizer_dir", dest="tokenizer",
+                        type=Path, default=None, help="tokenizer dir (default out/tokenizer)")
+
+
+def model_paths(args: Any) -> tuple[Path, Path]:
+    """The checkpoint and tokenizer dirs those arguments name (the latest DPO model by default)."""
+    root = project_root()
+    return args.checkpoint or root / "out" / "dpo", args.tokenizer or root / "out" / "tokenizer"
+
 class ConfigError(ValueError):
     """Invalid settings; the message names each bad field and the rule it broke."""
 

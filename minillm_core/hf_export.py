@@ -65,7 +65,8 @@ from safetensors.torch import save_file
 
 from minillm_core.artifacts import ArtifactError, atomic_path, require, sha256_file
 from minillm_core.checkpoint import WEIGHTS, load_checkpoint, weights_state
-from minillm_core.config import ConfigError, CoreConfig
+from minillm_core.config import (ConfigError, CoreConfig, add_model_arguments, model_paths,
+                                 project_root)
 from minillm_core.model import MiniLLM
 from minillm_core.progress import LogFn, emit
 from minillm_core.tokenizer import (BOS, HELDOUT_EN, HELDOUT_ZH, TRICKY_TEXT, Tokenizer,
@@ -608,10 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="minillm export-hf",
         description="Export a checkpoint as a HuggingFace Llama folder (config.json, safetensors, "
                     "tokenizer.json, chat template) that AutoModelForCausalLM loads.")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="checkpoint dir (default out/dpo under the project)")
-    p.add_argument("--tokenizer", "--tokenizer-dir", "--tokenizer_dir", dest="tokenizer",
-                   type=Path, default=None, help="tokenizer dir (default out/tokenizer)")
+    add_model_arguments(p)
     p.add_argument("--out", "--out-dir", "--out_dir", dest="out", type=Path, default=None,
                    help="output folder (default out/hf)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
@@ -624,14 +622,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from minillm_core.config import project_root
-
-    root = project_root()
+    ckpt, tok_dir = model_paths(args)
     try:
         cfg = ExportConfig.resolve({"dtype": args.dtype, "verify": args.verify, "atol": args.atol})
-        report = export_hf(args.checkpoint or root / "out" / "dpo",
-                           args.tokenizer or root / "out" / "tokenizer",
-                           args.out or root / "out" / "hf", cfg,
+        report = export_hf(ckpt, tok_dir, args.out or project_root() / "out" / "hf", cfg,
                            log=lambda m: print(m, file=sys.stderr))
     except (ConfigError, ExportError, ArtifactError, TokenizerError) as exc:
         print(f"minillm export-hf: {exc}", file=sys.stderr)

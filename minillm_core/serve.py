@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from minillm_core.artifacts import ArtifactError, require
 from minillm_core.chat import TextStreamer, _context_from_meta
-from minillm_core.config import ConfigError, CoreConfig
+from minillm_core.config import ConfigError, CoreConfig, add_model_arguments, model_paths
 from minillm_core.tokenizer import TokenizerError
 
 END = "<|assistant_end|>"
@@ -543,10 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minillm serve",
                                 description="Serve a checkpoint with an OpenAI-compatible API "
                                             "(/v1/chat/completions, /v1/models).")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="checkpoint dir (default out/dpo under the project)")
-    p.add_argument("--tokenizer", "--tokenizer-dir", "--tokenizer_dir", dest="tokenizer",
-                   type=Path, default=None, help="tokenizer dir (default out/tokenizer)")
+    add_model_arguments(p)
     p.add_argument("--host", default=None, help="interface (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
     p.add_argument("--model-id", "--model_id", "--served-model-name", dest="model_id",
@@ -570,23 +567,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from minillm_core.config import project_root
-
     try:
         import uvicorn
     except ImportError:
         print("minillm serve: needs fastapi and uvicorn (pip install 'minillm[serve]')",
               file=sys.stderr)
         return 2
-    root = project_root()
     layer = {k: getattr(args, k) for k in ("host", "port", "model_id", "device", "dtype",
                                            "max_context", "default_max_tokens", "max_concurrency",
                                            "max_queue", "temperature", "top_k", "api_key")}
     layer["api_key"] = layer["api_key"] or os.environ.get("MINILLM_API_KEY") or None
     try:
         cfg = ServeConfig.resolve(layer)
-        engine = load_engine(args.checkpoint or root / "out" / "dpo",
-                             args.tokenizer or root / "out" / "tokenizer", cfg)
+        engine = load_engine(*model_paths(args), cfg)
         app = create_app(engine, cfg)
     except (ConfigError, ArtifactError, TokenizerError) as exc:
         print(f"minillm serve: {exc}", file=sys.stderr)

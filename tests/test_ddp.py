@@ -298,28 +298,40 @@ def _ranks(marker: str) -> dict[int, int]:
     return out
 
 
-def test_a_killed_rank_fails_the_asset_naming_the_rank(project):
+def _signal_rank1_during_a_long_run(project, sig: int, timeout_s: float):
+    """Start an endless 2-rank pretrain and, once rank 1 is training, send it `sig`. A stopped
+    rank is continued after rank 0 has gone, so the agent's SIGTERM can reach it.
+    Returns the run's result and when/whom it signalled."""
     out = project / "out" / "pretrain"
     for f in out.glob("*"):
         f.unlink()
-    killed: dict[str, float] = {}
+    seen: dict[str, float] = {}
 
-    def killer():
+    def signaller():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             ranks = _ranks("minillm_assets.launch")
-            if 1 in ranks and (out / "resume.pt").exists():  # training is under way
-                os.kill(ranks[1], signal.SIGKILL)
-                killed["at"] = time.monotonic()
+            if "at" not in seen and 1 in ranks and (out / "resume.pt").exists():  # training
+                os.kill(ranks[1], sig)
+                seen["at"], seen["pid"], seen["rank0"] = time.monotonic(), ranks[1], ranks[0]
+                if sig != signal.SIGSTOP:
+                    return
+            if "at" in seen and not Path(f"/proc/{seen['rank0']}").exists():
+                os.kill(seen["pid"], signal.SIGCONT)
                 return
             time.sleep(0.05)
 
-    t = threading.Thread(target=killer, daemon=True)
+    t = threading.Thread(target=signaller, daemon=True)
     t.start()
-    cfg = _run_config(nproc_per_node=2, backend="gloo", timeout_s=30)
+    cfg = _run_config(nproc_per_node=2, backend="gloo", timeout_s=timeout_s)
     cfg["ops"]["pretrain_checkpoint"]["config"].update(max_steps=100000, epochs=100000, save_interval=1)
     result = _materialize(project, cfg, _env(project))
     t.join(timeout=5)
+    return result, seen
+
+
+def test_a_killed_rank_fails_the_asset_naming_the_rank(project):
+    result, killed = _signal_rank1_during_a_long_run(project, signal.SIGKILL, timeout_s=30)
     assert "at" in killed, "rank 1 was never seen running"
     assert not result.success
     assert time.monotonic() - killed["at"] < 30  # the agent noticed; no collective timeout needed
@@ -331,29 +343,7 @@ def test_a_killed_rank_fails_the_asset_naming_the_rank(project):
 def test_a_stuck_rank_turns_into_a_timeout_failure(project):
     """Rank 1 frozen (SIGSTOP) mid-run: rank 0 waits in a collective until the process-group
     timeout, then fails with gloo's timeout error, and the asset fails with that rank's message."""
-    out = project / "out" / "pretrain"
-    for f in out.glob("*"):
-        f.unlink()
-    seen: dict[str, float] = {}
-
-    def freezer():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            ranks = _ranks("minillm_assets.launch")
-            if "at" not in seen and 1 in ranks and (out / "resume.pt").exists():
-                os.kill(ranks[1], signal.SIGSTOP)
-                seen["at"], seen["pid"], seen["rank0"] = time.monotonic(), ranks[1], ranks[0]
-            if "at" in seen and not Path(f"/proc/{seen['rank0']}").exists():
-                os.kill(seen["pid"], signal.SIGCONT)  # let the agent's SIGTERM reach it
-                return
-            time.sleep(0.05)
-
-    t = threading.Thread(target=freezer, daemon=True)
-    t.start()
-    cfg = _run_config(nproc_per_node=2, backend="gloo", timeout_s=4)
-    cfg["ops"]["pretrain_checkpoint"]["config"].update(max_steps=100000, epochs=100000, save_interval=1)
-    result = _materialize(project, cfg, _env(project))
-    t.join(timeout=5)
+    result, seen = _signal_rank1_during_a_long_run(project, signal.SIGSTOP, timeout_s=4)
     assert "at" in seen and not result.success
     waited = time.monotonic() - seen["at"]
     assert 4 <= waited < 40, waited
