@@ -146,7 +146,7 @@ def chat_loop(model: torch.nn.Module, tokenizer: Any, *, temperature: float = 0.
     """
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     stops = [tokenizer.encode_special("<|assistant_end|>")]
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(KeyError):  # a tokenizer without <|bos|>
         stops.append(tokenizer.encode_special("<|bos|>"))  # a new document means the answer ended
     interactive = prompt is None and hasattr(stdin, "isatty") and stdin.isatty()
     if interactive:

@@ -722,7 +722,7 @@ def token_byte_lengths(tokenizer: Any) -> torch.Tensor:
 def _special_id(tokenizer: Any, name: str) -> int | None:
     try:
         return int(tokenizer.encode_special(name))
-    except Exception:
+    except KeyError:  # not a special token of this tokenizer
         return None
 
 

@@ -137,7 +137,7 @@ def _pad_id(tok: Any, bos_id: int) -> int:
     # <|pad|> is clearer in a debugger when the tokenizer has one, else BOS (always present).
     try:
         return int(tok.encode_special("<|pad|>"))
-    except Exception:
+    except KeyError:
         return bos_id
 
 

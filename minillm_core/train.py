@@ -56,7 +56,7 @@ import torch.distributed as dist
 from pydantic import BaseModel, Field, field_validator, model_validator
 from torch import nn
 
-from minillm_core.artifacts import ArtifactError, atomic_path, require, sha256_file
+from minillm_core.artifacts import ArtifactError, atomic_path, read_json, require, sha256_file
 from minillm_core.checkpoint import (RESUME, config_diff, load_checkpoint, load_resume,
                                      load_weights_into, read_meta, require_same_model,
                                      save_checkpoint, save_resume, weights_state)
@@ -1079,13 +1079,13 @@ def _fill_model_from_upstream(cfg: TrainConfig, model_cfg: ModelConfig, explicit
     if cfg.pretrained_path and (Path(cfg.pretrained_path) / "model.json").exists():
         fill.update(read_meta(cfg.pretrained_path).get("model", {}))
     elif "vocab_size" not in explicit and cfg.data_path:
-        with contextlib.suppress(Exception):
-            p = Path(cfg.data_path)
-            if p.is_dir():
-                fill["vocab_size"] = json.loads((p / "index.json").read_text())["vocab_size"]
-            elif cfg.tokenizer_dir:
-                from minillm_core.tokenizer import load_tokenizer
-                fill["vocab_size"] = load_tokenizer(cfg.tokenizer_dir).vocab_size
+        # Missing inputs are left to train(), which names them; a corrupt one fails here, named.
+        p = Path(cfg.data_path)
+        if (p / "index.json").is_file():
+            fill["vocab_size"] = read_json(p / "index.json")["vocab_size"]
+        elif p.is_file() and cfg.tokenizer_dir and Path(cfg.tokenizer_dir).is_dir():
+            from minillm_core.tokenizer import load_tokenizer
+            fill["vocab_size"] = load_tokenizer(cfg.tokenizer_dir).vocab_size
     base = model_cfg.model_dump()
     base.update({k: v for k, v in fill.items() if k not in explicit})
     return ModelConfig.resolve(base)
