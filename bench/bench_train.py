@@ -1,6 +1,11 @@
 """Training throughput: MiniLLM's loop against a minimal copy of minimind's, side by side.
 
     .venv/bin/python bench/bench_train.py [--steps 3] [--stages pretrain,sft,dpo] [--threads N]
+    .venv/bin/python bench/bench_train.py --breakdown [--steps 3]
+
+`--breakdown` profiles the product loop's pretrain steps (torch.profiler, the warm-up step left
+out) and prints where a step's time goes: the matmuls (the work 6N counts), the attention kernel,
+everything else, and the MFU each part allows at most. It answers "how far can MFU go here".
 
 For each stage, child processes (one per trial, so each has its own peak RSS) train the default
 model (hidden 512, 8 layers, 8 heads, vocab 6400: about 29M parameters) on CPU in float32 at
@@ -21,7 +26,7 @@ the largest difference.
 
 Model FLOPs utilisation = 6 x parameters x tokens/s over this machine's float32 matmul peak,
 measured in the same run (best of a few 2048^3 matmuls, before and after the trials; the higher
-is used). Pretrain and SFT rows are full 512-token rows (no padding advantage: pure compute).
+is used). `--dtype bfloat16` trains both under bf16 autocast and measures the peak in bf16. Pretrain and SFT rows are full 512-token rows (no padding advantage: pure compute).
 DPO pairs have realistic lengths: each side's length is drawn log-normal with median 200 tokens
 (sigma 0.6, clipped to 32..512), the prompt being the first 40% of it, the shape of public Chinese
 preference sets truncated at 512. minimind pads both sides to 512; we group pairs of similar
@@ -54,12 +59,13 @@ BATCH, SEQ = 4, 512
 # --quick: a tiny model and short rows, to check the script itself in seconds (numbers meaningless)
 QUICK_MODEL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
 MODEL: dict = {}
+DTYPE = "float32"  # --dtype: the training (autocast) dtype, and the dtype the peak is measured in
 LR = {"pretrain": 5e-4, "sft": 1e-5, "dpo": 4e-8}
 
 
 def measure_peak(seconds: float = 3.0, n: int = 2048) -> float:
-    """Best float32 matmul rate (FLOP/s) over a few n^3 products."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    """Best matmul rate (FLOP/s) in DTYPE over a few n^3 products."""
+    a, b = torch.randn(n, n, dtype=getattr(torch, DTYPE)), torch.randn(n, n, dtype=getattr(torch, DTYPE))
     a @ b
     best, t_end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < t_end:
@@ -122,7 +128,7 @@ def child(impl: str, stage: str, steps: int, work: Path) -> dict:
     cfg = TrainConfig(stage=stage, data_path="bench", out_dir=str(work / f"{impl}-{stage}"), batch_size=BATCH,
                       accumulation_steps=1, epochs=epochs, learning_rate=LR[stage], warmup_steps=0,
                       adam_beta2=0.999, weight_decay=0.01, log_interval=1, save_interval=10**9,
-                      max_seq_len=SEQ, resume=False, seed=0,
+                      max_seq_len=SEQ, resume=False, seed=0, dtype=DTYPE,
                       pretrained_path=str(work / "init") if stage != "pretrain" else None)
     result: dict = {"impl": impl, "stage": stage, "threads": torch.get_num_threads(),
                     "load_start": os.getloadavg()[0]}
@@ -175,12 +181,9 @@ def child(impl: str, stage: str, steps: int, work: Path) -> dict:
             batch = [rows[i] for i in order[s * BATCH:(s + 1) * BATCH]]
             lr = lr_at(s, 1 + steps, cfg)
             t = time.perf_counter()
-            if stage == "dpo":
-                x, y, m = mm.pad_dpo_rows(batch, SEQ)
-                losses.append(mm.dpo_step(model, ref, opt, x, y, m, lr, beta=cfg.beta))
-            else:
-                X, Y, M = mm.pad_lm_rows(batch, SEQ)
-                losses.append(mm.lm_step(model, opt, X, Y, M, lr))
+            with torch.autocast("cpu", dtype=getattr(torch, DTYPE), enabled=DTYPE != "float32"):
+                loss = step_minimind(mm, stage, model, ref, opt, batch, lr, cfg.beta)
+            losses.append(loss)
             times.append(time.perf_counter() - t)
         result.update(losses=losses, step_times=times[1:],
                       num_parameters=sum(p.numel() for p in model.parameters()))
@@ -190,6 +193,14 @@ def child(impl: str, stage: str, steps: int, work: Path) -> dict:
     return result
 
 
+def step_minimind(mm, stage: str, model, ref, opt, batch: list[dict], lr: float, beta: float) -> float:
+    if stage == "dpo":
+        x, y, m = mm.pad_dpo_rows(batch, SEQ)
+        return mm.dpo_step(model, ref, opt, x, y, m, lr, beta=beta)
+    X, Y, M = mm.pad_lm_rows(batch, SEQ)
+    return mm.lm_step(model, opt, X, Y, M, lr)
+
+
 def tokens_per_step(stage: str, rows: list[dict], impl: str) -> float:
     """Useful (non-pad) tokens per step, the same for both: pad positions are not throughput."""
     if stage == "dpo":
@@ -197,6 +208,56 @@ def tokens_per_step(stage: str, rows: list[dict], impl: str) -> float:
     else:
         per = [len(r["input_ids"]) for r in rows]
     return sum(per) / len(rows) * BATCH
+
+
+# ---------------------------------------------------------------------------------------------- breakdown
+
+def breakdown(steps: int) -> str:
+    """Profile `steps` pretrain steps of the product loop and split each step's time by kind."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from minillm_core.model import ModelConfig
+    from minillm_core.train import TrainConfig, train
+
+    model_cfg = ModelConfig(**MODEL)
+    rows = make_rows("pretrain", (1 + steps) * BATCH, model_cfg.vocab_size)
+    peak_before = measure_peak(0.5 if MODEL else 3.0)
+    walls: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp, profile(
+            activities=[ProfilerActivity.CPU], schedule=schedule(wait=0, warmup=1, active=steps, repeat=1)) as prof:
+        def on_log(line: str) -> None:
+            # The loop logs each step (log_interval=1): the profiler's step boundary is the same.
+            if re.search(r" step \d+/\d+ ", line):
+                walls.append(time.perf_counter())
+                prof.step()
+        cfg = TrainConfig(stage="pretrain", data_path="bench", out_dir=tmp, batch_size=BATCH,
+                          accumulation_steps=1, epochs=1, learning_rate=LR["pretrain"], warmup_steps=0,
+                          log_interval=1, save_interval=10**9, max_seq_len=SEQ, resume=False, seed=0,
+                          dtype=DTYPE)
+        rep = train(cfg, model_cfg, log=on_log, dataset=Rows(rows, "pretrain", model_cfg.vocab_size))
+    peak = max(peak_before, measure_peak(0.5 if MODEL else 3.0))
+    wall = (walls[-1] - walls[0]) / (len(walls) - 1)  # the profiled steps, warm-up left out
+    parts = {"matmuls (the work 6N counts)": 0.0, "attention kernel (SDPA, fwd + bwd)": 0.0,
+             "other ops (norms, RoPE, SwiGLU, softmax/CE, AdamW, clipping, ...)": 0.0}
+    names = list(parts)
+    for ev in prof.key_averages():
+        kind = (names[0] if ev.key in ("aten::mm", "aten::addmm", "aten::bmm")
+                else names[1] if "scaled_dot_product" in ev.key else names[2])
+        parts[kind] += ev.self_cpu_time_total / 1e6 / steps
+    parts["outside ops (Python, the loop itself)"] = max(0.0, wall - sum(parts.values()))
+    work = 6 * rep.num_parameters * BATCH * SEQ
+    mm = parts[names[0]]
+    lines = [f"pretrain step, {rep.num_parameters / 1e6:.2f}M parameters, batch {BATCH} x {SEQ}, "
+             f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}; {DTYPE} matmul peak "
+             f"{peak / 1e9:.1f} GFLOP/s; 6N work {work / 1e9:.0f} GFLOP per step", "",
+             "| part of the step | ms/step | share |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {v * 1e3:.1f} | {v / wall:.0%} |" for k, v in parts.items()]
+    lines += [f"| whole step (wall) | {wall * 1e3:.1f} | 100% |", "",
+              f"MFU of this step: {work / wall / peak:.0%}. The matmuls alone run at "
+              f"{work / mm / 1e9:.0f} GFLOP/s = {work / mm / peak:.0%} of the peak: the MFU if nothing else "
+              f"took any time. With the attention kernel as it is and everything else free: "
+              f"{work / (mm + parts[names[1]]) / peak:.0%}."]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- parent
@@ -212,14 +273,23 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", default=str(HERE / "results" / "train.json"))
     ap.add_argument("--quick", action="store_true", help="tiny model, 64-token rows: checks the script")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="train under this autocast dtype (both implementations) and measure the "
+                         "peak in it: bfloat16 pays off on CPUs with AVX512-BF16 or AMX")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="profile the loop's pretrain step and print where its time goes")
     ap.add_argument("--child", nargs=3, metavar=("IMPL", "STAGE", "WORKDIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    global SEQ, DTYPE
+    DTYPE = args.dtype
     if args.quick:
-        global SEQ
         SEQ = 64
         MODEL.update(QUICK_MODEL)
+    if args.breakdown:
+        print(breakdown(args.steps))
+        return 0
     if args.child:
         impl, stage, work = args.child
         sys.path.insert(0, str(HERE))  # minimind_ref lives beside this script, not in the package
@@ -230,7 +300,7 @@ def main() -> int:
     from minillm_core.model import MiniLLM, ModelConfig
 
     results = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
-                           "threads": torch.get_num_threads()}, "trials": []}
+                           "threads": torch.get_num_threads()}, "dtype": DTYPE, "trials": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         torch.manual_seed(1)
@@ -243,6 +313,7 @@ def main() -> int:
                     cmd[2:2] = ["--threads", str(args.threads)]
                 if args.quick:
                     cmd[2:2] = ["--quick"]
+                cmd[2:2] = ["--dtype", DTYPE]
                 out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"})
                 line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
                 if line is None:
@@ -271,7 +342,7 @@ def _rate(trial: dict, cached: bool = False) -> float:
 def table(res: dict) -> str:
     """One row per (stage, impl): the best trial (least disturbed by other jobs) and the median."""
     peak = res["peak_flops"]
-    lines = [f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s (best 2048^3 matmul; measurements: "
+    lines = [f"{res.get('dtype', 'float32')} matmul peak: {peak / 1e9:.1f} GFLOP/s (best 2048^3 matmul; measurements: "
              + ", ".join(f"{p / 1e9:.1f} at load {l:.1f}" for p, l in res["peaks"]) + ")", "",
              "| stage | impl | s/step best (median of trials) | tokens/s | pairs/s | MFU | peak RSS MB "
              "| max loss diff | load avg during trials |",
