@@ -55,13 +55,15 @@ if [ "$MODE" = gpu ]; then
   PROFILE=(--profile gpu)
   DEVICE_FLAGS=()
   MODEL_FLAGS=()
+  MIX_PROFILE=gpu
 else
-  # The same commands on the CPU, tiny: float32 (bf16 on a CPU without bf16 units is ~100x
-  # slower), no compile, a 2-layer model, 2 steps.
+  # The same commands on the CPU, tiny: float32 (bf16 pays off only on CPUs with bf16
+  # instructions), no compile, a 2-layer model, 2 steps.
   STEPS=2
   PROFILE=(--profile gpu)
   DEVICE_FLAGS=(--device cpu --dtype float32 --compile false --batch_size 2 --accumulation_steps 2)
   MODEL_FLAGS=(--hidden_size 64 --num_hidden_layers 2 --num_attention_heads 4 --num_key_value_heads 2)
+  MIX_PROFILE=smoke  # the smoke quotas: the full ones take minutes on a small CPU
 fi
 
 cli() { "$PY" -m minillm_core.cli "$@"; }
@@ -90,7 +92,7 @@ EOF
 
 # ---- 1. data: mixes from the shipped samples, tokenizer, token tensors ----------------------------
 mkdir -p "$OUT/empty_sources"
-cli mix --profile gpu --sources-dir "$OUT/empty_sources" --samples-dir "$ROOT/dataset" \
+cli mix --profile "$MIX_PROFILE" --sources-dir "$OUT/empty_sources" --samples-dir "$ROOT/dataset" \
   --output-dir "$OUT/processed" > "$OUT/mix.log" 2>&1
 cli tokenizer --data_path "$OUT/processed/pretrain_chinese.jsonl" "$OUT/processed/sft_chinese.jsonl" \
   --out_dir "$OUT/tokenizer" $([ "$MODE" = cpu ] && echo "--vocab_size 512") > "$OUT/tokenizer.log" 2>&1
