@@ -26,7 +26,8 @@ the largest difference.
 
 Model FLOPs utilisation = 6 x parameters x tokens/s over this machine's float32 matmul peak,
 measured in the same run (best of a few 2048^3 matmuls, before and after the trials; the higher
-is used). `--dtype bfloat16` trains both under bf16 autocast and measures the peak in bf16. Pretrain and SFT rows are full 512-token rows (no padding advantage: pure compute).
+is used). `--dtype bfloat16` trains both under bf16 autocast and measures the peak in bf16.
+Pretrain and SFT rows are full 512-token rows (no padding advantage: pure compute).
 DPO pairs have realistic lengths: each side's length is drawn log-normal with median 200 tokens
 (sigma 0.6, clipped to 32..512), the prompt being the first 40% of it, the shape of public Chinese
 preference sets truncated at 512. minimind pads both sides to 512; we group pairs of similar
@@ -60,14 +61,15 @@ BATCH, SEQ = 4, 512
 QUICK_MODEL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
 MODEL: dict = {}
 DTYPE = "float32"  # --dtype: the training (autocast) dtype, and the dtype the peak is measured in
+PEAK_SECONDS = 3.0  # --quick: 0.5
 LR = {"pretrain": 5e-4, "sft": 1e-5, "dpo": 4e-8}
 
 
-def measure_peak(seconds: float = 3.0, n: int = 2048) -> float:
+def measure_peak(n: int = 2048) -> float:
     """Best matmul rate (FLOP/s) in DTYPE over a few n^3 products."""
-    a, b = torch.randn(n, n, dtype=getattr(torch, DTYPE)), torch.randn(n, n, dtype=getattr(torch, DTYPE))
+    a, b = (torch.randn(n, n, dtype=getattr(torch, DTYPE)) for _ in range(2))
     a @ b
-    best, t_end = 0.0, time.perf_counter() + seconds
+    best, t_end = 0.0, time.perf_counter() + PEAK_SECONDS
     while time.perf_counter() < t_end:
         t = time.perf_counter()
         a @ b
@@ -221,7 +223,7 @@ def breakdown(steps: int) -> str:
 
     model_cfg = ModelConfig(**MODEL)
     rows = make_rows("pretrain", (1 + steps) * BATCH, model_cfg.vocab_size)
-    peak_before = measure_peak(0.5 if MODEL else 3.0)
+    peak_before = measure_peak()
     walls: list[float] = []
     with tempfile.TemporaryDirectory() as tmp, profile(
             activities=[ProfilerActivity.CPU], schedule=schedule(wait=0, warmup=1, active=steps, repeat=1)) as prof:
@@ -235,7 +237,7 @@ def breakdown(steps: int) -> str:
                           log_interval=1, save_interval=10**9, max_seq_len=SEQ, resume=False, seed=0,
                           dtype=DTYPE)
         rep = train(cfg, model_cfg, log=on_log, dataset=Rows(rows, "pretrain", model_cfg.vocab_size))
-    peak = max(peak_before, measure_peak(0.5 if MODEL else 3.0))
+    peak = max(peak_before, measure_peak())
     wall = (walls[-1] - walls[0]) / (len(walls) - 1)  # the profiled steps, warm-up left out
     parts = {"matmuls (the work 6N counts)": 0.0, "attention kernel (SDPA, fwd + bwd)": 0.0,
              "other ops (norms, RoPE, SwiGLU, softmax/CE, AdamW, clipping, ...)": 0.0}
@@ -282,10 +284,10 @@ def main() -> int:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    global SEQ, DTYPE
+    global SEQ, DTYPE, PEAK_SECONDS
     DTYPE = args.dtype
     if args.quick:
-        SEQ = 64
+        SEQ, PEAK_SECONDS = 64, 0.5
         MODEL.update(QUICK_MODEL)
     if args.breakdown:
         print(breakdown(args.steps))
@@ -305,7 +307,7 @@ def main() -> int:
         work = Path(tmp)
         torch.manual_seed(1)
         save_checkpoint(work / "init", MiniLLM(ModelConfig(**MODEL)), {"stage": "pretrain", "tokenizer_hash": "bench"})
-        peaks = [(measure_peak(0.5 if args.quick else 3.0), os.getloadavg()[0])]
+        peaks = [(measure_peak(), os.getloadavg()[0])]
         for stage in args.stages.split(","):
             for impl in args.impls.split(",") * args.rounds:
                 cmd = [sys.executable, __file__, "--steps", str(args.steps), "--child", impl, stage, str(work)]
@@ -323,7 +325,7 @@ def main() -> int:
                 results["trials"].append(r)
                 print(f"{impl:8s} {stage:8s} {_rate(r):7.2f} s/step "
                       f"load {r['load_start']:.1f}-{r['load_end']:.1f}", file=sys.stderr, flush=True)
-        peaks.append((measure_peak(0.5 if args.quick else 3.0), os.getloadavg()[0]))
+        peaks.append((measure_peak(), os.getloadavg()[0]))
     results["peak_flops"] = max(p for p, _ in peaks)
     results["peaks"] = peaks
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
