@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from minillm_core.artifacts import ArtifactError, require
 from minillm_core.chat import TextStreamer, _context_from_meta
@@ -132,18 +132,12 @@ class ChatRequest(BaseModel):
             raise ValueError("only n=1 is supported (one choice per request)")
         return v
 
-    @field_validator("presence_penalty", "frequency_penalty")
+    @field_validator("presence_penalty", "frequency_penalty", "logprobs")
     @classmethod
-    def _penalty(cls, v: float | None) -> float | None:
-        if v:
-            raise ValueError("penalties are not supported (only 0)")
-        return v
-
-    @field_validator("logprobs")
-    @classmethod
-    def _logprobs(cls, v: bool | None) -> bool | None:
-        if v:
-            raise ValueError("logprobs are not supported")
+    def _unsupported(cls, v: float | bool | None, info: ValidationInfo) -> float | bool | None:
+        if v:  # accepted only at their neutral value (0, False, null)
+            what = "penalties are" if info.field_name.endswith("penalty") else "logprobs are"
+            raise ValueError(f"{what} not supported ({info.field_name} must be 0, false or null)")
         return v
 
     @field_validator("stop")

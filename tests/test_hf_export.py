@@ -270,18 +270,8 @@ def test_byte_table_is_gpt2s():
 
 # ----------------------------------------------------------------------------- the chat template
 
-CONVERSATIONS = [
-    [{"role": "user", "content": "你好"}],
-    [{"role": "system", "content": "你是一个乐于助人的助手。"},
-     {"role": "user", "content": "1+1=?"}, {"role": "assistant", "content": "等于 2。"}, {"role": "user", "content": "  再见\n"}],
-    [{"role": "user", "content": [{"type": "text", "text": "算 "},
-                                   {"type": "text", "text": "2**10"}]},
-     {"role": "assistant", "content": [{"type": "text", "text": "我来算："},
-                                        {"type": "python", "text": "print(2**10)"},
-                                        {"type": "python_output", "text": "1024"},
-                                        {"type": "text", "text": "是 1024。"}]},
-     {"role": "tool", "content": "ok"}, {"role": "user", "content": "谢谢 😀"},
-     {"role": "assistant", "content": "不客气！"}],
+# The export's own self-check conversations, plus cases it does not need to check itself.
+CONVERSATIONS = hf_export.CHECK_CONVERSATIONS + [
     [{"from": "human", "value": "旧格式"}, {"from": "gpt", "value": "好的"}],
     [{"role": "user", "content": ""}, {"role": "assistant", "content": None}],
 ]
