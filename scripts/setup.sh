@@ -25,7 +25,16 @@ stamp="$(cd "$ROOT" && cat pyproject.toml rustbpe/Cargo.toml rustbpe/pyproject.t
   $(find rustbpe/src -type f 2>/dev/null | sort) 2>/dev/null | sha256sum | cut -c1-16)-rustbpe=$RUSTBPE"
 if [ "$(cat "$VENV_DIR/.deps_installed" 2>/dev/null)" != "$stamp" ]; then
   echo "setup: installing MiniLLM and its dependencies into $VENV_DIR (first run: a few minutes)"
-  "${PIP[@]}" install -q -e "$ROOT[dev]"
+  # PyPI's torch wheel brings its CUDA libraries: the venv grows to about 6.5 GB, and a full disk
+  # otherwise surfaces only as pip's bare "[Errno 28] No space left on device".
+  free_gb=$(( $(df -Pk "$VENV_DIR" | awk 'NR==2 {print $4}') / 1048576 ))
+  if [ "$free_gb" -lt 8 ] && ! compgen -G "$VENV_DIR/lib/python*/site-packages/torch" >/dev/null; then
+    echo "setup: WARNING: only ${free_gb} GB free under $VENV_DIR; a first install needs about 8 GB" >&2
+  fi
+  if ! "${PIP[@]}" install -q -e "$ROOT[dev]"; then
+    echo "setup: pip could not install MiniLLM into $VENV_DIR (${free_gb} GB were free before it began)" >&2
+    exit 1
+  fi
   if [ "$RUSTBPE" = 0 ]; then
     "${PIP[@]}" uninstall -q -y minillm-rustbpe >/dev/null 2>&1 || true
     echo "setup: ENABLE_RUSTBPE=0: rustbpe skipped; the tokenizer trains with the pure-Python trainer"
