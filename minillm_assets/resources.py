@@ -14,8 +14,9 @@ from typing import Any, TypeVar
 import dagster as dg
 from pydantic import Field, field_validator
 
-from minillm_core.config import (CHECKOUT, ConfigError, CoreConfig, check_within_roots,
-                                 default_tf_dir, project_root)
+from minillm_core.config import ConfigError, CoreConfig, check_within_roots
+from minillm_core.layout import CHECKOUT, Layout, project_root
+from minillm_core.model import ModelConfig
 from minillm_core.profiles import PROFILES, preset
 
 C = TypeVar("C", bound=CoreConfig)
@@ -38,6 +39,8 @@ class MiniLLMResource(dg.ConfigurableResource):
     out_dir: str = Field(default="out", description="Tokenizer, token tensors, checkpoints.")
     tf_dir: str = Field(default="", description="TensorBoard logs and eval_results.jsonl; "
                         "empty = $TF_DIR or ../tf_dir (one level above the project).")
+    seq_len: int = Field(default=0, ge=0, description="The model's context: token tensors pack "
+                         "rows of this length and every stage trains at it; 0 = the profile's.")
 
     @field_validator("profile")
     @classmethod
@@ -74,7 +77,7 @@ class MiniLLMResource(dg.ConfigurableResource):
 
     @property
     def tf(self) -> Path:
-        return self._abs(self.tf_dir) if self.tf_dir else default_tf_dir(self.root_path)
+        return self._abs(self.tf_dir) if self.tf_dir else Layout.at(self.root_path).tf
 
     def mix_path(self, output: str, heldout: bool = False) -> Path:
         return self.processed / f"{output}_chinese{'_heldout' if heldout else ''}.jsonl"
@@ -95,7 +98,15 @@ class MiniLLMResource(dg.ConfigurableResource):
 
     # -- settings ----------------------------------------------------------------------------
     def preset(self, concern: str) -> dict[str, Any]:
-        return preset(self.profile, concern)
+        values = preset(self.profile, concern)
+        if concern == "model" and self.seq_len:
+            values["max_position_embeddings"] = self.seq_len
+        return values
+
+    @property
+    def context_length(self) -> int:
+        """The one sequence length of this graph (tensors and training derive from it)."""
+        return ModelConfig.resolve(self.preset("model")).max_position_embeddings
 
     def settings(self, cls: type[C], concern: str, user: dg.Config | dict | None,
                  base: dict[str, Any] | None = None) -> C:

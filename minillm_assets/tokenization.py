@@ -50,7 +50,8 @@ def tokens_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinit
         tok = need(minillm.tokenizer_dir, "tokenizer", name)
         out = minillm.tokens_dir(stage)
         with user_errors(name):
-            cfg = minillm.settings(TensorConfig, "tensors", config)
+            cfg = minillm.settings(TensorConfig, "tensors", config,
+                                   {"max_length": minillm.context_length})
             report = export_tokens(cfg, stage, mix, tok, out, log=context.log.info)
         meta = to_metadata(report.metadata)
         png = out.parent / f"{stage}_lengths.png"

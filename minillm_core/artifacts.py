@@ -23,17 +23,7 @@ from pathlib import Path
 from typing import Any
 
 
-class ArtifactError(RuntimeError):
-    """An artifact could not be written or read; the message names the path."""
-
-
-class MissingArtifactError(ArtifactError):
-    """An input artifact is not on disk (its producing stage has not run)."""
-
-    def __init__(self, path: Path | str, what: str):
-        self.path = Path(path)
-        self.what = what
-        super().__init__(f"{what} not found at {self.path}")
+from minillm_core.errors import ArtifactError, DiskFullError, MissingArtifactError
 
 
 def require(path: Path | str, what: str) -> Path:
@@ -112,11 +102,11 @@ def _is_disk_full(exc: BaseException, path: Path) -> bool:
     return isinstance(exc, (OSError, RuntimeError)) and 0 <= _free(path) < (1 << 20)
 
 
-def _disk_full(exc: BaseException, path: Path, written: int = 0) -> ArtifactError:
-    return ArtifactError(
+def _disk_full(exc: BaseException, path: Path, written: int = 0) -> DiskFullError:
+    return DiskFullError(
         f"no space left on device while writing {path}: it needs more than {written} bytes "
-        f"(written before the disk filled), {_free(path)} bytes free there; free some space "
-        "and materialize again (the previous version was left untouched)")
+        f"(written before the disk filled), {_free(path)} bytes free there",
+        "free some space and materialize again (the previous version was left untouched)")
 
 
 disk_full_error = _disk_full  # for writers outside atomic_path (the mix's spool)

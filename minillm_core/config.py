@@ -8,8 +8,6 @@ A value of None in a layer means "not set here", so an unset flag never hides a 
 
 from __future__ import annotations
 
-import os
-
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -17,28 +15,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from minillm_core.errors import ConfigError
+from minillm_core.layout import Layout
+
 C = TypeVar("C", bound="CoreConfig")
-
-
-# The checkout minillm_core lives in: the shipped samples and default roots are found here.
-CHECKOUT = Path(__file__).resolve().parents[1]
-
-
-def project_root() -> Path:
-    """`MINILLM_ROOT`, else the checkout (never the current directory)."""
-    if env := os.environ.get("MINILLM_ROOT"):
-        return Path(env).expanduser().resolve()
-    return CHECKOUT
-
-
-def default_tf_dir(root: Path | None = None) -> Path:
-    """`$TF_DIR` (relative to the project root), else `../tf_dir` one level above the project,
-    where the seed's pipelines write TensorBoard logs and eval_results.jsonl."""
-    root = root or project_root()
-    if env := os.environ.get("TF_DIR"):
-        p = Path(env).expanduser()
-        return p if p.is_absolute() else (root / p).resolve()
-    return (root.parent / "tf_dir").resolve()
 
 
 def add_model_arguments(parser: Any) -> None:
@@ -51,11 +31,9 @@ def add_model_arguments(parser: Any) -> None:
 
 def model_paths(args: Any) -> tuple[Path, Path]:
     """The checkpoint and tokenizer dirs those arguments name (the latest DPO model by default)."""
-    root = project_root()
-    return args.checkpoint or root / "out" / "dpo", args.tokenizer or root / "out" / "tokenizer"
-
-class ConfigError(ValueError):
-    """Invalid settings; the message names each bad field and the rule it broke."""
+    layout = Layout.at()
+    return (args.checkpoint or layout.checkpoint_dir("dpo"),
+            args.tokenizer or layout.tokenizer_dir)
 
 
 class CoreConfig(BaseModel):

@@ -54,7 +54,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from minillm_core.artifacts import require, sha256_file, sha256_tree
-from minillm_core.config import CoreConfig, default_tf_dir, project_root, validate_device
+from minillm_core.config import CoreConfig, validate_device
+from minillm_core.layout import Layout, project_root
 from minillm_core.progress import LogFn, emit
 
 Stage = Literal["pretrain", "sft", "dpo"]
@@ -135,7 +136,7 @@ class EvalConfig(CoreConfig):
             return data
         d = dict(data)
         root, stage = project_root(), d["stage"]
-        tf = default_tf_dir()
+        tf = Layout.at().tf
         defaults = {
             "checkpoint": root / "out" / stage,
             "data_path": root / "data" / "processed" / f"{stage}_chinese_heldout.jsonl",
@@ -518,7 +519,7 @@ _SUMMARY_KEYS = ("loss", "perplexity", "bits_per_byte", "mc_accuracy", "identity
 def print_latest(results_file: Path | str | None = None, n: int = 3,
                  file: TextIO | None = None) -> str:
     """Print the last `n` evaluations of a results file as a table; returns the table."""
-    path = Path(results_file) if results_file else default_tf_dir() / "eval_results.jsonl"
+    path = Path(results_file) if results_file else Layout.at().tf / "eval_results.jsonl"
     lines = read_results(path)[-n:] if n > 0 else []
     if not lines:
         text = f"no evaluations in {path}"

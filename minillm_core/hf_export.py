@@ -65,8 +65,8 @@ from safetensors.torch import save_file
 
 from minillm_core.artifacts import ArtifactError, atomic_path, require, sha256_file
 from minillm_core.checkpoint import WEIGHTS, load_checkpoint, weights_state
-from minillm_core.config import (ConfigError, CoreConfig, add_model_arguments, model_paths,
-                                 project_root)
+from minillm_core.config import ConfigError, CoreConfig, add_model_arguments, model_paths
+from minillm_core.layout import Layout
 from minillm_core.model import MiniLLM
 from minillm_core.progress import LogFn, emit
 from minillm_core.tokenizer import (BOS, HELDOUT_EN, HELDOUT_ZH, TRICKY_TEXT, Tokenizer,
@@ -625,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt, tok_dir = model_paths(args)
     try:
         cfg = ExportConfig.resolve({"dtype": args.dtype, "verify": args.verify, "atol": args.atol})
-        report = export_hf(ckpt, tok_dir, args.out or project_root() / "out" / "hf", cfg,
+        report = export_hf(ckpt, tok_dir, args.out or Layout.at().hf_dir, cfg,
                            log=lambda m: print(m, file=sys.stderr))
     except (ConfigError, ExportError, ArtifactError, TokenizerError) as exc:
         print(f"minillm export-hf: {exc}", file=sys.stderr)

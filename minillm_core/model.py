@@ -49,7 +49,9 @@ class ModelConfig(CoreConfig):
         None, ge=1, description="key/value heads for grouped-query attention; None = one per query head")
     intermediate_size: int | None = Field(
         None, ge=1, description="SwiGLU hidden size; None = 8/3 x hidden rounded up to a multiple of 64")
-    max_position_embeddings: int = Field(32768, ge=1, description="longest sequence RoPE is defined for")
+    max_position_embeddings: int = Field(
+        512, ge=2, description="the model's context: the one sequence length. Token tensors pack "
+        "rows of this many positions and every stage trains at it (the seed's --max_seq_len)")
     rope_theta: float = Field(1e6, gt=0, description="RoPE base; large so long contexts stay distinct")
     rms_norm_eps: float = Field(1e-5, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on attention and residual outputs")

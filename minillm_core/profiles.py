@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from minillm_core.config import ConfigError
+from minillm_core.errors import ConfigError
 
 Preset = dict[str, dict[str, Any]]
 
@@ -21,9 +21,8 @@ PROFILES: dict[str, Preset] = {
     "smoke": {
         "mix": {"max_records": {"pretrain": 64, "sft": 16, "dpo": 8}},
         "tokenizer": {"vocab_size": 1024},
-        "tensors": {"max_length": 128},
         "model": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                  "num_key_value_heads": 2},
+                  "num_key_value_heads": 2, "max_position_embeddings": 128},
         # A 0.16M-parameter model takes milliseconds a step: enough steps for a falling curve.
         "pretrain": {**_SMOKE_TRAIN, "epochs": 3, "max_steps": 40, "learning_rate": 3e-3},
         "sft": {**_SMOKE_TRAIN, "epochs": 5, "max_steps": 20, "learning_rate": 1e-3},
@@ -36,8 +35,7 @@ PROFILES: dict[str, Preset] = {
     "gpu": {
         "mix": {},
         "tokenizer": {},
-        "tensors": {"max_length": 2048},
-        "model": {},
+        "model": {"max_position_embeddings": 2048},
         "pretrain": {"device": "cuda", "dtype": "bfloat16", "compile": True, "epochs": 2},
         "sft": {"device": "cuda", "dtype": "bfloat16", "compile": True},
         "dpo": {"device": "cuda", "dtype": "bfloat16", "compile": True},
