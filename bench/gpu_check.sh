@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check in one script (goal: under 5 minutes on one H100/H200-class card):
 #   1. the three training stages (pretrain -> SFT -> DPO) with the gpu profile on the shipped
-#      samples, through the core library's commands (`python -m minillm_core.cli ...`): a GPU node
+#      samples, through the core library's commands (`python -m minillm_cli.main ...`): a GPU node
 #      needs torch and this package, not Dagster;
 #   2. with two or more GPUs, the pretrain stage again as a two-rank DDP run under torchrun;
 #   3. a throughput benchmark in bfloat16 (autocast, torch.compile, fused AdamW, the training
@@ -66,7 +66,7 @@ else
   MIX_PROFILE=smoke  # the smoke quotas: the full ones take minutes on a small CPU
 fi
 
-cli() { "$PY" -m minillm_core.cli "$@"; }
+cli() { "$PY" -m minillm_cli.main "$@"; }
 
 # Run a stage, keep its printed metadata (the last JSON object on stdout) as one result line.
 stage() {

@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minillm_core import cli
+from minillm_cli import main as cli
 from minillm_core.artifacts import ArtifactError, sha256_tree
 from minillm_core.config import ConfigError
 from minillm_core.tensors import (IGNORE_INDEX, JsonlDataset, TensorConfig, TokenDataset,

@@ -1,6 +1,6 @@
 """`minillm <command> [options]`: one entry point for the manual per-stage commands.
 
-Each command is the `main(argv)` of a core module, imported only when called, so `minillm --help`
+Each command is the `main(argv)` of a front-end module, imported only when called, so `minillm --help`
 stays fast and a GPU node without some optional package can still run the stages it has.
 """
 
@@ -11,17 +11,16 @@ import sys
 
 # command -> (module, function, summary)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "mix": ("minillm_core.mix", "main", "build pretrain/SFT/DPO JSONL mixes from data/chinese"),
-    "tokenizer": ("minillm_core.tokenizer", "main", "train the byte-level BPE tokenizer"),
-    "tokens": ("minillm_core.tensors", "main", "export token tensors for one stage"),
-    "pretrain": ("minillm_core.train", "main_pretrain", "pretrain from token tensors or JSONL"),
-    "sft": ("minillm_core.train", "main_sft", "supervised fine-tuning from the pretrain weights"),
-    "dpo": ("minillm_core.train", "main_dpo", "DPO from the latest SFT weights"),
-    "eval": ("minillm_core.evaluate", "main", "evaluate a checkpoint; append to eval_results.jsonl"),
-    "chat": ("minillm_core.chat", "main", "talk to a checkpoint in the terminal"),
-    "export-hf": ("minillm_core.hf_export", "main",
-                  "export a checkpoint as a HuggingFace Llama folder"),
-    "serve": ("minillm_core.serve", "main", "OpenAI-compatible chat server for a checkpoint"),
+    "mix": ("minillm_cli.mix", "main", "build pretrain/SFT/DPO JSONL mixes from data/chinese"),
+    "tokenizer": ("minillm_cli.tokenizer", "main", "train the byte-level BPE tokenizer"),
+    "tokens": ("minillm_cli.tokens", "main", "export token tensors for one stage"),
+    "pretrain": ("minillm_cli.train", "main_pretrain", "pretrain from token tensors or JSONL"),
+    "sft": ("minillm_cli.train", "main_sft", "supervised fine-tuning from the pretrain weights"),
+    "dpo": ("minillm_cli.train", "main_dpo", "DPO from the latest SFT weights"),
+    "eval": ("minillm_cli.eval", "main", "evaluate a checkpoint; append to eval_results.jsonl"),
+    "chat": ("minillm_cli.chat", "main", "talk to a checkpoint in the terminal"),
+    "export-hf": ("minillm_cli.export", "main", "export a checkpoint as a HuggingFace Llama folder"),
+    "serve": ("minillm_cli.serve", "main", "OpenAI-compatible chat server for a checkpoint"),
 }
 
 
