@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import importlib.util
 import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -11,14 +13,31 @@ from typing import Any
 
 import dagster as dg
 
-from minillm_core.artifacts import ArtifactError, MissingArtifactError
-from minillm_core.config import ConfigError
+from minillm_core.errors import MiniLLMError, MissingArtifactError, is_retryable
 
 MODULE = "minillm_assets"
+CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 def build_command(asset: str) -> str:
     return f"dagster asset materialize -m {MODULE} --select '*{asset}'"
+
+
+def code_version(*modules: str) -> str:
+    """A code version from the content of the core code an asset runs (every source file of the
+    named modules and packages), so the UI marks an asset stale exactly when that code changed;
+    nobody bumps a version by hand."""
+    digest = hashlib.sha256()
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ImportError(f"code_version: no module {name!r}")
+        files = ([Path(spec.origin)] if not spec.submodule_search_locations else
+                 sorted(f for d in spec.submodule_search_locations for f in Path(d).rglob("*")
+                        if f.suffix in (".py", ".jinja")))
+        for f in files:
+            digest.update(f.relative_to(CHECKOUT).as_posix().encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def need(path: Path, upstream: str, asset: str) -> Path:
@@ -34,16 +53,28 @@ def need(path: Path, upstream: str, asset: str) -> Path:
 
 @contextlib.contextmanager
 def user_errors(asset: str) -> Iterator[None]:
-    """Turn the core's user-facing errors (bad config, bad input, missing files) into a Dagster
-    Failure carrying the message alone; programming errors keep their traceback."""
+    """Turn the core's errors into a Dagster Failure carrying the message alone, and decide
+    retries from the error's type: only what can succeed on a second try (a resource that ran
+    out, an interrupted run that resumes) respects the asset's retry policy. A NaN loss at the
+    same seed, bad settings or bad data fail at once; so does any error that is not ours (a bug
+    would only repeat), which keeps its traceback as the Failure's cause."""
     try:
         yield
+    except dg.Failure:
+        raise
     except MissingArtifactError as exc:
         raise dg.Failure(
             description=f"{asset}: {exc}. Build what it needs with: {build_command(asset)}",
             allow_retries=False) from exc
-    except (ConfigError, ArtifactError, ValueError, FileNotFoundError) as exc:
+    except MiniLLMError as exc:
+        advice = getattr(exc, "advice", None)
+        raise dg.Failure(description=f"{asset}: {exc}", allow_retries=is_retryable(exc),
+                         metadata={"advice": advice} if advice else None) from exc
+    except (ValueError, FileNotFoundError) as exc:
         raise dg.Failure(description=f"{asset}: {exc}", allow_retries=False) from exc
+    except Exception as exc:
+        raise dg.Failure(description=f"{asset}: {type(exc).__name__}: {exc}",
+                         allow_retries=False) from exc
 
 
 def check_result(problems: list[str]) -> dg.AssetCheckResult:
