@@ -3,7 +3,7 @@
 # Extra arguments go to pytest, e.g. scripts/test.sh -k tokenizer -x
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-source "$ROOT/scripts/setup.sh"
+MINILLM_DEV=1 source "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 if command -v cargo >/dev/null 2>&1 && [ "${ENABLE_RUSTBPE:-auto}" != 0 ]; then
   echo "== cargo test (rustbpe)"

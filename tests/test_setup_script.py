@@ -42,7 +42,7 @@ def _run_setup(tmp_path: Path, free_kb: int) -> subprocess.CompletedProcess:
 def test_low_disk_warns_and_a_failed_install_says_where(tmp_path):
     proc = _run_setup(tmp_path, free_kb=3 * 1024 * 1024)
     assert proc.returncode == 1
-    assert "install -q -e" in (tmp_path / "pip.log").read_text()
+    assert "install -q --require-hashes -r" in (tmp_path / "pip.log").read_text()
     assert "WARNING: only 3 GB free under" in proc.stderr
     assert f"pip could not install MiniLLM into {tmp_path / 'venv'} (3 GB were free" in proc.stderr
     assert not (tmp_path / "venv" / ".deps_installed").exists()  # the next run tries again
