@@ -17,11 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minillm_cli import main as cli
-from minillm_core.artifacts import ArtifactError, sha256_tree
-from minillm_core.config import ConfigError
-from minillm_core.tensors import (IGNORE_INDEX, JsonlDataset, TensorConfig, TokenDataset,
-                                  TokenizerMismatchError, check_tokens, collate, disk_dtype,
-                                  encode_record, export_tokens, main, plot_length_histogram)
+from minillm_cli.tokens import main
+from minillm_core.artifacts import sha256_tree
+from minillm_core.errors import ArtifactError, ConfigError, DataError, TokenizerMismatchError
+from minillm_core.model import ModelConfig
+from minillm_core.schema import IGNORE_INDEX
+from minillm_core.tokens import (JsonlDataset, TensorConfig, TokenDataset, check_tokens, disk_dtype,
+                                 encode_record, export_tokens, plot_length_histogram)
+from minillm_core.tokens.collate import collate
 from minillm_core.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
 
 X = IGNORE_INDEX
