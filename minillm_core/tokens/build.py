@@ -125,7 +125,7 @@ def _index(cfg: TensorConfig, stage: str, writer: Writer, stats: Stats, enc: Enc
     # identifies the content without reading it back: the asset's data version.
     content_hash = sha256_json({"format": [FORMAT, FORMAT_VERSION], "stage": stage,
                                 "tokenizer": tokenizer_hash, "mix": mix_sha256, "config": config})
-    index = {
+    index: dict[str, Any] = {
         "format": FORMAT, "version": FORMAT_VERSION, "stage": stage,
         "layout": cfg.layout if stage == "pretrain" else "padded",
         "rows": writer.rows, "tokens": tokens, "supervised_tokens": supervised,

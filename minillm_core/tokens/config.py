@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from minillm_core.config import CoreConfig
 from minillm_core.errors import ConfigError
 
-_DTYPES = {"uint16": np.uint16, "int32": np.int32, "int64": np.int64}
+_DTYPES: dict[str, type[np.integer[Any]]] = {"uint16": np.uint16, "int32": np.int32, "int64": np.int64}
 # Settings that change speed, not content: left out of the index and the content hash.
 RUNTIME_ONLY = {"num_threads", "batch_records"}
 
@@ -63,7 +63,7 @@ def disk_dtype(name: str, vocab_size: int) -> np.dtype:
     if name == "auto":
         return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.int32)
     dt = np.dtype(_DTYPES[name])
-    if vocab_size - 1 > np.iinfo(dt).max:
+    if vocab_size - 1 > np.iinfo(_DTYPES[name]).max:
         raise ConfigError(f"dtype: {name} cannot hold token ids up to {vocab_size - 1} "
                           f"(vocabulary of {vocab_size}); use int32 or auto")
     return dt

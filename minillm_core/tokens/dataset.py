@@ -32,7 +32,8 @@ ShardArrays = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]
 
 def _load_array(f: Path) -> np.ndarray:
     try:
-        return np.load(f, mmap_mode="r", allow_pickle=False)
+        arr: np.ndarray = np.load(f, mmap_mode="r", allow_pickle=False)
+        return arr
     except FileNotFoundError:
         raise
     except (OSError, ValueError, EOFError) as exc:
@@ -42,7 +43,7 @@ def _load_array(f: Path) -> np.ndarray:
                             "or corrupt: export the tokens again") from None
 
 
-class TokenDataset(torch.utils.data.Dataset):
+class TokenDataset(torch.utils.data.Dataset[Row]):
     """Rows of an exported token directory, read through memory maps.
 
     The constructor reads only index.json; shard files are mapped on first access in the process
@@ -119,7 +120,7 @@ class TokenDataset(torch.utils.data.Dataset):
         return functools.partial(collate, pad_id=self.pad_id)
 
 
-class JsonlDataset(torch.utils.data.Dataset):
+class JsonlDataset(torch.utils.data.Dataset[Row]):
     """A small JSONL mix as an in-memory map-style dataset of the same row dicts as TokenDataset
     (one row per kept record). For held-out evaluation and manual runs on a JSONL mix; a training
     corpus belongs in `export_tokens` + `TokenDataset`, which do not hold it in memory. `cfg`

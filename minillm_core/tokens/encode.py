@@ -67,11 +67,14 @@ class Encoder:
     def pretrain(self, texts: list[str]) -> list[list[int]]:
         # One call for the whole batch: the tokenizer encodes in parallel threads (GIL released).
         threads = self.cfg.num_threads or os.cpu_count() or 1
-        return self.tok.encode(texts, prepend=self.bos_id, append=self.eos_id, num_threads=threads)
+        seqs: list[list[int]] = self.tok.encode(texts, prepend=self.bos_id, append=self.eos_id,
+                                                num_threads=threads)
+        return seqs
 
     def pretrain_one(self, text: str) -> list[int]:
         # A single text skips the batch path, which starts a thread pool per call.
-        return self.tok.encode(text, prepend=self.bos_id, append=self.eos_id)
+        seq: list[int] = self.tok.encode(text, prepend=self.bos_id, append=self.eos_id)
+        return seq
 
     def chat(self, conversation: Any) -> tuple[list[int], list[int]]:
         ids, mask = self.tok.render_conversation({"messages": raw_messages(conversation)}, _NO_LIMIT)
@@ -151,57 +154,56 @@ def record_parts(stage: str, record: Any, enc: Encoder, stats: Stats | None = No
     record is dropped; counts into `stats` when given. Raises ValueError on a malformed record."""
     if not isinstance(record, dict):
         raise ValueError("record is not a JSON object")
+    counts = stats if stats is not None else Stats()
     if stage == "pretrain":
-        text = record.get("text")
-        if not isinstance(text, str):
-            raise ValueError('pretrain record without a string "text"')
-        return _pretrain_padded(enc.pretrain_one(text) if text else [], enc, stats, line, record)
-    if stage == "sft":
-        c = _cut_chat(*enc.chat(record), enc.limit)
-        if stats is not None:
-            stats.sample([c.full_len], line, record, c.cut_tokens, c.cut_assistant)
-        if not c.has_answer:
-            return _drop(stats, "no_answer")
-        if c.supervised == 0:
-            return _drop(stats, "answer_truncated")
-        return [(c.ids, c.mask)]
-    if stage == "dpo":
-        return _dpo_parts(record, enc, stats, line)
-    raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+        parts, dropped = _pretrain_parts(record, enc, counts, line)
+    elif stage == "sft":
+        parts, dropped = _sft_parts(record, enc, counts, line)
+    elif stage == "dpo":
+        parts, dropped = _dpo_parts(record, enc, counts, line)
+    else:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    if dropped:
+        counts.drop(dropped)
+        return None
+    return parts
 
 
-def _dpo_parts(record: dict, enc: Encoder, stats: Stats | None, line: int) -> Parts | None:
+# Each returns the row's sequences and why the record is dropped ("" when it is kept).
+_Encoded = tuple[Parts, str]
+
+
+def _pretrain_parts(record: dict[str, Any], enc: Encoder, stats: Stats, line: int) -> _Encoded:
+    text = record.get("text")
+    if not isinstance(text, str):
+        raise ValueError('pretrain record without a string "text"')
+    seq = enc.pretrain_one(text) if text else []
+    stats.sample([len(seq)], line, record, max(0, len(seq) - enc.limit), 0)
+    # An empty text: BOS alone has no target.
+    return [(seq[: enc.limit], None)], "empty" if len(seq) < 2 else ""
+
+
+def _sft_parts(record: dict[str, Any], enc: Encoder, stats: Stats, line: int) -> _Encoded:
+    c = _cut_chat(*enc.chat(record), enc.limit)
+    stats.sample([c.full_len], line, record, c.cut_tokens, c.cut_assistant)
+    dropped = "no_answer" if not c.has_answer else "answer_truncated" if c.supervised == 0 else ""
+    return [(c.ids, c.mask)], dropped
+
+
+def _dpo_parts(record: dict[str, Any], enc: Encoder, stats: Stats, line: int) -> _Encoded:
     sides = []
     for key in ("chosen", "rejected"):
         if key not in record:
             raise ValueError(f'dpo record without "{key}"')
         sides.append(_cut_chat(*enc.chat(record[key]), enc.limit))
-    if stats is not None:
-        stats.sample([c.full_len for c in sides], line, record, sum(c.cut_tokens for c in sides),
-                     sum(c.cut_assistant for c in sides))
-    if any(not c.has_answer for c in sides):
-        return _drop(stats, "no_answer")
-    if any(not c.answer_kept for c in sides):
-        return _drop(stats, "answer_truncated")
-    return [(c.ids, c.mask) for c in sides]
+    stats.sample([c.full_len for c in sides], line, record, sum(c.cut_tokens for c in sides),
+                 sum(c.cut_assistant for c in sides))
+    dropped = ("no_answer" if any(not c.has_answer for c in sides)
+               else "answer_truncated" if any(not c.answer_kept for c in sides) else "")
+    return [(c.ids, c.mask) for c in sides], dropped
 
 
-def _pretrain_padded(seq: list[int], enc: Encoder, stats: Stats | None, line: int,
-                     record: Any) -> Parts | None:
-    if stats is not None:
-        stats.sample([len(seq)], line, record, max(0, len(seq) - enc.limit), 0)
-    if len(seq) < 2:  # an empty text: BOS alone has no target
-        return _drop(stats, "empty")
-    return [(seq[: enc.limit], None)]
-
-
-def _drop(stats: Stats | None, reason: str) -> None:
-    if stats is not None:
-        stats.drop(reason)
-    return None
-
-
-def encode_record(stage: Stage, record: dict, tokenizer: Any,
+def encode_record(stage: Stage, record: dict[str, Any], tokenizer: Any,
                   cfg: TensorConfig) -> dict[str, torch.Tensor] | None:
     """One mix record -> one row dict (as `TokenDataset[i]`), or None when the record is dropped
     (empty text, no assistant answer, answer cut away entirely). Always one document per row

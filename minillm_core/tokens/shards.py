@@ -34,7 +34,7 @@ def shard_file(shard: str, stream: str, kind: str) -> str:
 
 def load_index(path: Path) -> dict[str, Any]:
     """The index.json of a token directory, refused unless it is this format and version."""
-    index = read_json(require(path / "index.json", "token tensors index"))
+    index: dict[str, Any] = read_json(require(path / "index.json", "token tensors index"))
     if index.get("format") != FORMAT or index.get("version") != FORMAT_VERSION:
         raise ArtifactError(f"{path}: not a {FORMAT} v{FORMAT_VERSION} directory "
                             f"(format {index.get('format')!r}, version {index.get('version')!r}); "
