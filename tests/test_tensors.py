@@ -408,6 +408,10 @@ def test_encode_record_and_jsonl_dataset_match_exported_rows(tmp_path, tok_dir, 
     for i in range(len(ds)):
         assert as_lists(jd[i]) == as_lists(ds[i])
     assert jd.stats.truncated_samples > 0
+    write_jsonl(tmp_path / "bad.jsonl", [sft[0], {"conversations": []}])
+    with pytest.raises(DataError) as e:
+        JsonlDataset(tmp_path / "bad.jsonl", "sft", tok_dir, TensorConfig(**cfg))
+    assert (Path(e.value.file).name, e.value.line) == ("bad.jsonl", 2)
     # pretrain: one document per row, whatever the layout says
     row = encode_record("pretrain", {"text": CORPUS[0]}, tok, TensorConfig(max_length=4))
     seq = [tok.get_bos_token_id(), *enc(tok, CORPUS[0])][:5]

@@ -34,7 +34,10 @@ from minillm_core.tokens.stats import Stats
 # render_conversation truncates to its max_tokens; we ask for everything and cut ourselves.
 _NO_LIMIT = 1 << 62
 
+# The stored sequences of one row: one (ids, mask) per stream; mask None for pretrain.
 Parts = list[tuple[list[int], list[int] | None]]
+# What a stage's encoder returns: the row's sequences and why the record is dropped ("" if kept).
+_Encoded = tuple[Parts, str]
 
 
 def _special_id(tok: Any, name: str, what: str) -> int:
@@ -167,10 +170,6 @@ def record_parts(stage: str, record: Any, enc: Encoder, stats: Stats | None = No
         counts.drop(dropped)
         return None
     return parts
-
-
-# Each returns the row's sequences and why the record is dropped ("" when it is kept).
-_Encoded = tuple[Parts, str]
 
 
 def _pretrain_parts(record: dict[str, Any], enc: Encoder, stats: Stats, line: int) -> _Encoded:
