@@ -75,14 +75,14 @@ def proc_status_mib(key: str) -> float:
 
 def child(mode: str, mix: Path, tok_dir: Path, out: Path, threads: int) -> dict:
     """Run in a fresh interpreter so ru_maxrss is this job's peak alone."""
-    from minillm_core.tensors import TensorConfig, export_tokens
     from minillm_core.tokenizer import load_tokenizer
+    from minillm_core.tokens import TensorConfig, export_tokens
 
     base = proc_status_mib("VmRSS")  # after the imports (torch, tiktoken, numpy)
     t0 = time.perf_counter()
     if mode == "export":
-        rep = export_tokens(TensorConfig(num_threads=threads), "pretrain", mix, tok_dir, out,
-                            log=lambda m: None)
+        rep = export_tokens(TensorConfig(max_length=2048, num_threads=threads), "pretrain", mix,
+                            tok_dir, out, log=lambda m: None)
         tokens = rep.tokens
     else:  # the seed: every text tokenized into memory before training starts
         tok = load_tokenizer(tok_dir)
@@ -104,8 +104,8 @@ def run_child(mode: str, mix: Path, tok_dir: Path, out: Path, threads: int) -> d
 # ----------------------------------------------------------------------------- measurements
 
 def throughput(mix: Path, tok_dir: Path, work: Path, threads: int, repeats: int) -> dict:
-    from minillm_core.tensors import TensorConfig, export_tokens
     from minillm_core.tokenizer import load_tokenizer
+    from minillm_core.tokens import TensorConfig, export_tokens
 
     tok = load_tokenizer(tok_dir)
     texts = [json.loads(line)["text"] for line in open(mix, encoding="utf-8")]
@@ -120,8 +120,8 @@ def throughput(mix: Path, tok_dir: Path, work: Path, threads: int, repeats: int)
         del ids
         base.append({"seconds": dt, "tokens_per_s": text_tokens / dt, "load": la})
         la = load()
-        rep = export_tokens(TensorConfig(num_threads=threads), "pretrain", mix, tok_dir,
-                            work / "pretrain_packed_2048", log=lambda m: None)
+        rep = export_tokens(TensorConfig(max_length=2048, num_threads=threads), "pretrain", mix,
+                            tok_dir, work / "pretrain_packed_2048", log=lambda m: None)
         dt = rep.metadata["seconds"]
         docs = rep.metadata["samples"] - rep.metadata["dropped_samples"]
         assert rep.tokens - docs == text_tokens, "export and tiktoken must see the same text tokens"
@@ -135,7 +135,7 @@ def throughput(mix: Path, tok_dir: Path, work: Path, threads: int, repeats: int)
 
 
 def padding(mix: Path, tok_dir: Path, work: Path, threads: int) -> dict:
-    from minillm_core.tensors import TensorConfig, TokenDataset, export_tokens
+    from minillm_core.tokens import TensorConfig, TokenDataset, export_tokens
 
     out = {}
     for L in (512, 2048):
@@ -148,7 +148,7 @@ def padding(mix: Path, tok_dir: Path, work: Path, threads: int) -> dict:
         ds = TokenDataset(rep.path)
         lengths = []
         for k in range(len(ds.meta["shards"])):
-            rows = ds._shard(k)[""][1]
+            rows = ds.shard_arrays(k)[""][1]
             lengths.extend((rows[:, 1] - 1).tolist())
         random.Random(0).shuffle(lengths)
         real = padded = 0
@@ -166,7 +166,7 @@ def padding(mix: Path, tok_dir: Path, work: Path, threads: int) -> dict:
 def loader_vs_step(mix: Path, tok_dir: Path, work: Path, threads: int, batches: int) -> dict:
     import torch
 
-    from minillm_core.tensors import TensorConfig, TokenDataset, export_tokens
+    from minillm_core.tokens import TensorConfig, TokenDataset, export_tokens
 
     rep = export_tokens(TensorConfig(max_length=512, num_threads=threads), "pretrain", mix, tok_dir,
                         work / "pretrain_packed_512", log=lambda m: None)

@@ -5,12 +5,13 @@
 
 Same options as `minillm tokens --help` (`--stage`, `--input`, `--output`, `--tokenizer`,
 `--max-length`, `--layout`, `--bos-token`, `--append-eos`, `--eos-token`, `--dtype`, ...). The
-work is done by `minillm_core.tensors`; this file only keeps the seed's entry point alive.
+work is done by `minillm_core.tokens` through the front end `minillm_cli.tokens`; this file only
+keeps the seed's entry point alive.
 """
 
 import sys
 
-from minillm_core.tensors import main
+from minillm_cli.tokens import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minillm_cli import main as cli
-from minillm_core.artifacts import ArtifactError, sha256_tree
-from minillm_core.config import ConfigError
-from minillm_core.tensors import (IGNORE_INDEX, JsonlDataset, TensorConfig, TokenDataset,
-                                  TokenizerMismatchError, check_tokens, collate, disk_dtype,
-                                  encode_record, export_tokens, main, plot_length_histogram)
+from minillm_cli.tokens import main
+from minillm_core.artifacts import sha256_tree
+from minillm_core.errors import ArtifactError, ConfigError, DataError, TokenizerMismatchError
+from minillm_core.model import ModelConfig
+from minillm_core.schema import IGNORE_INDEX
 from minillm_core.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
+from minillm_core.tokens import (
+    JsonlDataset,
+    TensorConfig,
+    TokenDataset,
+    check_tokens,
+    disk_dtype,
+    encode_record,
+    export_tokens,
+    plot_length_histogram,
+)
+from minillm_core.tokens.collate import collate
 
 X = IGNORE_INDEX
 
@@ -186,8 +198,9 @@ def test_empty_and_malformed_pretrain_records_are_counted(tmp_path, tok_dir, tok
     with pytest.raises(ArtifactError, match="no usable pretrain record"):
         export(tmp_path, tok_dir, "pretrain", [{"text": ""}], name="none")
     (tmp_path / "badjson.jsonl").write_text('{"text": "a"}\n{not json\n')
-    with pytest.raises(ValueError, match="badjson.jsonl:2"):
+    with pytest.raises(DataError, match="badjson.jsonl:2") as e:
         export_tokens(TensorConfig(), "pretrain", tmp_path / "badjson.jsonl", tok_dir, tmp_path / "bj")
+    assert (Path(e.value.file).name, e.value.line) == ("badjson.jsonl", 2)
 
 
 # ----------------------------------------------------------------------------- SFT
@@ -395,6 +408,10 @@ def test_encode_record_and_jsonl_dataset_match_exported_rows(tmp_path, tok_dir, 
     for i in range(len(ds)):
         assert as_lists(jd[i]) == as_lists(ds[i])
     assert jd.stats.truncated_samples > 0
+    write_jsonl(tmp_path / "bad.jsonl", [sft[0], {"conversations": []}])
+    with pytest.raises(DataError) as e:
+        JsonlDataset(tmp_path / "bad.jsonl", "sft", tok_dir, TensorConfig(**cfg))
+    assert (Path(e.value.file).name, e.value.line) == ("bad.jsonl", 2)
     # pretrain: one document per row, whatever the layout says
     row = encode_record("pretrain", {"text": CORPUS[0]}, tok, TensorConfig(max_length=4))
     seq = [tok.get_bos_token_id(), *enc(tok, CORPUS[0])][:5]
@@ -453,3 +470,24 @@ def test_command_line(tmp_path, tok_dir, tok, capsys):
                  str(tmp_path / "p"), "--profile", "smoke", "--layout", "padded", "--append-eos"]) == 0
     idx = json.loads((tmp_path / "p" / "index.json").read_text())
     assert (idx["max_length"], idx["layout"], idx["config"]["append_eos"]) == (128, "padded", True)
+
+
+def test_command_run_from_a_sub_folder_writes_under_the_root(tmp_path, tok_dir, monkeypatch, capsys):
+    """Default paths come from the layout (MINILLM_ROOT), not the current directory; a path the
+    user types stays relative to where they typed it. The row length defaults to the model's
+    context."""
+    root, sub = tmp_path / "root", tmp_path / "root" / "deep" / "sub"
+    sub.mkdir(parents=True)
+    (root / "data" / "processed").mkdir(parents=True)
+    write_jsonl(root / "data" / "processed" / "pretrain_chinese.jsonl", [{"text": t} for t in CORPUS])
+    monkeypatch.setenv("MINILLM_ROOT", str(root))
+    monkeypatch.chdir(sub)
+    assert cli.main(["tokens", "--stage", "pretrain", "--tokenizer", str(tok_dir)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert Path(out["path"]) == root / "out" / "tokens" / "pretrain"
+    assert TokenDataset(root / "out" / "tokens" / "pretrain").max_length == ModelConfig().max_position_embeddings
+    assert not (sub / "out").exists()
+    # Typed paths: relative to the CWD (here a tokenizer copy and an output next to it).
+    shutil.copytree(tok_dir, sub / "tok")
+    assert main(["--stage", "pretrain", "--tokenizer", "tok", "--output", "mine", "--max-length", "8"]) == 0
+    assert TokenDataset(sub / "mine").max_length == 8
