@@ -41,12 +41,12 @@ minimind's (at the seed's learning rate of 4e-8 all stay at ln 2 within float no
 from __future__ import annotations
 
 import argparse
-import re
-import statistics
 import json
 import math
 import os
+import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -299,8 +299,8 @@ def main() -> int:
         print("RESULT " + json.dumps(child(impl, stage, args.steps, Path(work))), flush=True)
         return 0
 
-    from minillm_core.train.checkpointer import save_checkpoint
     from minillm_core.model import MiniLLM, ModelConfig
+    from minillm_core.train.checkpointer import save_checkpoint
 
     results = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
                            "threads": torch.get_num_threads()}, "dtype": DTYPE, "trials": []}

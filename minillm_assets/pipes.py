@@ -34,7 +34,12 @@ from typing import Any
 import dagster as dg
 
 from minillm_assets._util import image_md, to_metadata
-from minillm_core.train.ddp import DistributedConfig, env_rank, run_rank, write_rank_config
+from minillm_core.train.ddp import (
+    DistributedConfig,
+    env_rank,
+    run_rank,
+    write_rank_config,
+)
 
 RANK_ENTRY = "minillm_assets.pipes"
 LAUNCHER = "minillm_core.train"

@@ -81,7 +81,7 @@ def load_weights_file(path: Path | str) -> dict[str, torch.Tensor]:
     (safetensors itself says only "incomplete metadata" or "header too small")."""
     try:
         return load_file(str(path))
-    except Exception as exc:  # SafetensorError is not exported under a stable name
+    except Exception as exc:  # noqa: BLE001 (SafetensorError is not exported under a stable name)
         size = Path(path).stat().st_size if Path(path).exists() else 0
         raise ArtifactError(f"{path}: not a readable safetensors file ({size} bytes: truncated, "
                             f"corrupt or not safetensors at all): {exc}; copy or train it "
@@ -134,7 +134,7 @@ def load_resume(path: Path | str) -> dict[str, Any]:
         return state
     except FileNotFoundError:
         raise
-    except Exception as exc:  # UnpicklingError (a foreign object), RuntimeError (a cut zip), ...
+    except Exception as exc:  # noqa: BLE001 (UnpicklingError: a foreign object, RuntimeError: a cut zip)
         raise ArtifactError(f"{path}: unreadable resume state, refused ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to train "
                             "from the start") from None

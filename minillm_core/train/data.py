@@ -20,7 +20,6 @@ import functools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,7 +46,7 @@ def epoch_order(seed: int, epoch: int, n: int, lengths: Sequence[int] | None = N
     if lengths is None or batch <= 1:
         return perm
     lens = torch.as_tensor(lengths, dtype=torch.long)
-    out = []
+    out: list[torch.Tensor] = []
     size = batch * chunk_batches
     for lo in range(0, n, size):
         chunk = perm[lo:lo + size]

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -69,7 +69,7 @@ class StepLogger:
         self.metric_sums: dict[str, float] = {}
         self.metric_count = 0
 
-    def __enter__(self) -> StepLogger:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -26,7 +26,7 @@ import signal
 import threading
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 
@@ -132,7 +132,7 @@ class SigtermFlag:
         self.set = False
         self._prev: Any = None
 
-    def __enter__(self) -> SigtermFlag:
+    def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():
             self._prev = signal.signal(signal.SIGTERM, self._handle)
         return self

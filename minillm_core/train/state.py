@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from minillm_core.errors import ConfigError
 from minillm_core.artifacts import require, sha256_file
+from minillm_core.errors import ConfigError
 from minillm_core.model import MiniLLM, ModelConfig
 from minillm_core.progress import LogFn, emit
 from minillm_core.train.checkpointer import WEIGHTS, load_checkpoint, require_same_model
@@ -76,7 +76,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    kwargs: dict[str, Any] = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2))
+    kwargs: dict[str, Any] = {"lr": cfg.learning_rate, "betas": (cfg.adam_beta1, cfg.adam_beta2)}
     try:
         # The fused kernel updates every parameter in one pass (CUDA and, since torch 2.4, CPU).
         return torch.optim.AdamW(groups, fused=True, **kwargs)

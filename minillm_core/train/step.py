@@ -60,7 +60,7 @@ def out_of_memory(cfg: TrainConfig, context: int, device: torch.device) -> OutOf
         f"--max_seq_len")
 
 
-def accumulate(fwd: nn.Module, ddp: nn.Module, objective: Any, batches: Iterator[dict[str, Any]],
+def accumulate(fwd: Any, ddp: Any, objective: Any, batches: Iterator[dict[str, Any]],
                state: TrainState, cfg: TrainConfig, comm: Any, acc_rank: int, end: int) -> Micro:
     """Forward and backward over this rank's micro-batches of the step; advances the position."""
     world, rank, device = comm.world, comm.rank, comm.device
@@ -138,8 +138,11 @@ def update(state: TrainState, model: nn.Module, cfg: TrainConfig, micro: Micro, 
         # (with float16 an inf gradient is expected now and then: the scaler skips that step and
         # lowers its scale, which is the documented behaviour). After DDP's all-reduce the
         # gradients, hence this norm, are equal on all ranks.
-        sources = sum(micro.sources, []) if comm.world == 1 else sorted(sum(
-            (comm.sources(micro.sources, micro.real, m) for m in range(len(outcome.losses))), []))
+        if comm.world == 1:
+            sources = [i for rows in micro.sources for i in rows]
+        else:
+            sources = sorted(i for m in range(len(outcome.losses))
+                             for i in comm.sources(micro.sources, micro.real, m))
         raise NonFiniteLossError(nonfinite_message(
             "gradient norm", float(grad_norm), state, None, len(outcome.losses), sources, cfg, where))
     state.scaler.step(state.optimizer)
