@@ -405,3 +405,13 @@ def test_out_of_memory_becomes_a_resource_error_with_the_flags_to_change(tmp_pat
         RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")))
     with pytest.raises(OutOfMemoryError):
         train(cfg("pretrain", tmp_path / "cpu", max_steps=1), MODEL, dataset=pretrain_rows())
+
+
+def test_default_paths_come_from_the_project_root_not_the_current_directory(tmp_path, monkeypatch):
+    root, elsewhere = tmp_path / "root", tmp_path / "root" / "some" / "sub-folder"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.setenv("MINILLM_ROOT", str(root))
+    monkeypatch.chdir(elsewhere)
+    c, _ = parse_train_args("dpo", [])
+    assert (c.data_path, c.out_dir, c.pretrained_path) == (
+        str(root / "out" / "tokens" / "dpo"), str(root / "out" / "dpo"), str(root / "out" / "sft"))
