@@ -16,8 +16,6 @@ Under torchrun the same command is one rank of a DDP job (`--dist_backend`, `--d
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import typing
 from collections.abc import Mapping, Sequence
@@ -25,12 +23,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from minillm_core.artifacts import read_json
-from minillm_core.errors import ConfigError, MiniLLMError
+from minillm_core.errors import ConfigError
 from minillm_core.layout import Layout
 from minillm_core.model import ModelConfig
 from minillm_core.profiles import PROFILES, preset
 from minillm_core.train.config import PARENT, STAGE_DEFAULTS, TrainConfig
-from minillm_core.train.ddp import DistributedConfig, env_rank, run_in_group
+from minillm_core.train.ddp import DistributedConfig, report_run, run_in_group
 
 STAGES = ("pretrain", "sft", "dpo")
 _MODEL_FLAGS = set(ModelConfig.model_fields)
@@ -158,19 +156,14 @@ def stage_flags(cfg: TrainConfig, model_cfg: ModelConfig) -> list[str]:
 
 def _main(stage: str, argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
+
+    def run() -> Any:
         cfg, model_cfg = parse_train_args(stage, argv)
         model_cfg = fill_model_from_upstream(cfg, model_cfg, train_overrides(stage, argv)[1])
         ns = build_parser(stage).parse_args(argv)
-        report = run_in_group(cfg, model_cfg, ns.dist_backend, ns.dist_timeout_s)
-    except MiniLLMError as exc:
-        if "TORCHELASTIC_ERROR_FILE" in os.environ:
-            raise  # under torchrun: @record writes it where the agent's failure report finds it
-        print(f"minillm {stage}: {exc}", file=sys.stderr)
-        return 1
-    if env_rank() == 0:
-        print(json.dumps(report.metadata, indent=2, default=str))
-    return 0
+        return run_in_group(cfg, model_cfg, ns.dist_backend, ns.dist_timeout_s)
+
+    return report_run(f"minillm {stage}", run)
 
 
 def main_pretrain(argv: Sequence[str] | None = None) -> int:

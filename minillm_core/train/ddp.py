@@ -33,7 +33,7 @@ import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -277,12 +277,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args) != 1 or args[0].startswith("-"):
         print(_USAGE, file=sys.stderr)
         return 2
+    return report_run("minillm", lambda: run_rank(args[0]))
+
+
+def report_run(name: str, run: Callable[[], Any]) -> int:
+    """A command's exit status around `run` (which returns a TrainReport): rank 0 prints the
+    metadata; a MiniLLMError is one line on stderr, or, under torchrun, raised so that @record
+    writes it where the agent's failure report finds it."""
     try:
-        report = run_rank(args[0])
+        report = run()
     except MiniLLMError as exc:
         if "TORCHELASTIC_ERROR_FILE" in os.environ:
-            raise  # under torchrun: @record writes it where the agent's failure report finds it
-        print(f"minillm: {exc}", file=sys.stderr)
+            raise
+        print(f"{name}: {exc}", file=sys.stderr)
         return 1
     if env_rank() == 0:
         print(json.dumps(report.metadata, indent=2, default=str))
