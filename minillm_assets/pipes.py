@@ -34,12 +34,8 @@ from typing import Any
 import dagster as dg
 
 from minillm_assets._util import image_md, to_metadata
-from minillm_core.train.ddp import (
-    DistributedConfig,
-    env_rank,
-    run_rank,
-    write_rank_config,
-)
+from minillm_core.train.ddp import (DistributedConfig, env_rank, read_rank_config, run_rank,
+                                    write_rank_config)
 
 RANK_ENTRY = "minillm_assets.pipes"
 LAUNCHER = "minillm_core.train"
@@ -162,7 +158,7 @@ def rank_main(argv: Sequence[str] | None = None) -> int:
         return 0
     with open_dagster_pipes() as pipes:
         report = run_rank(args[0], log=pipes.log.info)
-        tb = json.loads(Path(args[0]).read_text(encoding="utf-8"))["train"].get("tensorboard_dir")
+        tb = read_rank_config(args[0])[0].tensorboard_dir
         pipes.report_asset_materialization(
             metadata=to_pipes_metadata(checkpoint_metadata(report, Path(tb) if tb else None)))
     return 0

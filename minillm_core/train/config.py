@@ -33,17 +33,19 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 class TrainConfig(CoreConfig):
-    """Settings of one training stage. Fields left None take the stage's value in STAGE_DEFAULTS."""
+    """Settings of one training stage. Fields left unset (or None) take the stage's value in
+    STAGE_DEFAULTS, so after construction they always hold a value (hence typed without None;
+    the None defaults are only the "unset" marker the validator replaces)."""
 
     stage: Stage = Field(description="pretrain | sft | dpo")
     data_path: str | None = Field(None, description="token tensors directory, or a JSONL mix (then "
                                   "--tokenizer_dir is needed)")
     tokenizer_dir: str | None = Field(None, description="trained tokenizer, to tokenize a JSONL mix")
     out_dir: str | None = Field(None, description="checkpoint directory (weights, sidecar, resume state)")
-    epochs: int | None = Field(None, ge=1, description="passes over the data (pretrain 2, sft 2, dpo 1)")
-    batch_size: int | None = Field(None, ge=1, description="rows (DPO: pairs) per micro-batch")
-    accumulation_steps: int | None = Field(None, ge=1, description="micro-batches per optimizer step")
-    learning_rate: float | None = Field(None, gt=0, description="peak learning rate")
+    epochs: int = Field(None, ge=1, description="passes over the data (pretrain 2, sft 2, dpo 1)")  # type: ignore[assignment]
+    batch_size: int = Field(None, ge=1, description="rows (DPO: pairs) per micro-batch")  # type: ignore[assignment]
+    accumulation_steps: int = Field(None, ge=1, description="micro-batches per optimizer step")  # type: ignore[assignment]
+    learning_rate: float = Field(None, gt=0, description="peak learning rate")  # type: ignore[assignment]
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor, as a fraction of the peak")
     warmup_steps: int | None = Field(None, ge=0, description="linear warmup steps; None = warmup_ratio")
     warmup_ratio: float = Field(0.01, ge=0, lt=1, description="warmup as a fraction of all steps")
@@ -65,8 +67,8 @@ class TrainConfig(CoreConfig):
     beta: float = Field(0.1, gt=0, description="DPO temperature")
     cache_reference: bool = Field(True, description="DPO: keep reference log-probs per pair for later "
                                   "epochs (2 floats per pair)")
-    group_by_length: bool | None = Field(None, description="batch rows of similar length together "
-                                         "(less padding); default: on for dpo, off otherwise")
+    group_by_length: bool = Field(None, description="batch rows of similar length together "
+                                  "(less padding); default: on for dpo, off otherwise")  # type: ignore[assignment]
     tokenizer_hash: str | None = Field(None, description="refuse data made with another tokenizer")
     resume: bool = Field(True, description="continue an interrupted run found in out_dir")
     compile: bool = Field(False, description="torch.compile the model")
@@ -78,14 +80,17 @@ class TrainConfig(CoreConfig):
     def _known_device(cls, v: str) -> str:
         return validate_device(v)
 
-    @model_validator(mode="after")
-    def _stage_defaults(self) -> TrainConfig:
-        # After validation, also on assignment (validate_assignment): a field set to None
-        # always means "the stage's value". Written through __dict__ to not re-trigger validation.
-        for key, value in STAGE_DEFAULTS[self.stage].items():
-            if getattr(self, key) is None:
-                self.__dict__[key] = value
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_defaults(cls, data: Any) -> Any:
+        # Before validation, so the stage's values are checked like given ones and the fields
+        # are typed as what they always hold after construction.
+        if isinstance(data, dict) and data.get("stage") in STAGE_DEFAULTS:
+            data = dict(data)
+            for key, value in STAGE_DEFAULTS[data["stage"]].items():
+                if data.get(key) is None:
+                    data[key] = value
+        return data
 
     @property
     def global_batch(self) -> int:

@@ -180,13 +180,13 @@ def _open_path(cfg: TrainConfig, context: int) -> TrainingData:
         return TrainingData(ds, {"vocab_size": ds.vocab_size, "pad_id": ds.pad_id,
                                  "tokenizer_hash": str(tok.hash), "stage": cfg.stage,
                                  "data_hash": sha256_file(path), "max_length": context})
-    ds = tensors.TokenDataset(path, expected_tokenizer_hash=cfg.tokenizer_hash)
-    meta = dict(ds.meta)
+    tokens = tensors.TokenDataset(path, expected_tokenizer_hash=cfg.tokenizer_hash)
+    meta = dict(tokens.meta)
     # index.json is deterministic and holds the mix sha256 and the tokenizer hash: its hash
     # identifies the data without reading every shard.
     index = path / "index.json"
     meta.setdefault("data_hash", sha256_file(index) if index.exists() else None)
-    return TrainingData(ds, meta)
+    return TrainingData(tokens, meta)
 
 
 def dataset_meta(ds: Any) -> dict[str, Any]:
