@@ -34,8 +34,13 @@ from typing import Any
 import dagster as dg
 
 from minillm_assets._util import image_md, to_metadata
-from minillm_core.train.ddp import (DistributedConfig, env_rank, read_rank_config, run_rank,
-                                    write_rank_config)
+from minillm_core.train.ddp import (
+    DistributedConfig,
+    env_rank,
+    read_rank_config,
+    run_rank,
+    write_rank_config,
+)
 
 RANK_ENTRY = "minillm_assets.pipes"
 LAUNCHER = "minillm_core.train"
