@@ -52,10 +52,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
 
 
-def out_of_memory(cfg: TrainConfig, context: int, device: torch.device) -> OutOfMemoryError:
+def out_of_memory(cfg: TrainConfig, width: int, device: torch.device) -> OutOfMemoryError:
     keep = f" and raise --accumulation_steps to keep the global batch of {cfg.global_batch}"
     return OutOfMemoryError(
-        f"out of memory on {device} at batch_size={cfg.batch_size} and a context of {context}",
+        f"out of memory on {device} at batch_size={cfg.batch_size}, rows of {width} positions",
         f"lower --batch_size{keep if cfg.batch_size > 1 else ''}, or pretrain at a lower "
         f"--max_seq_len")
 
