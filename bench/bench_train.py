@@ -41,12 +41,12 @@ minimind's (at the seed's learning rate of 4e-8 all stay at ln 2 within float no
 from __future__ import annotations
 
 import argparse
-import re
-import statistics
 import json
 import math
 import os
+import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,7 +121,9 @@ class Rows(torch.utils.data.Dataset):
 
 def child(impl: str, stage: str, steps: int, work: Path) -> dict:
     from minillm_core.model import MiniLLM, ModelConfig
-    from minillm_core.train import SampleStream, TrainConfig, lr_at, train
+    from minillm_core.train import TrainConfig, train
+    from minillm_core.train.data import SampleStream
+    from minillm_core.train.state import lr_at
 
     model_cfg = ModelConfig(**MODEL)
     n_rows = (1 + steps) * BATCH
@@ -130,7 +132,7 @@ def child(impl: str, stage: str, steps: int, work: Path) -> dict:
     cfg = TrainConfig(stage=stage, data_path="bench", out_dir=str(work / f"{impl}-{stage}"), batch_size=BATCH,
                       accumulation_steps=1, epochs=epochs, learning_rate=LR[stage], warmup_steps=0,
                       adam_beta2=0.999, weight_decay=0.01, log_interval=1, save_interval=10**9,
-                      max_seq_len=SEQ, resume=False, seed=0, dtype=DTYPE,
+                      resume=False, seed=0, dtype=DTYPE,
                       pretrained_path=str(work / "init") if stage != "pretrain" else None)
     result: dict = {"impl": impl, "stage": stage, "threads": torch.get_num_threads(),
                     "load_start": os.getloadavg()[0]}
@@ -157,7 +159,7 @@ def child(impl: str, stage: str, steps: int, work: Path) -> dict:
     else:
         import minimind_ref as mm
 
-        from minillm_core.checkpoint import load_checkpoint
+        from minillm_core.train.checkpointer import load_checkpoint
 
         mcfg = mm.MiniMindConfig(
             vocab_size=model_cfg.vocab_size, hidden_size=model_cfg.hidden_size,
@@ -234,8 +236,7 @@ def breakdown(steps: int) -> str:
                 prof.step()
         cfg = TrainConfig(stage="pretrain", data_path="bench", out_dir=tmp, batch_size=BATCH,
                           accumulation_steps=1, epochs=1, learning_rate=LR["pretrain"], warmup_steps=0,
-                          log_interval=1, save_interval=10**9, max_seq_len=SEQ, resume=False, seed=0,
-                          dtype=DTYPE)
+                          log_interval=1, save_interval=10**9, resume=False, seed=0, dtype=DTYPE)
         rep = train(cfg, model_cfg, log=on_log, dataset=Rows(rows, "pretrain", model_cfg.vocab_size))
     peak = max(peak_before, measure_peak())
     wall = (walls[-1] - walls[0]) / (len(walls) - 1)  # the profiled steps, warm-up left out
@@ -298,8 +299,8 @@ def main() -> int:
         print("RESULT " + json.dumps(child(impl, stage, args.steps, Path(work))), flush=True)
         return 0
 
-    from minillm_core.checkpoint import save_checkpoint
     from minillm_core.model import MiniLLM, ModelConfig
+    from minillm_core.train.checkpointer import save_checkpoint
 
     results = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
                            "threads": torch.get_num_threads()}, "dtype": DTYPE, "trials": []}

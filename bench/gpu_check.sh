@@ -114,12 +114,12 @@ stage dpo cli dpo "${PROFILE[@]}" --data_path "$OUT/tokens/dpo" --out_dir "$OUT/
 # ---- 3. two ranks (DDP) when there are two GPUs ----------------------------------------------------
 if [ "$MODE" = gpu ] && [ "$ngpu" -ge 2 ]; then
   stage pretrain_ddp2 "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 --max_restarts 0 \
-    -m minillm_core.distributed pretrain "${PROFILE[@]}" --data_path "$OUT/tokens/pretrain" \
+    -m minillm_cli.train pretrain "${PROFILE[@]}" --data_path "$OUT/tokens/pretrain" \
     --out_dir "$OUT/pretrain_ddp2" "${common[@]}"
 elif [ "$MODE" = cpu ]; then
   # the same command with gloo on the CPU: checks the plumbing only
   OMP_NUM_THREADS=1 stage pretrain_ddp2 "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 \
-    --max_restarts 0 -m minillm_core.distributed pretrain "${PROFILE[@]}" \
+    --max_restarts 0 -m minillm_cli.train pretrain "${PROFILE[@]}" \
     --data_path "$OUT/tokens/pretrain" --out_dir "$OUT/pretrain_ddp2" "${common[@]}" "${MODEL_FLAGS[@]}"
 else
   echo "gpu_check: one GPU: no DDP run"
@@ -139,8 +139,9 @@ the best bf16 matmul measured here (an 8192^3 product).
 import json, sys, time
 import torch
 from minillm_core.model import MiniLLM, ModelConfig
-from minillm_core.objectives import pretrain_loss
-from minillm_core.train import TrainConfig, make_optimizer
+from minillm_core.train import TrainConfig
+from minillm_core.train.objectives import pretrain_loss
+from minillm_core.train.state import make_optimizer
 
 mode, steps = sys.argv[1], int(sys.argv[2])
 gpu = mode == "gpu"

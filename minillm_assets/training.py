@@ -8,13 +8,14 @@ from pydantic import Field
 
 from minillm_assets._util import need, user_errors
 from minillm_assets.configs import dagster_config
-from minillm_assets.launch import K8sPodConfig, checkpoint_metadata, run_k8s, run_torchrun
+from minillm_assets.k8s import K8sPodConfig, run_k8s
+from minillm_assets.pipes import checkpoint_metadata, run_torchrun
 from minillm_assets.resources import MiniLLMResource
-from minillm_core.checkpoint import read_meta
-from minillm_core.distributed import DistributedConfig
 from minillm_core.model import ModelConfig
 from minillm_core.tokenizer import load_tokenizer
 from minillm_core.train import TrainConfig, train
+from minillm_core.train.checkpointer import read_meta
+from minillm_core.train.ddp import DistributedConfig
 
 ModelRunConfig = dagster_config(ModelConfig, "ModelRunConfig", exclude=("vocab_size",))
 DistributedRunConfig = dagster_config(DistributedConfig, "DistributedRunConfig")

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Callable
 
 from tqdm import tqdm
 
-T = TypeVar("T")
 LogFn = Callable[[str], None]
 
 
@@ -57,10 +55,3 @@ class Progress:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def track(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it",
-          log: LogFn | None = None, every_s: float = 30.0) -> Iterator[T]:
-    with Progress(total, desc, unit, log, every_s) as p:
-        for item in items:
-            yield item
-            p.update(1)

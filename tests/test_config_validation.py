@@ -17,7 +17,7 @@ from minillm_core.model import ModelConfig
 from minillm_core.profiles import preset
 from minillm_core.tensors import TensorConfig
 from minillm_core.tokenizer import TokenizerConfig
-from minillm_core.train import TrainConfig
+from minillm_core.train.config import TrainConfig
 from tests.faults_helpers import count
 
 # (model, base fields, the bad setting, what the message must say: field and rule)
@@ -31,12 +31,13 @@ CASES = [
     (TokenizerConfig, {}, {"vocab_size": 264},
      r"vocab_size: .*264 is too small: the 256 byte tokens and 9 special tokens need at least 265"),
     # max_length counts input positions: a row holds max_length + 1 tokens, so >= 1 means a
-    # sequence of at least 2 tokens (one input, one target); TrainConfig says the same in tokens.
+    # sequence of at least 2 tokens (one input, one target); the model's context (the one
+    # sequence length, the trainer's too) says the same in tokens.
     (TensorConfig, {}, {"max_length": 0},
      r"max_length: Input should be greater than or equal to 1 \(got 0\)"),
     (TensorConfig, {}, {"max_length": -5}, r"max_length: Input should be greater than or equal to 1"),
-    (TrainConfig, {"stage": "pretrain"}, {"max_seq_len": 1},
-     r"max_seq_len: Input should be greater than or equal to 2"),
+    (ModelConfig, {}, {"max_position_embeddings": 1},
+     r"max_position_embeddings: Input should be greater than or equal to 2"),
     (EvalConfig, {"stage": "dpo"}, {"device": "gpu"},
      r"device: Value error, unknown device 'gpu'; allowed: cpu, cuda, cuda:N, mps, auto"),
     (TrainConfig, {"stage": "pretrain"}, {"dtype": "float8"},

@@ -25,8 +25,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from minillm_core.errors import ConfigError, TrainingInterrupted
 from minillm_core.model import ModelConfig
-from minillm_core.train import TrainConfig, TrainingInterrupted, train
+from minillm_core.train import TrainConfig, train
+from minillm_core.train.ddp import DistributedConfig, write_rank_config
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -114,12 +116,13 @@ def _env(project: Path, probe: Path | None = None) -> dict[str, str]:
 
 def _torchrun(project: Path, cfg: TrainConfig, model: ModelConfig, probe: Path | None = None,
               nproc: int = 2) -> subprocess.CompletedProcess:
-    from minillm_core.distributed import stage_flags
-
+    # The ranks read the resolved configs from one JSON file, as the asset's launcher writes it.
+    config = write_rank_config(Path(cfg.out_dir).parent / f"{Path(cfg.out_dir).name}-rank.json",
+                               cfg, model, DistributedConfig(nproc_per_node=nproc, backend="gloo",
+                                                             timeout_s=60))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_port", str(_free_port()), "--max_restarts", "0", "--monitor_interval", "0.2",
-           "-m", "minillm_core.distributed", "pretrain", "--dist_backend", "gloo",
-           "--dist_timeout_s", "60", *stage_flags(cfg, model)]
+           "-m", "minillm_core.train", str(config)]
     return subprocess.run(cmd, env=_env(project, probe), capture_output=True, text=True, timeout=240)
 
 
@@ -217,7 +220,7 @@ def _data_hash(project: Path) -> str:
 def test_global_batch_must_split_across_ranks(project, tmp_path):
     cfg = _cfg(project, tmp_path, accumulation_steps=3)
     assert cfg.rank_accumulation(1) == 3 and cfg.rank_accumulation(3) == 1
-    with pytest.raises(ValueError, match="accumulation_steps=3 does not split across 2 processes"):
+    with pytest.raises(ConfigError, match="accumulation_steps=3 does not split across 2 processes"):
         cfg.rank_accumulation(2)
 
 
@@ -310,7 +313,7 @@ def _signal_rank1_during_a_long_run(project, sig: int, timeout_s: float):
     def signaller():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            ranks = _ranks("minillm_assets.launch")
+            ranks = _ranks("minillm_assets.pipes")
             if "at" not in seen and 1 in ranks and (out / "resume.pt").exists():  # training
                 os.kill(ranks[1], sig)
                 seen["at"], seen["pid"], seen["rank0"] = time.monotonic(), ranks[1], ranks[0]
@@ -356,3 +359,13 @@ def _failure_text(result) -> str:
     failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
     data = failure.step_failure_data
     return str(data.user_failure_data.description if data.user_failure_data else data.error)
+
+
+def test_rank_config_file_round_trips_the_configs_exactly(tmp_path):
+    from minillm_core.train.ddp import read_rank_config
+
+    cfg = _cfg(tmp_path, tmp_path / "out", learning_rate=1 / 3, warmup_ratio=0.1 + 0.2, beta=1e-300)
+    model = ModelConfig(vocab_size=300, rope_theta=10_000.000000001, **MODEL)
+    dist_cfg = DistributedConfig(nproc_per_node=2, backend="gloo", timeout_s=0.1 + 0.7)
+    again = read_rank_config(write_rank_config(tmp_path / "rank.json", cfg, model, dist_cfg))
+    assert again == (cfg, model, dist_cfg)

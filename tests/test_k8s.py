@@ -110,22 +110,25 @@ def test_training_pod_runs_torchrun_on_its_gpus():
     nproc = cmd[cmd.index("--nproc_per_node") + 1]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == nproc == "8"  # one GPU per rank
     assert spec["restartPolicy"] == "Never"
-    assert cmd[:4] == ["python", "-m", "minillm_core.distributed", "launch"]
-    assert cmd[cmd.index("-m", 4) + 1] == "minillm_assets.launch"  # rank 0 opens Pipes
+    assert cmd[:4] == ["python", "-m", "minillm_core.train", "launch"]
+    assert cmd[cmd.index("-m", 4) + 1] == "minillm_assets.pipes"  # rank 0 opens Pipes
     assert cmd[cmd.index("--max_restarts") + 1] == "0"
     assert {m["mountPath"] for m in c["volumeMounts"]} == {"/dev/shm", "/project"}
     shm = next(v for v in spec["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"]["medium"] == "Memory"
     # the files the pod writes are where the Dagster run (same claim, same path) reads them
-    assert cmd[cmd.index("--out_dir") + 1].startswith("/project/")
+    # (the ranks read their configs, out_dir included, from a file the run writes on the claim)
+    config = cmd[cmd.index("-m", 4) + 2]
+    assert config.startswith("/project/out/") and config.endswith(".json")
+    assert _render()._configs(1)[0].out_dir.startswith("/project/")
     assert cmd[cmd.index("--failure_file") + 1].startswith("/project/out/")
 
 
 def test_pipes_k8s_client_builds_its_pod_from_the_asset_spec():
     _optional("kubernetes")
     pipes = _optional("dagster_k8s.pipes")
-    from minillm_assets.launch import K8sPodConfig, k8s_pod_spec
-    from minillm_core.distributed import DistributedConfig
+    from minillm_assets.k8s import K8sPodConfig, k8s_pod_spec
+    from minillm_core.train.ddp import DistributedConfig
 
     dist = DistributedConfig(launcher="k8s", nproc_per_node=4)
     spec = k8s_pod_spec(K8sPodConfig(image="img:1", volume_claim="claim", node_selector={"gpu": "h100"}),
@@ -143,8 +146,8 @@ def test_pipes_k8s_client_builds_its_pod_from_the_asset_spec():
 
 
 def test_cpu_pod_asks_for_no_gpu():
-    from minillm_assets.launch import K8sPodConfig, k8s_pod_spec
-    from minillm_core.distributed import DistributedConfig
+    from minillm_assets.k8s import K8sPodConfig, k8s_pod_spec
+    from minillm_core.train.ddp import DistributedConfig
 
     spec = k8s_pod_spec(K8sPodConfig(image="i"), DistributedConfig(nproc_per_node=2), gpu=False,
                         mount_path="/p")
@@ -166,15 +169,15 @@ def test_multinode_job_agrees_with_itself():
     assert host == f"{name}-0.{service['metadata']['name']}" and pod["subdomain"] == service["metadata"]["name"]
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["selector"] == {"job-name": name}
     assert int(port) == service["spec"]["ports"][0]["port"]
-    assert cmd[cmd.index("-m", 3) + 1] == "minillm_core.distributed"  # no Dagster needed in the pods
+    assert cmd[cmd.index("-m", 3) + 1] == "minillm_cli.train"  # no Dagster needed in the pods
     assert cmd[cmd.index("--dist_backend") + 1] == "nccl"
     assert re.fullmatch(r"\d+\.\d+", cmd[cmd.index("--dist_timeout_s") + 1])
 
 
 def test_k8s_launcher_refuses_several_nodes_and_a_missing_image():
-    from minillm_assets.launch import K8sPodConfig, run_k8s
+    from minillm_assets.k8s import K8sPodConfig, run_k8s
     from minillm_core.config import ConfigError
-    from minillm_core.distributed import DistributedConfig
+    from minillm_core.train.ddp import DistributedConfig
 
     two = DistributedConfig(launcher="k8s", nnodes=2, rdzv_endpoint="h:1")
     with pytest.raises(ConfigError, match="one pod"):

@@ -25,9 +25,10 @@ from safetensors.torch import load_file
 SCRIPT = textwrap.dedent('''
     import sys, time, torch
     torch.set_num_threads(1)
-    from minillm_core.checkpoint import save_checkpoint
+    from minillm_core.errors import TrainingInterrupted
     from minillm_core.model import MiniLLM, ModelConfig
-    from minillm_core.train import TrainConfig, TrainingInterrupted, train
+    from minillm_core.train import TrainConfig, train
+    from minillm_core.train.checkpointer import save_checkpoint
 
     stage, out, pre = sys.argv[1], sys.argv[2], sys.argv[3]
     V = 64

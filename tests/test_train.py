@@ -10,12 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from minillm_core.checkpoint import load_checkpoint, save_checkpoint
-from minillm_core.config import ConfigError
+from minillm_cli.train import parse_train_args, train_overrides
+from minillm_core.errors import ConfigError, NonFiniteLossError, OutOfMemoryError
+from minillm_core.layout import Layout
 from minillm_core.model import MiniLLM, ModelConfig
-from minillm_core.objectives import DPOLoss, sft_loss
-from minillm_core.train import (NonFiniteLossError, SampleStream, TrainConfig, collate_batch,
-                                lr_at, parse_train_args, train, train_overrides)
+from minillm_core.tokens.collate import training_batch
+from minillm_core.train import TrainConfig, train
+from minillm_core.train.checkpointer import load_checkpoint, save_checkpoint
+from minillm_core.train.data import SampleStream
+from minillm_core.train.objectives import DPOLoss, sft_loss
+from minillm_core.train.state import lr_at
 
 V = 64
 MODEL = ModelConfig(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -139,7 +143,7 @@ def test_sft_loss_ignores_non_assistant_targets():
     model = MiniLLM(MODEL)
     rows = sft_rows()
     items = list(enumerate(rows[i] for i in range(len(rows))))
-    batch = collate_batch(items, stage="sft", pad_id=0, max_len=64)
+    batch = training_batch(items, stage="sft", pad_id=0)
     base, _ = sft_loss(model, batch)
     # Give a user position a real target (as a wrong label pipeline would): nothing changes.
     tampered = dict(batch)
@@ -160,7 +164,7 @@ def test_dpo_step0_loss_is_ln2(tmp_path):
     policy, _ = load_checkpoint(pre)
     policy.train()
     items = list(enumerate(dpo_rows()[i] for i in range(4)))
-    batch = collate_batch(items, stage="dpo", pad_id=0, max_len=64)
+    batch = training_batch(items, stage="dpo", pad_id=0)
     loss, m = DPOLoss(ref, beta=0.1)(policy, batch)
     assert abs(loss.item() - math.log(2)) < 1e-6
     assert m["reward_margin"].item() == 0.0
@@ -180,7 +184,7 @@ def test_dpo_reference_cache_gives_the_same_numbers():
     torch.manual_seed(0)
     ref = MiniLLM(MODEL).eval().requires_grad_(False)
     items = list(enumerate(dpo_rows()[i] for i in range(4)))
-    batch = collate_batch(items, stage="dpo", pad_id=0, max_len=64)
+    batch = training_batch(items, stage="dpo", pad_id=0)
     cached = DPOLoss(ref, 0.1, cache=True)
     first = cached.reference_logps(batch)
     assert len(cached.cache) == 4
@@ -205,7 +209,6 @@ def test_nan_in_a_batch_stops_with_step_records_and_last_checkpoint(tmp_path):
     ds = Rows(rows, "sft")
     c = cfg("sft", tmp_path / "sft", learning_rate=1e-3, batch_size=1, epochs=1, save_interval=2,
             pretrained_path=str(tmp_path / "pre"), seed=0)
-    from minillm_core.train import SampleStream
     at = SampleStream(0, 8).indices(0, 8).index(7)  # where row 7 falls in the data order
     with pytest.raises(NonFiniteLossError) as err:
         train(c, model_cfg, dataset=ds)
@@ -228,7 +231,7 @@ def test_resume_state_from_other_settings_is_refused_naming_the_difference(tmp_p
     c = cfg("pretrain", tmp_path, learning_rate=1e-3, max_steps=4, save_interval=2, epochs=10)
     first = pretrain_rows()
     # leave an unfinished resume state behind: stop right after the step-2 save
-    import minillm_core.train as T
+    import minillm_core.train.checkpointer as T
     orig = T.save_resume
     calls = []
 
@@ -263,7 +266,7 @@ def test_stream_is_a_pure_function_of_seed_epoch_and_position():
 
 def test_collate_pads_dpo_pairs_to_the_longest_of_both_sides():
     items = list(enumerate(dpo_rows()[i] for i in range(2)))
-    b = collate_batch(items, stage="dpo", pad_id=0, max_len=64)
+    b = training_batch(items, stage="dpo", pad_id=0)
     assert b["input_ids"].shape == (4, 6 + 5 - 1)
     assert (b["labels"][0, -1] == -100) and b["num_tokens"] == 2 * (9 + 10)
 
@@ -277,14 +280,16 @@ def test_lr_warms_up_then_decays_to_the_floor():
 
 def test_stage_defaults_and_cli_overrides():
     assert TrainConfig(stage="pretrain").epochs == 2
-    assert TrainConfig(stage="dpo").pretrained_path == "out/sft"
+    assert TrainConfig(stage="dpo").pretrained_path is None  # the front end fills paths
     t, m = train_overrides("pretrain", ["--batch_size", "8", "--learning_rate", "3e-4", "--hidden_size", "64",
                                         "--resume", "false", "--compile"])
     assert t == {"batch_size": 8, "learning_rate": 3e-4, "resume": False, "compile": True}
     assert m == {"hidden_size": 64}
     c, mc = parse_train_args("sft", ["--profile", "smoke", "--max_steps", "2"])
     assert (c.max_steps, c.batch_size, c.learning_rate, mc.hidden_size) == (2, 4, 1e-3, 64)
-    assert c.accumulation_steps == 1 and c.pretrained_path == "out/pretrain"
+    layout = Layout.at()
+    assert c.accumulation_steps == 1 and c.pretrained_path == str(layout.checkpoint_dir("pretrain"))
+    assert (c.data_path, c.out_dir) == (str(layout.tokens_dir("sft")), str(layout.checkpoint_dir("sft")))
 
 
 def test_smoke_profile_fields_exist():
@@ -302,9 +307,9 @@ def test_manual_commands_on_token_tensors_and_a_jsonl_mix(tmp_path, capsys):
     with the trained tokenizer) which finds the pretrain weights and takes their model shape."""
     import random
 
+    from minillm_cli.train import main_pretrain, main_sft
     from minillm_core.tensors import TensorConfig, export_tokens
     from minillm_core.tokenizer import TokenizerConfig, train_tokenizer
-    from minillm_core.train import main_pretrain, main_sft
 
     rnd = random.Random(0)
     words = "我们 今天 天气 很好 学习 模型 语言 中文 数据 训练 你好 世界".split()
@@ -336,14 +341,14 @@ def test_manual_commands_on_token_tensors_and_a_jsonl_mix(tmp_path, capsys):
     smeta = json.loads((tmp_path / "s" / "model.json").read_text())
     assert smeta["model"] == meta["model"] and smeta["tokenizer_hash"] == meta["tokenizer_hash"]
     # DPO without its data says what is missing
-    from minillm_core.train import main_dpo
+    from minillm_cli.train import main_dpo
     assert main_dpo(["--data_path", str(tmp_path / "nope"), "--out_dir", str(tmp_path / "d"),
                      "--pretrained_path", str(tmp_path / "s")]) == 1
     assert "dpo data" in capsys.readouterr().err
 
 
 def test_group_by_length_is_a_deterministic_permutation_of_similar_length_batches():
-    from minillm_core.train import epoch_order
+    from minillm_core.train.data import epoch_order
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(10, 500, (1000,), generator=g).tolist()
     a = epoch_order(3, 0, 1000, lengths, batch=4, chunk_batches=16)
@@ -354,3 +359,59 @@ def test_group_by_length_is_a_deterministic_permutation_of_similar_length_batche
     plain = torch.tensor(lengths)[epoch_order(3, 0, 1000)].view(-1, 4)
     assert spread < 0.2 * (plain.max(1).values - plain.min(1).values).float().mean()
     assert TrainConfig(stage="dpo").group_by_length and not TrainConfig(stage="sft").group_by_length
+
+
+# ------------------------------------------------------------------------------ one sequence length
+
+def test_rows_longer_than_the_model_context_are_refused_before_training(tmp_path):
+    short = MODEL.model_copy(update={"max_position_embeddings": 12})
+    with pytest.raises(ConfigError) as err:  # rows of 9..15 positions, a context of 12
+        train(cfg("pretrain", tmp_path, max_steps=1), short, dataset=pretrain_rows())
+    msg = str(err.value)
+    assert "\n" not in msg and "up to 15 positions" in msg and "context of 12" in msg
+    assert "--max_seq_len" in msg
+    assert not (tmp_path / "model.safetensors").exists()  # refused before any step
+    # rows exactly as long as the context train
+    train(cfg("pretrain", tmp_path / "ok", max_steps=1), MODEL.model_copy(
+        update={"max_position_embeddings": 15}), dataset=pretrain_rows())
+
+
+def test_cli_max_seq_len_sets_the_pretrain_context_and_must_match_a_parent(tmp_path):
+    _, m = train_overrides("pretrain", ["--max_seq_len", "256"])
+    assert m == {"max_position_embeddings": 256}
+    _, mc = parse_train_args("pretrain", ["--profile", "smoke", "--max_seq_len", "64"])
+    assert mc.max_position_embeddings == 64
+    from minillm_cli.train import fill_model_from_upstream
+
+    pre = _pretrained(tmp_path)  # context 512 (the default)
+    c, mc = parse_train_args("sft", ["--pretrained_path", str(pre), "--max_seq_len", "128"])
+    with pytest.raises(ConfigError, match=r"--max_seq_len 128 differs .*\(512\)"):
+        fill_model_from_upstream(c, mc, train_overrides("sft", ["--max_seq_len", "128"])[1])
+
+
+def test_out_of_memory_becomes_a_resource_error_with_the_flags_to_change(tmp_path, monkeypatch):
+    def oom(self, *a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(MiniLLM, "forward", oom)
+    with pytest.raises(OutOfMemoryError) as err:
+        train(cfg("pretrain", tmp_path, max_steps=1, accumulation_steps=2), MODEL, dataset=pretrain_rows())
+    advice = err.value.advice
+    assert "\n" not in advice and err.value.retryable
+    for flag in ("--batch_size", "--accumulation_steps", "--max_seq_len"):
+        assert flag in advice, advice
+    # the CPU allocator's failure is a plain RuntimeError: it is recognised too
+    monkeypatch.setattr(MiniLLM, "forward", lambda self, *a, **k: (_ for _ in ()).throw(
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")))
+    with pytest.raises(OutOfMemoryError):
+        train(cfg("pretrain", tmp_path / "cpu", max_steps=1), MODEL, dataset=pretrain_rows())
+
+
+def test_default_paths_come_from_the_project_root_not_the_current_directory(tmp_path, monkeypatch):
+    root, elsewhere = tmp_path / "root", tmp_path / "root" / "some" / "sub-folder"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.setenv("MINILLM_ROOT", str(root))
+    monkeypatch.chdir(elsewhere)
+    c, _ = parse_train_args("dpo", [])
+    assert (c.data_path, c.out_dir, c.pretrained_path) == (
+        str(root / "out" / "tokens" / "dpo"), str(root / "out" / "dpo"), str(root / "out" / "sft"))

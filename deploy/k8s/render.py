@@ -6,11 +6,12 @@
 - `training-pod.yaml`: the pod the `pretrain_checkpoint` asset creates through dagster-k8s's
   PipesK8sClient when run config sets `distributed: {launcher: k8s, nproc_per_node: 8}` (one node,
   8 GPUs); the client adds the Pipes environment variables and a run-specific name. Built by
-  `minillm_assets.launch.k8s_pod_spec` and `k8s_command`, the functions the asset calls.
+  `minillm_assets.k8s.k8s_pod_spec` and `k8s_command`, the functions the asset calls; the ranks
+  read their configs from the rank config file the asset writes beside the checkpoint.
 - `multinode-job.yaml`: several nodes, outside Dagster: a headless Service and an Indexed Job of
-  `nnodes` pods, each running torchrun with the core entry point (`python -m
-  minillm_core.distributed`, no Dagster needed in the image); they meet at the c10d rendezvous
-  on pod 0. Apply it with kubectl; the checkpoint lands on the shared claim like any other run.
+  `nnodes` pods, each running torchrun with the training command (`python -m minillm_cli.train
+  pretrain` and its flags, no Dagster needed in the image); they meet at the c10d rendezvous on
+  pod 0. Apply it with kubectl; the checkpoint lands on the shared claim like any other run.
 
 tests/test_k8s.py renders both, validates them against the Kubernetes API models (and, when
 dagster-k8s is installed, through PipesK8sClient's own pod builder), and checks these files are
@@ -39,11 +40,11 @@ RDZV_PORT = 29400
 
 
 def _configs(nnodes: int) -> tuple[Any, Any, Any, Any]:
-    from minillm_assets.launch import K8sPodConfig
-    from minillm_core.distributed import DistributedConfig
+    from minillm_assets.k8s import K8sPodConfig
     from minillm_core.model import ModelConfig
     from minillm_core.profiles import preset
     from minillm_core.train import TrainConfig
+    from minillm_core.train.ddp import DistributedConfig
 
     train = TrainConfig.resolve(preset("gpu", "pretrain"), {
         "stage": "pretrain", "data_path": f"{ROOT}/out/tokens/pretrain",
@@ -59,13 +60,14 @@ def _configs(nnodes: int) -> tuple[Any, Any, Any, Any]:
 
 
 def training_pod() -> dict[str, Any]:
-    from minillm_assets.launch import k8s_command, k8s_pod_spec
+    from minillm_assets.k8s import k8s_command, k8s_pod_spec
 
     train, model, dist, k8s = _configs(1)
     spec = k8s_pod_spec(k8s, dist, gpu=True, mount_path=ROOT)
     spec["containers"][0]["image"] = IMAGE
+    out = Path(train.out_dir)  # the asset writes the rank config here, on the claim
     spec["containers"][0]["command"] = k8s_command(
-        "pretrain", train, model, dist, "RUN_ID", Path(f"{ROOT}/out/pretrain/.torchrun-failure-RUN_ID.json"))
+        out / ".torchrun-config-RUN_ID.json", dist, "RUN_ID", out / ".torchrun-failure-RUN_ID.json")
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "dagster-RUN_ID-pretrain-checkpoint",
                          "labels": {"app.kubernetes.io/part-of": "minillm", "minillm/stage": "pretrain"}},
@@ -73,17 +75,17 @@ def training_pod() -> dict[str, Any]:
 
 
 def multinode_job() -> list[dict[str, Any]]:
-    from minillm_assets.launch import k8s_pod_spec
-    from minillm_core.distributed import stage_flags
+    from minillm_assets.k8s import k8s_pod_spec
+    from minillm_cli.train import stage_flags
 
     train, model, dist, k8s = _configs(NODES)
     name = "minillm-pretrain"
     spec = k8s_pod_spec(k8s, dist, gpu=True, mount_path=ROOT)
     c = spec["containers"][0]
     c["image"] = IMAGE
-    # torchrun with the core entry point: no Dagster in the loop, pod 0 hosts the rendezvous.
+    # torchrun with the training command: no Dagster in the loop, pod 0 hosts the rendezvous.
     c["command"] = ["python", "-m", "torch.distributed.run", *dist.torchrun_args(),
-                    "-m", "minillm_core.distributed", "pretrain", "--dist_backend", "nccl",
+                    "-m", "minillm_cli.train", "pretrain", "--dist_backend", "nccl",
                     "--dist_timeout_s", repr(dist.timeout_s), *stage_flags(train, model)]
     c["ports"] = [{"name": "rendezvous", "containerPort": RDZV_PORT}]
     spec["subdomain"] = name  # pod i answers at <name>-i.<name> through the headless Service

@@ -1,9 +1,10 @@
 """The three training objectives, each `loss(model, batch) -> (loss, metrics)`.
 
-The training loop (`minillm_core.train`) is the same for every stage; a stage differs only in the
-rows it reads and the objective below. Batches come from `train.collate_batch`: `input_ids` and
-`labels` [B, T] padded to the batch's longest row (labels -100 where no loss), and for DPO the
-chosen rows first, then the rejected rows, in one [2P, T] batch so the policy runs once per step.
+The training loop (`minillm_core.train.loop`) is the same for every stage; a stage differs only in
+the rows it reads and the objective below (`make_objective`). Batches come from
+`minillm_core.tokens.collate.training_batch`: `input_ids` and `labels` [B, T] padded to the
+batch's longest row (labels IGNORE_INDEX where no loss), and for DPO the chosen rows first, then
+the rejected rows, in one [2P, T] batch so the policy runs once per step.
 
 Losses are sums over target tokens divided by their count (at least 1), not `mean` reductions:
 an SFT batch whose assistant turns were all truncated away has no target and must give 0, not
@@ -13,10 +14,19 @@ an SFT batch whose assistant turns were all truncated away has no target and mus
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from minillm_core.errors import ConfigError
+from minillm_core.schema import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from minillm_core.model import ModelConfig
+    from minillm_core.train.config import TrainConfig
 
 Batch = dict[str, torch.Tensor]
 Metrics = dict[str, torch.Tensor]
@@ -24,25 +34,25 @@ Objective = Callable[[nn.Module, Batch], tuple[torch.Tensor, Metrics]]
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log p(label) per position [B, T] (0 where label is -100), computed in float32.
+    """log p(label) per position [B, T] (0 where label is IGNORE_INDEX), computed in float32.
 
     `cross_entropy(reduction="none")` is -log_softmax gathered at the label, fused in one kernel,
     without materialising the [B, T, V] log-probabilities that log_softmax + gather would.
     """
     b, t, v = logits.shape
     nll = F.cross_entropy(logits.reshape(b * t, v).float(), labels.reshape(b * t),
-                          ignore_index=-100, reduction="none")
+                          ignore_index=IGNORE_INDEX, reduction="none")
     return -nll.view(b, t)
 
 
 def next_token_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Metrics]:
-    """Pretrain and SFT: mean cross-entropy over target tokens (labels != -100)."""
+    """Pretrain and SFT: mean cross-entropy over target tokens (labels != IGNORE_INDEX)."""
     labels = batch["labels"]
     logits = model(batch["input_ids"])
     v = logits.shape[-1]
     total = F.cross_entropy(logits.reshape(-1, v).float(), labels.reshape(-1),
-                            ignore_index=-100, reduction="sum")
-    count = (labels != -100).sum().clamp(min=1)
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    count = (labels != IGNORE_INDEX).sum().clamp(min=1)
     loss = total / count
     return loss, {"loss": loss.detach(), "target_tokens": count.detach().float()}
 
@@ -54,11 +64,11 @@ def pretrain_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Metrics
 def sft_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Metrics]:
     """Cross-entropy on assistant tokens only.
 
-    Rows carry labels (-100 outside assistant turns) and a `loss_mask`; the mask is applied again
+    Rows carry labels (IGNORE_INDEX outside assistant turns) and a `loss_mask`; the mask is applied again
     here so that a row whose labels were filled in everywhere still trains on assistant tokens only.
     """
     if "loss_mask" in batch:
-        batch = {**batch, "labels": batch["labels"].masked_fill(batch["loss_mask"] == 0, -100)}
+        batch = {**batch, "labels": batch["labels"].masked_fill(batch["loss_mask"] == 0, IGNORE_INDEX)}
     return next_token_loss(model, batch)
 
 
@@ -77,10 +87,10 @@ class DPOLoss:
     def __init__(self, reference: nn.Module, beta: float, cache: bool = False):
         frozen = [n for n, p in reference.named_parameters() if p.requires_grad]
         if frozen:
-            raise ValueError(f"DPO reference model is not frozen: {len(frozen)} parameters require "
+            raise ConfigError(f"DPO reference model is not frozen: {len(frozen)} parameters require "
                              f"grad (first: {frozen[0]}); call reference.requires_grad_(False)")
         if reference.training:
-            raise ValueError("DPO reference model is in training mode (dropout would make its "
+            raise ConfigError("DPO reference model is in training mode (dropout would make its "
                              "log-probabilities random); call reference.eval()")
         self.reference, self.beta, self.use_cache = reference, beta, cache
         self.cache: dict[int, tuple[float, float]] = {}
@@ -129,3 +139,20 @@ class DPOLoss:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.cache = {int(i): (float(c), float(r))
                       for i, (c, r) in zip(state["indices"].tolist(), state["values"].tolist())}
+
+
+def make_objective(cfg: TrainConfig, model_cfg: ModelConfig, device: torch.device) -> Objective:
+    """The stage's `loss(model, batch) -> (loss, metrics)`; for DPO with its frozen reference
+    (`ref_path`, else the initial weights) loaded on `device`."""
+    if cfg.stage == "pretrain":
+        return pretrain_loss
+    if cfg.stage == "sft":
+        return sft_loss
+    from minillm_core.artifacts import require
+    from minillm_core.train.checkpointer import load_checkpoint, require_same_model
+
+    ref_dir = Path(cfg.ref_path or cfg.required_path("pretrained_path"))
+    reference, ref_meta = load_checkpoint(require(ref_dir, "DPO reference checkpoint"), device)
+    require_same_model(model_cfg, ref_dir, ref_meta)
+    reference.requires_grad_(False)
+    return DPOLoss(reference, cfg.beta, cache=cfg.cache_reference and cfg.epochs > 1)
