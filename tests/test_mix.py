@@ -9,10 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from minillm_core import mix
+from minillm_cli.main import main as minillm_main
+from minillm_cli.mix import main as mix_main
 from minillm_core.artifacts import sidecar_path
 from minillm_core.config import ConfigError
-from minillm_core.mix import CategoryConfig, MixConfig, MixError, build_mix, check_mix, quotas
+from minillm_core.data import (OUTPUTS, CategoryConfig, MixConfig, MixError, build_mix, check_mix,
+                               quotas)
+from minillm_core.data.sampling import sample_sorted
+from minillm_core.data.spool import Spool
+from minillm_core.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = {"pretrain": 64, "sft": 16, "dpo": 8}
@@ -67,7 +72,7 @@ def smoke_build(tmp_path_factory):
     out = tmp_path_factory.mktemp("mix")
     cfg = MixConfig(sources_dir=out / "no-user-data", samples_dir=ROOT / "dataset",
                     max_records=SMOKE)
-    return cfg, out, {o: build_mix(cfg, o, out) for o in mix.OUTPUTS}
+    return cfg, out, {o: build_mix(cfg, o, out) for o in OUTPUTS}
 
 
 def test_smoke_build_on_shipped_samples(smoke_build):
@@ -227,6 +232,7 @@ def test_too_many_bad_records_fail_and_write_nothing(tmp_path):
     msg = str(exc.value)
     assert "a.jsonl: 7 of 12 records are bad" in msg and "max_bad_fraction 10%" in msg
     assert "a.jsonl:6: invalid JSON" in msg
+    assert isinstance(exc.value, DataError) and exc.value.file.endswith("general/a.jsonl")
     assert final_files(out) == []
 
 
@@ -251,6 +257,7 @@ def test_non_text_source_fails_naming_file(tmp_path, data, needle):
     with pytest.raises(MixError, match=needle) as exc:
         build_mix(one_category(tmp_path, 3), "sft", out)
     assert "bad.jsonl" in str(exc.value) and final_files(out) == []
+    assert exc.value.file == str(tmp_path / "src/general/bad.jsonl") and exc.value.line is None
 
 
 def test_category_without_files_names_category_and_glob(tmp_path):
@@ -283,7 +290,7 @@ def test_failure_while_writing_leaves_no_output(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(mix._Spool, "write", boom)
+    monkeypatch.setattr(Spool, "write", boom)
     with pytest.raises(OSError):
         build_mix(one_category(tmp_path, 7), "sft", out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old build intact
@@ -352,7 +359,7 @@ def test_memory_flat_as_sources_grow(tmp_path):
 # ------------------------------------------------------------------------------- command
 
 def test_dry_run_prints_formats_counts_samples(capsys):
-    assert mix.main(["--dry-run", "--outputs", "sft", "--show", "1",
+    assert mix_main(["--dry-run", "--outputs", "sft", "--show", "1",
                      "--samples-dir", str(ROOT / "dataset"),
                      "--sources-dir", "/nonexistent"]) == 0
     out = capsys.readouterr().out
@@ -367,20 +374,39 @@ def test_command_with_yaml_config_and_errors(tmp_path, capsys):
     conf.write_text(f"mix:\n  sources_dir: {tmp_path / 'src'}\n  seed: 3\n  categories:\n"
                     "    general: {sources: ['general/*.jsonl'], target: 6, outputs: [sft]}\n",
                     encoding="utf-8")
-    assert mix.main(["--config", str(conf), "--outputs", "sft", "--output-dir",
+    assert mix_main(["--config", str(conf), "--outputs", "sft", "--output-dir",
                      str(tmp_path / "out")]) == 0
     assert len(lines(tmp_path / "out/sft_chinese.jsonl")) == 6
-    assert mix.main(["--config", str(conf), "--outputs", "pretrain",
+    assert mix_main(["--config", str(conf), "--outputs", "pretrain",
                      "--output-dir", str(tmp_path / "o2")]) == 1
     assert "no category feeds 'pretrain'" in capsys.readouterr().err
     conf.write_text("seed: [1\n", encoding="utf-8")
-    assert mix.main(["--config", str(conf)]) == 1
+    assert mix_main(["--config", str(conf)]) == 1
     assert "cannot parse" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"max_bad_fraction": 2, "colour": 1}), encoding="utf-8")
-    assert mix.main(["--config", str(bad), "--dry-run"]) == 1
+    assert mix_main(["--config", str(bad), "--dry-run"]) == 1
     err = capsys.readouterr().err
     assert "max_bad_fraction" in err and "colour" in err
+
+
+def test_command_from_a_subfolder_writes_under_the_root(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    jsonl(root / "data/chinese/general/a.jsonl", [chat(i) for i in range(20)])
+    conf = tmp_path / "mix.json"
+    conf.write_text(json.dumps({"seed": 3, "categories": {"general": {
+        "sources": ["general/*.jsonl"], "target": 6, "outputs": ["sft"]}}}), encoding="utf-8")
+    sub = tmp_path / "elsewhere/sub"
+    sub.mkdir(parents=True)
+    monkeypatch.chdir(sub)
+    monkeypatch.setenv("MINILLM_ROOT", str(root))
+    assert minillm_main(["mix", "--config", str(conf), "--outputs", "sft"]) == 0
+    assert len(lines(root / "data/processed/sft_chinese.jsonl")) == 6
+    assert sorted(p.name for p in sub.iterdir()) == []
+    # A path typed on the command line stays relative to where it was typed.
+    assert minillm_main(["mix", "--config", "../../mix.json", "--outputs", "sft",
+                         "--output-dir", "mine"]) == 0
+    assert len(lines(sub / "mine/sft_chinese.jsonl")) == 6
 
 
 def test_file_in_two_categories_refused(tmp_path):
@@ -395,13 +421,13 @@ def test_file_in_two_categories_refused(tmp_path):
 
 def test_sample_sorted_is_uniform_distinct_and_seeded():
     import random
-    draws = [mix.sample_sorted(random.Random(i), 10, 3) for i in range(3000)]
+    draws = [sample_sorted(random.Random(i), 10, 3) for i in range(3000)]
     assert all(len(set(d.tolist())) == 3 and list(d) == sorted(d) for d in draws)
     freq = Counter(x for d in draws for x in d.tolist())
     assert set(freq) == set(range(10)) and max(freq.values()) < 1.15 * min(freq.values())
-    assert (mix.sample_sorted(random.Random(1), 1000, 1000) == list(range(1000))).all()
-    assert list(mix.sample_sorted(random.Random(5), 50, 7)) == \
-        list(mix.sample_sorted(random.Random(5), 50, 7))
+    assert (sample_sorted(random.Random(1), 1000, 1000) == list(range(1000))).all()
+    assert list(sample_sorted(random.Random(5), 50, 7)) == \
+        list(sample_sorted(random.Random(5), 50, 7))
 
 
 def test_per_source_overrides(tmp_path):

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minillm_core import readers
-from minillm_core.readers import MixError, NotApplicable, RecordError, Sniff
+from minillm_core.data import formats as schemas
+from minillm_core.data import readers
+from minillm_core.data.readers import MixError, NotApplicable, RecordError, Sniff
 
 DATASET = Path(__file__).resolve().parents[1] / "dataset"
 
@@ -56,11 +57,11 @@ def test_shipped_sample_detected_and_valid(name):
     names = {"name": "小白", "author": "测试团队"}
     for line, value in got:
         assert not isinstance(value, RecordError), f"{name}:{line}: {value}"
-        value = readers.fill_placeholders(value, names)
-        fmt = readers.detect_format(value)
+        value = schemas.fill_placeholders(value, names)
+        fmt = schemas.detect_format(value)
         seen.add(fmt)
         out = "dpo" if fmt.startswith("dpo") else "pretrain" if fmt == "text" else "sft"
-        fields = readers.convert(value, fmt, out)
+        fields = schemas.convert(value, fmt, out)
         assert fields and all(fields.values())
     assert seen == formats
 
@@ -207,7 +208,7 @@ def test_stream_parser_matches_json_loads(tmp_path_factory, values, chunk, prett
 # ------------------------------------------------------------------------------- schemas
 
 def conv(value, out="sft", fmt=None):
-    return readers.convert(value, fmt or readers.detect_format(value), out)
+    return schemas.convert(value, fmt or schemas.detect_format(value), out)
 
 
 def kind_of(value, out="sft", fmt=None) -> str:
@@ -315,9 +316,9 @@ def test_placeholders_filled_or_refused():
     names = {"name": "小白", "author": "某团队"}
     rec = [{"role": "user", "content": "你是谁？"},
            {"role": "assistant", "content": "我是{{name}}，由{{ author }}开发。"}]
-    assert readers.fill_placeholders(rec, names)[1]["content"] == "我是小白，由某团队开发。"
+    assert schemas.fill_placeholders(rec, names)[1]["content"] == "我是小白，由某团队开发。"
     with pytest.raises(RecordError, match=r"\{\{version\}\}"):
-        readers.fill_placeholders({"output": "版本{{version}}"}, names)
+        schemas.fill_placeholders({"output": "版本{{version}}"}, names)
 
 
 def test_corrupt_first_line_still_json_lines(tmp_path):
