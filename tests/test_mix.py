@@ -450,3 +450,22 @@ def test_per_source_overrides(tmp_path):
     with pytest.raises(ConfigError, match="unknown format 'alpacca'"):
         MixConfig.resolve({"categories": {"g": {"sources": ["*"], "target": 1,
                                                 "outputs": ["sft"], "format": "alpacca"}}})
+
+
+def test_non_finite_numbers_never_reach_the_output(tmp_path):
+    src = tmp_path / "src/general/a.jsonl"
+    jsonl(src, [chat(i) for i in range(30)], [
+        b'{"conversations": [{"role": "user", "content": "q"}, '
+        b'{"role": "assistant", "content": "a"}], "score": NaN}',
+        b'{"text": "t", "weight": -Infinity}'])
+    r = build_mix(one_category(tmp_path, 10), "sft", tmp_path / "out")
+    assert r.metadata["skipped"] == {str(src): {"invalid JSON": 2}}
+    assert r.metadata["skipped_examples"] == [
+        f"{src}:31: invalid JSON: NaN is not valid JSON (no NaN or Infinity)",
+        f"{src}:32: invalid JSON: -Infinity is not valid JSON (no NaN or Infinity)"]
+    assert b"NaN" not in r.path.read_bytes() and check_mix(r.path, "sft") == []
+    # A NaN that got into a mix by other means is reported by the check.
+    with open(r.path, "ab") as f:
+        f.write(r.path.read_bytes().splitlines()[0].replace(b'"source"', b'"w": NaN, "source"')
+                + b"\n")
+    assert any("invalid JSON" in p for p in check_mix(r.path, "sft"))

@@ -331,3 +331,20 @@ def test_corrupt_first_line_still_json_lines(tmp_path):
     stream = write(tmp_path, "s.json", '{\n  "messages": [\n    {"role": "user", "content": "a"}\n'
                                        '  ]\n}\n')
     assert readers.sniff(stream, "s").container == "json_stream"
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_refused(tmp_path, constant):
+    with pytest.raises(RecordError) as exc:
+        readers.parse_jsonl_line('{"text": "a", "score": %s}' % constant)
+    assert exc.value.kind == "invalid JSON" and constant in exc.value.detail
+    with pytest.raises(RecordError):  # one of several values on a line
+        readers.parse_jsonl_line('{"text": "a"} {"text": "b", "w": [%s]}' % constant)
+    # In a JSON array the element is refused and the elements after it still read.
+    p = tmp_path / "a.json"
+    p.write_text('[\n{"text": "a", "w": %s},\n{"text": "b"}\n]\n' % constant, encoding="utf-8")
+    (l1, bad), (l2, good) = items(p)
+    assert (l1, l2) == (2, 3) and good == {"text": "b"}
+    assert isinstance(bad, RecordError) and bad.kind == "invalid JSON"
+    with pytest.raises(ValueError):
+        readers.strict_loads(constant)

@@ -9,7 +9,7 @@ from pathlib import Path
 from minillm_core.artifacts import sidecar_path
 from minillm_core.data import formats
 from minillm_core.data.config import OUTPUTS
-from minillm_core.data.readers import MixError, RecordError
+from minillm_core.data.readers import MixError, RecordError, strict_loads
 from minillm_core.schema import ROLES
 
 
@@ -55,7 +55,7 @@ def _heldout_sources(held: Path) -> set[tuple[str, int]]:
     with open(held, "rb") as f:
         for raw in f:
             try:
-                s = json.loads(raw)["source"]
+                s = strict_loads(raw.decode("utf-8"))["source"]
                 sources.add((s["file"], s["line"]))
             except (ValueError, KeyError, TypeError):
                 pass  # reported when the held-out file itself is checked
@@ -72,7 +72,7 @@ def _check_records(p: Path, output: str, sources: set[tuple[str, int]], held_nam
             n += 1
             where = f"{p}:{line_no}"
             try:
-                rec = json.loads(raw)
+                rec = strict_loads(raw.decode("utf-8"))
             except ValueError as exc:
                 problem(f"{where}: invalid JSON ({exc})")
                 continue

@@ -14,7 +14,7 @@ import json
 import re
 from typing import Any
 
-from minillm_core.data.readers import MixError, NotApplicable, RecordError
+from minillm_core.data.readers import MixError, NotApplicable, RecordError, strict_loads
 from minillm_core.schema import ROLE_ALIASES, ROLES
 
 FORMATS: tuple[str, ...] = (
@@ -130,8 +130,8 @@ def validate_conversation(msgs: list[dict], where: str) -> list[dict]:
             for key in _TOOL_STRING_FIELDS:
                 if isinstance(m.get(key), str):
                     try:
-                        json.loads(m[key])
-                    except json.JSONDecodeError:
+                        strict_loads(m[key])
+                    except (ValueError, RecursionError):
                         raise RecordError("invalid tool JSON", f"{where}[{i}].{key}") from None
         if role not in _NEXT[prev]:
             raise RecordError("bad role order", f"{where}[{i}]: {role} after "

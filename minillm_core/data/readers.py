@@ -187,7 +187,29 @@ def decode_line(raw: bytes, line_no: int, strip: bool = True) -> str:
     return text.rstrip("\r\n") if strip else text
 
 
-_decoder = json.JSONDecoder()
+class NonFiniteNumber(ValueError):
+    """`NaN`, `Infinity` or `-Infinity` in JSON: Python's parser accepts them, the JSON standard
+    (and the tools that read our outputs) do not, and they would reach loss weights and filters."""
+
+    def __init__(self, name: str):
+        super().__init__(f"{name} is not valid JSON (no NaN or Infinity)")
+        self.name = name
+
+
+def _reject_constant(name: str) -> Any:
+    raise NonFiniteNumber(name)
+
+
+# Strict: every value the mix reads goes through it, so a record holding NaN is refused (counted
+# as invalid JSON at its file:line) instead of being written out again as non-standard JSON.
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+# Only to find where an element with NaN ends, so one bad element does not end a JSON array.
+_lenient = json.JSONDecoder()
+
+
+def strict_loads(text: str) -> Any:
+    """`json.loads` that refuses NaN/Infinity (NonFiniteNumber, a ValueError)."""
+    return _decoder.decode(text)
 _WS = re.compile(r"[ \t\r\n]*")
 
 
@@ -242,7 +264,7 @@ def _json_error(exc: Exception) -> RecordError:
 def parse_jsonl_line(text: str) -> list[Any]:
     """The values on one JSONL line: usually one; several when objects were concatenated."""
     try:
-        value = json.loads(text)
+        value = _decoder.decode(text)
     except json.JSONDecodeError as exc:
         if exc.msg != "Extra data":
             raise _json_error(exc) from None
@@ -317,7 +339,11 @@ class _StreamWindow:
         """The value at `pos` and where it ends; None when more input must be read first."""
         buf, pos = self.buf, self.pos
         try:
-            value, end = _decoder.raw_decode(buf, pos)
+            try:
+                value, end = _decoder.raw_decode(buf, pos)
+            except NonFiniteNumber as exc:
+                # Costs this element only: the lenient parser finds where it ends.
+                value, end = _json_error(exc), _lenient.raw_decode(buf, pos)[1]
         except json.JSONDecodeError as exc:
             if self.eof or len(buf) - pos > MAX_VALUE_BYTES:
                 raise self.fatal(f"invalid JSON: {exc.msg} (an array or stream cannot be read "
@@ -336,6 +362,8 @@ class _StreamWindow:
 
 def _element(text: str, value: Any) -> Any:
     """An element read from a stream, or the RecordError that makes it unusable."""
+    if isinstance(value, RecordError):
+        return value
     if _has_surrogates(text):
         return RecordError("invalid UTF-8", "in this element")
     try:

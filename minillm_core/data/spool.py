@@ -26,22 +26,23 @@ from minillm_core.data.scan import Converter, FileScan, canonical_record
 
 
 def _make_encoder() -> Callable[[Any], str]:
-    """What json.dumps(rec, ensure_ascii=False) returns, for one record, minus its overhead.
+    """What json.dumps(rec, ensure_ascii=False, allow_nan=False) returns, minus its overhead.
 
     json.dumps builds a new JSONEncoder for non-default arguments, and JSONEncoder.encode a new
     C encoder per call; this runs per chosen record (over a million at the seed's quotas), so
-    the C encoder is built once, with exactly the arguments JSONEncoder.iterencode would pass.
+    the C encoder is built once, with exactly the arguments JSONEncoder(ensure_ascii=False,
+    allow_nan=False).iterencode would pass (no NaN or Infinity is ever written).
     Falls back to the encoder's own method where the C accelerator is missing.
     """
     from json import encoder as je
     # The C accelerator is private to the json package (no stubs); hence the ignores.
     if je.c_make_encoder is None or je.c_encode_basestring is None:  # type: ignore[attr-defined]
-        return json.JSONEncoder(ensure_ascii=False).encode
+        return json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
     # (markers, default, encoder, indent, key_separator, item_separator, sort_keys, skipkeys,
     # allow_nan); markers is the circular-reference memo, empty again after every call.
     c_encode = je.c_make_encoder(  # type: ignore[attr-defined]
         {}, json.JSONEncoder().default, je.c_encode_basestring,  # type: ignore[attr-defined]
-        None, ": ", ", ", False, False, True)
+        None, ": ", ", ", False, False, False)
     return lambda rec: "".join(c_encode(rec, 0))
 
 
@@ -128,7 +129,7 @@ def _line_values(raw: bytes, line_no: int, n: int) -> list[Any]:
             # The scan checked this line (nesting depth, lone surrogates), so a line with one
             # record needs only the parse; the full reader splits lines of several values (or of
             # one valid value among others).
-            values = [json.loads(text)] if n == 1 else None
+            values = [readers.strict_loads(text)] if n == 1 else None
         except (ValueError, RecursionError):
             values = None
         if values is None:
