@@ -469,3 +469,21 @@ def test_non_finite_numbers_never_reach_the_output(tmp_path):
         f.write(r.path.read_bytes().splitlines()[0].replace(b'"source"', b'"w": NaN, "source"')
                 + b"\n")
     assert any("invalid JSON" in p for p in check_mix(r.path, "sft"))
+
+
+def test_identity_single_brace_placeholders_filled_others_refused_at_file_line(tmp_path):
+    cat = CategoryConfig(sources=["identity*.jsonl"], target=30, outputs=["sft"],
+                         fill_placeholders=True)
+    rows = [[{"role": "user", "content": f"你是谁{i}"},
+             {"role": "assistant", "content": "我是{name}，作者{ author }"}] for i in range(20)]
+    rows.append([{"role": "user", "content": "谁做的"},
+                 {"role": "assistant", "content": "{author}做的{model}"}])
+    src = jsonl(tmp_path / "src/identity_conversations.jsonl", rows)
+    cfg = MixConfig(sources_dir=tmp_path / "src", categories={"identity": cat},
+                    model_name="小明", model_author="某实验室")
+    r = build_mix(cfg, "sft", tmp_path / "out")
+    assert r.metadata["skipped"] == {str(src): {"unfilled placeholder": 1}}
+    assert r.metadata["skipped_examples"] == [
+        f"{src}:21: unfilled placeholder: {{model}} has no value in the mix config "
+        "(model_name / model_author)"]
+    assert {m["conversations"][1]["content"] for m in lines(r.path)} == {"我是小明，作者某实验室"}

@@ -319,6 +319,12 @@ def test_placeholders_filled_or_refused():
     assert schemas.fill_placeholders(rec, names)[1]["content"] == "我是小白，由某团队开发。"
     with pytest.raises(RecordError, match=r"\{\{version\}\}"):
         schemas.fill_placeholders({"output": "版本{{version}}"}, names)
+    # Single braces, as many published persona files write them, are filled the same way.
+    rec = {"output": "我是{name}，由{ author }开发，不是{{name}}的{x"}
+    assert schemas.fill_placeholders(rec, names) == {"output": "我是小白，由某团队开发，不是小白的{x"}
+    with pytest.raises(RecordError, match=r"\{version\} has no value") as exc:
+        schemas.fill_placeholders([{"content": "版本{version}"}], names)
+    assert exc.value.kind == "unfilled placeholder"
 
 
 def test_corrupt_first_line_still_json_lines(tmp_path):

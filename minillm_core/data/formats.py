@@ -34,7 +34,9 @@ _TOOL_STRING_FIELDS = ("tools", "tool_calls")
 _BELLE = re.compile(r"(?:^|\n)[ \t]*(Human|Assistant)[ \t]*[:：]")
 _BELLE_START = re.compile(r"\s*Human[ \t]*[:：]")
 _CALC = re.compile(r"<<[^<>]*>>")
-_PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}")
+# `{{name}}` or `{name}` (published persona files use both; double braces are tried first).
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}"
+                          r"|\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}")
 
 
 def detect_format(value: Any) -> str:
@@ -369,16 +371,24 @@ def convert(value: Any, fmt: str, output: str, check_only: bool = False) -> dict
 
 
 def fill_placeholders(value: Any, names: dict[str, str]) -> Any:
-    """Substitute `{{name}}`-style placeholders in every string; any left over is refused."""
+    """Substitute the `{{name}}` and `{name}` placeholders (any key of `names`) in every string;
+    a brace placeholder of another name is refused (RecordError, counted at its file:line)."""
     if isinstance(value, str):
-        if "{{" not in value:
+        if "{" not in value:
             return value
-        for key, rep in names.items():
-            value = re.sub(r"\{\{\s*" + re.escape(key) + r"\s*\}\}", lambda _m, r=rep: r, value)  # type: ignore[misc]
-        left = _PLACEHOLDER.search(value)
-        if left:
-            raise RecordError("unfilled placeholder", f"{left.group(0)} has no value in the "
-                              "mix config (model_name / model_author)")
+        unknown: list[str] = []
+
+        def fill(m: re.Match[str]) -> str:
+            key = m.group(1) or m.group(2)
+            if key in names:
+                return names[key]
+            unknown.append(m.group(0))
+            return m.group(0)
+
+        value = _PLACEHOLDER.sub(fill, value)
+        if unknown:
+            raise RecordError("unfilled placeholder", f"{unknown[0]} has no value in the mix "
+                              "config (model_name / model_author)")
         return value
     if isinstance(value, list):
         return [fill_placeholders(v, names) for v in value]
