@@ -354,3 +354,12 @@ def test_non_finite_numbers_are_refused(tmp_path, constant):
     assert isinstance(bad, RecordError) and bad.kind == "invalid JSON"
     with pytest.raises(ValueError):
         readers.strict_loads(constant)
+
+
+def test_json_error_names_the_column_once():
+    with pytest.raises(RecordError) as exc:
+        readers.parse_jsonl_line('{"text": "未闭合')
+    assert exc.value.detail == "Unterminated string starting at column 10"
+    with pytest.raises(RecordError) as exc:
+        readers.parse_jsonl_line('{"text": }')
+    assert exc.value.detail == "Expecting value at column 10"

@@ -255,7 +255,9 @@ def _check_value(text: str, values: list[Any]) -> list[Any]:
 
 def _json_error(exc: Exception) -> RecordError:
     if isinstance(exc, json.JSONDecodeError):
-        return RecordError("invalid JSON", f"{exc.msg} at column {exc.colno}")
+        # Some messages end in "at" already ("Unterminated string starting at").
+        at = "" if exc.msg.endswith(" at") else " at"
+        return RecordError("invalid JSON", f"{exc.msg}{at} column {exc.colno}")
     if isinstance(exc, RecursionError):
         return RecordError("invalid JSON", "nested too deeply to parse")
     return RecordError("invalid JSON", str(exc).split(";")[0])  # e.g. a 5000-digit number
