@@ -363,3 +363,20 @@ def test_json_error_names_the_column_once():
     with pytest.raises(RecordError) as exc:
         readers.parse_jsonl_line('{"text": }')
     assert exc.value.detail == "Expecting value at column 10"
+
+
+def test_metamath_layout_prefers_the_chinese_fields():
+    rec = {"question": "Natalia sold clips to 48 friends.", "answer": "48/2 = 24\n#### 72",
+           "question_zh": "娜塔莉亚卖给了48个朋友发夹。", "answer_zh": "48/2 = <<48/2=24>>24\n#### 72",
+           "answer_only": "72", "split": "train"}
+    assert schemas.detect_format(rec) == "math"
+    msgs = conv(rec)["conversations"]
+    assert [m["content"] for m in msgs] == ["娜塔莉亚卖给了48个朋友发夹。", "48/2 = 24\n答案：72"]
+    only_zh = {"question_zh": "一加一等于几？", "answer_zh": "2"}
+    assert schemas.detect_format(only_zh) == "math"
+    assert [m["content"] for m in conv(only_zh)["conversations"]] == ["一加一等于几？", "2"]
+    # An empty Chinese field falls back to the English one.
+    english = {**rec, "question_zh": " ", "answer_zh": None}
+    assert [m["content"] for m in conv(english)["conversations"]] == [
+        "Natalia sold clips to 48 friends.", "48/2 = 24\n答案：72"]
+    assert kind_of({"question_zh": "问题", "answer_zh": "#### "}) == "empty content"

@@ -68,7 +68,7 @@ def detect_format(value: Any) -> str:
     keys = {k.lower() if isinstance(k, str) else k for k in value}
     if {"question", "a", "b", "c", "d", "answer"} <= keys:
         return "mcq"
-    if {"question", "answer"} <= keys:
+    if {"question", "answer"} <= keys or {"question_zh", "answer_zh"} <= keys:
         return "math"
     if "text" in value:
         return "text"
@@ -223,24 +223,35 @@ def _mcq(d: dict) -> list[dict]:
             {"role": "assistant", "content": f"答案是 {ans}：{opts[ans]}"}]
 
 
+def _zh_first(c: dict, key: str) -> str:
+    """`key_zh` when the record has a non-empty one: MetaMath's GSM8K_zh layout keeps the
+    English `question`/`answer` beside the Chinese `question_zh`/`answer_zh`."""
+    v = c.get(f"{key}_zh")
+    if v is None or (isinstance(v, str) and not v.strip()):
+        return key
+    return f"{key}_zh"
+
+
 def _math(d: dict) -> list[dict]:
     c = _ci(d)
-    q = _str_field(c, "question")
-    a = c.get("answer")
+    q = _str_field(c, _zh_first(c, "question"))
+    answer_key = _zh_first(c, "answer")
+    a = c.get(answer_key)
     if isinstance(a, (int, float)) and not isinstance(a, bool):
         a = str(a)
     if not isinstance(a, str):
-        raise RecordError("non-string content" if a is not None else "missing field", "answer")
+        raise RecordError("non-string content" if a is not None else "missing field",
+                          answer_key)
     steps, sep, final = a.rpartition("####")
     if sep:
         # GSM8K: "<<48/2=24>>" calculator annotations are stripped (not turned into tool calls)
         # so every math record is plain text; the "#### N" line becomes an explicit answer.
         steps, final = _CALC.sub("", steps).strip(), final.strip()
         if not final:
-            raise RecordError("empty content", "answer after ####")
+            raise RecordError("empty content", f"{answer_key} after ####")
         a = f"{steps}\n答案：{final}" if steps else f"答案：{final}"
     if not a.strip():
-        raise RecordError("empty content", "answer")
+        raise RecordError("empty content", answer_key)
     return [{"role": "user", "content": q.strip()}, {"role": "assistant", "content": a.strip()}]
 
 
