@@ -10,7 +10,6 @@ text has no SFT form) raises `NotApplicable`.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
