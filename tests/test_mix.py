@@ -487,3 +487,65 @@ def test_identity_single_brace_placeholders_filled_others_refused_at_file_line(t
         f"{src}:21: unfilled placeholder: {{model}} has no value in the mix config "
         "(model_name / model_author)"]
     assert {m["conversations"][1]["content"] for m in lines(r.path)} == {"我是小明，作者某实验室"}
+
+
+# ------------------------------------------------------------------------------- dedup
+
+def spellings(i: int) -> list[dict]:
+    """One conversation four ways: as is, with a `source` field, with other whitespace, and with
+    full-width punctuation and digits where the first has half-width ones."""
+    base = {"conversations": [{"role": "user", "content": f"问题{i}: 为什么?"},
+                              {"role": "assistant", "content": f"因为 {i}, 所以!"}]}
+    spaced = {"conversations": [{"role": "user", "content": f"  问题{i}:   为什么?\n"},
+                                {"role": "assistant", "content": f"因为\t{i},  所以!"}]}
+    wide = str(i).translate({ord(c): ord(c) + 0xFEE0 for c in "0123456789"})
+    full = {"conversations": [{"role": "user", "content": f"问题{wide}： 为什么？"},
+                              {"role": "assistant", "content": f"因为 {wide}， 所以！"}]}
+    return [base, {**base, "source": "某个数据集"}, spaced, full]
+
+
+def test_exact_duplicates_dropped_in_four_spellings_across_files(tmp_path):
+    a = jsonl(tmp_path / "src/general/a.jsonl", [r for i in range(10) for r in spellings(i)])
+    b = jsonl(tmp_path / "src/general/b.jsonl", [spellings(i)[3] for i in range(5)]
+              + [chat(i, "另一个") for i in range(5)])
+    r = build_mix(one_category(tmp_path, 1000), "sft", tmp_path / "out")
+    m = r.metadata
+    assert m["duplicates_per_file"] == {str(a): 30, str(b): 5} and m["duplicates_total"] == 35
+    assert m["duplicates_per_category"] == {"general": 35} and m["valid_per_category"]["general"] == 50
+    assert r.records == 1000
+    assert m["distinct_per_category"]["general"] + r.heldout_records == 15
+    assert sidecar_path(r.path).is_file()
+    assert json.loads(sidecar_path(r.path).read_text())["metadata"]["duplicates_total"] == 35
+    # The first occurrence is the one kept: a.jsonl's first spelling, line 1 + 4 i.
+    firsts = {(x["source"]["file"], x["source"]["line"]) for x in lines(r.path)
+              + lines(r.heldout_path)}
+    assert firsts == {(str(a), 1 + 4 * i) for i in range(10)} | {(str(b), 6 + i) for i in range(5)}
+    off = build_mix(one_category(tmp_path, 10, dedup=False), "sft", tmp_path / "off")
+    assert off.metadata["valid_per_category"]["general"] == 50
+    assert "duplicates_total" not in off.metadata
+
+
+def test_no_heldout_record_has_a_twin_in_training(tmp_path):
+    from minillm_core.data.dedup import content_key
+
+    jsonl(tmp_path / "src/general/a.jsonl", [r for i in range(40) for r in spellings(i)])
+    for output in ("sft", "pretrain"):
+        r = build_mix(one_category(tmp_path, 20, outputs=(output,), heldout_fraction=0.3),
+                      output, tmp_path / output)
+        key = "conversations" if output == "sft" else "text"
+        held = {content_key({key: x[key]}) for x in lines(r.heldout_path)}
+        train = {content_key({key: x[key]}) for x in lines(r.path)}
+        assert len(held) == r.heldout_records >= 6 and not held & train
+
+
+def test_duplicates_across_categories_kept_in_the_first(tmp_path):
+    jsonl(tmp_path / "src/general/a.jsonl", [chat(i) for i in range(6)])
+    jsonl(tmp_path / "src/math/m.jsonl", [chat(i) for i in range(3, 9)])
+    cats = {n: CategoryConfig(sources=[f"{n}/*.jsonl"], target=100, outputs=["sft"])
+            for n in ("general", "math")}
+    r = build_mix(MixConfig(sources_dir=tmp_path / "src", samples_dir=tmp_path / "none",
+                            categories=cats), "sft", tmp_path / "out")
+    assert r.metadata["duplicates_per_category"] == {"general": 0, "math": 3}
+    where = {(x["conversations"][0]["content"], Path(x["source"]["file"]).name)
+             for x in lines(r.path) + lines(r.heldout_path)}
+    assert where == {(f"问题{i}", "a.jsonl" if i < 6 else "m.jsonl") for i in range(9)}

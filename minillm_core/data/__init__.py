@@ -4,6 +4,7 @@
     formats   record schemas: detect one value's format, convert it to canonical fields
     config    MixConfig (the settings) and the per-output quotas
     scan      pass 1: find a category's files, validate and count every record
+    dedup     exact duplicates per output, dropped before the held-out split
     sampling  which records are held out, which train, how often each
     spool     pass 2: convert the chosen records, assemble the outputs
     mix       build_mix: the three steps, the sidecars; dry_run

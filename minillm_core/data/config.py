@@ -100,6 +100,9 @@ class MixConfig(CoreConfig):
     heldout_min: int = Field(1, ge=0, description="held-out records per category, at least")
     max_bad_fraction: float = Field(0.1, ge=0.0, le=1.0, description="a file with more bad "
                                     "records than this fails the build")
+    dedup: bool = Field(True, description="drop exact duplicates per output (NFKC, whitespace "
+                        "collapsed, metadata ignored), across files and categories, before "
+                        "the held-out split")
     model_name: str = Field("MiniLLM", min_length=1, description="fills {{name}} in identity data")
     model_author: str = Field("MiniLLM 开源社区", min_length=1,
                               description="fills {{author}} in identity data")

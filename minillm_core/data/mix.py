@@ -8,9 +8,12 @@ How it stays flat in memory (the requirement: peak RSS must not grow with the so
 1. Scan (`scan`). Every file of every category feeding `output` is read line by line (or element
    by element, `readers`), each record converted and validated (`formats`). Nothing per record
    is kept, so memory is O(files + bad lines), not O(records).
-2. Select (`sampling`). Per category, held-out ordinals first, then the training ordinals and how
+2. Dedup (`dedup`, on by default): a record whose normalised content repeats an earlier one, in
+   any file or category feeding the output, is dropped before anything is drawn, so held-out
+   records have no twin in training. An 8-byte key per record while it runs.
+3. Select (`sampling`). Per category, held-out ordinals first, then the training ordinals and how
    often each is repeated: O(q) integers for a quota q.
-3. Write (`spool`). A second pass converts only the chosen records into an unlinked spool file in
+4. Write (`spool`). A second pass converts only the chosen records into an unlinked spool file in
    `out_dir`; the output is then assembled from the spool in a seeded shuffled order, repeating
    records as often as drawn. Outputs are written under temporary names and renamed into place,
    so a failed build leaves nothing under a final name.
@@ -47,6 +50,7 @@ from minillm_core.artifacts import (
     write_json,
 )
 from minillm_core.data.config import OUTPUTS, MixConfig, Output, quotas
+from minillm_core.data.dedup import distinct_ordinals
 from minillm_core.data.formats import CANONICAL_KEYS
 from minillm_core.data.readers import MixError
 from minillm_core.data.sampling import heldout_count, select
@@ -89,8 +93,9 @@ def build_mix(cfg: MixConfig, output: Output, out_dir: Path | str,
                             "distinct_per_category": {}, "heldout_per_category": {},
                             "repeat_factors": {}, "category_repeat": {},
                             "valid_per_category": {}, "records_per_file": {}}
+    distinct = _dedup(output, scans, meta, log) if cfg.dedup else {}
     # Select every category first: the totals size the occurrence list exactly (no regrowth).
-    chosen = {cat: _choose(cfg, output, cat, files, q[cat], meta, log)
+    chosen = {cat: _choose(cfg, output, cat, files, q[cat], distinct.pop(cat, None), meta, log)
               for cat, files in scans.items()}
     slots, n_bytes, held_bytes = _write_outputs(cfg, output, scans, chosen, meta, out_dir,
                                                 main_path, held_path)
@@ -149,8 +154,10 @@ def _scan_all(cfg: MixConfig, output: str, found: Found, log: LogFn | None
 
 
 def _choose(cfg: MixConfig, output: str, cat: str, files: list[FileScan], quota: int,
-            meta: dict[str, Any], log: LogFn | None) -> tuple[np.ndarray, np.ndarray]:
-    """One category's wanted ordinals, sorted, and how often each is written (0: held out)."""
+            distinct: np.ndarray | None, meta: dict[str, Any], log: LogFn | None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """One category's wanted ordinals, sorted, and how often each is written (0: held out).
+    `distinct`: the ordinals left after dedup (None: dedup is off, every valid record)."""
     c = cfg.categories[cat]
     n_valid = sum(fs.valid for fs in files)
     if n_valid == 0:
@@ -160,9 +167,13 @@ def _choose(cfg: MixConfig, output: str, cat: str, files: list[FileScan], quota:
             f"category {cat!r}: no records usable for {output} in "
             f"{', '.join(fs.display for fs in files)} ({na} valid records of a format "
             f"that has no {output} form, {bad} bad)", field=f"categories.{cat}")
-    n_held = heldout_count(cfg, n_valid, quota)
-    held, train, mult = select(cfg.seed, output, cat, n_valid, quota, n_held)
-    pool = n_valid - n_held
+    n_unique = n_valid if distinct is None else len(distinct)
+    n_held = heldout_count(cfg, n_unique, quota)
+    held, train, mult = select(cfg.seed, output, cat, n_unique, quota, n_held)
+    if distinct is not None:  # indices among the distinct records -> ordinals among all
+        held, train = distinct[held], distinct[train]
+        meta["duplicates_per_category"][cat] = n_valid - n_unique
+    pool = n_unique - n_held
     meta["valid_per_category"][cat] = n_valid
     meta["distinct_per_category"][cat] = len(train)
     meta["heldout_per_category"][cat] = n_held
@@ -175,6 +186,21 @@ def _choose(cfg: MixConfig, output: str, cat: str, files: list[FileScan], quota:
     # Both inputs are sorted and disjoint, so a merge by insertion does it without a sort.
     at = np.searchsorted(train, held)
     return np.insert(train, at, held), np.insert(mult * c.repeat, at, 0)
+
+
+def _dedup(output: str, scans: dict[str, list[FileScan]], meta: dict[str, Any],
+           log: LogFn | None) -> dict[str, np.ndarray]:
+    """The distinct ordinals per category (`dedup`), the duplicates counted into `meta`."""
+    distinct = distinct_ordinals(scans)
+    per_file = {fs.display: fs.duplicates for files in scans.values() for fs in files
+                if fs.duplicates}
+    meta.update({"duplicates_total": sum(per_file.values()), "duplicates_per_file": per_file,
+                 "duplicates_per_category": {}})
+    if per_file:
+        shown = ", ".join(f"{d}: {n}" for d, n in list(per_file.items())[:EXAMPLES_KEPT])
+        emit(log, f"mix {output}: dropped {meta['duplicates_total']} exact duplicates "
+                  f"(first occurrence kept) in {shown}")
+    return distinct
 
 
 class _Slots:

@@ -17,6 +17,7 @@ from typing import Any
 
 from minillm_core.data import formats, readers
 from minillm_core.data.config import CategoryConfig, MixConfig
+from minillm_core.data.dedup import content_key
 from minillm_core.data.readers import MixError, NotApplicable, RecordError, Sniff
 from minillm_core.layout import Layout
 from minillm_core.progress import Progress
@@ -44,6 +45,10 @@ class FileScan:
     exc_lines: array = field(default_factory=lambda: array("q"))
     exc_counts: array = field(default_factory=lambda: array("q"))
     samples: list[dict] = field(default_factory=list)
+    # With dedup on: the content key of each valid record, in order (8 bytes each), and how
+    # many of them repeat an earlier record (set by `dedup.distinct_ordinals`).
+    keys: array = field(default_factory=lambda: array("Q"))
+    duplicates: int = 0
 
     @property
     def items(self) -> int:
@@ -55,7 +60,10 @@ class Converter:
 
     def __init__(self, cfg: MixConfig, category: str, output: str, check_only: bool = False):
         c = cfg.categories[category]
-        self.output, self.category, self.check_only = output, category, check_only
+        # The dedup key needs every record's fields, so nothing is skipped when it is on.
+        self.dedup = cfg.dedup
+        self.output, self.category = output, category
+        self.check_only = check_only and not cfg.dedup
         self.names = {"name": cfg.model_name, "author": cfg.model_author} \
             if c.fill_placeholders else None
 
@@ -117,6 +125,8 @@ def count_item(fs: FileScan, conv: Converter, line: int, value: Any,
         return False
     fs.formats[fmt] += 1
     fs.valid += 1
+    if conv.dedup:
+        fs.keys.append(content_key(fields))
     if len(fs.samples) < keep_samples:
         fs.samples.append(canonical_record(fields, value, fs.display, line, fs.category))
     return True
