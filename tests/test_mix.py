@@ -549,3 +549,16 @@ def test_duplicates_across_categories_kept_in_the_first(tmp_path):
     where = {(x["conversations"][0]["content"], Path(x["source"]["file"]).name)
              for x in lines(r.path) + lines(r.heldout_path)}
     assert where == {(f"问题{i}", "a.jsonl" if i < 6 else "m.jsonl") for i in range(9)}
+
+
+def test_check_reports_a_heldout_twin(tmp_path):
+    jsonl(tmp_path / "src/general/a.jsonl", [r for i in range(10) for r in spellings(i)])
+    r = build_mix(one_category(tmp_path, 8, heldout_min=2), "sft", tmp_path / "out")
+    assert check_mix(r.path, "sft") == []
+    twin = lines(r.heldout_path)[0]
+    twin["conversations"][0]["content"] = " " + twin["conversations"][0]["content"] + "  "
+    twin["source"] = {"file": "other.jsonl", "line": 1, "category": "general"}
+    with open(r.path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(twin, ensure_ascii=False) + "\n")
+    assert f"{r.path}:9: same content as a record in sft_chinese_heldout.jsonl (a held-out twin)" \
+        in check_mix(r.path, "sft")

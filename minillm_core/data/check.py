@@ -9,6 +9,8 @@ from pathlib import Path
 from minillm_core.artifacts import sidecar_path
 from minillm_core.data import formats
 from minillm_core.data.config import OUTPUTS
+from minillm_core.data.dedup import content_key
+from minillm_core.data.formats import CANONICAL_KEYS
 from minillm_core.data.readers import MixError, RecordError, strict_loads
 from minillm_core.schema import ROLES
 
@@ -36,7 +38,8 @@ def check_mix(path: Path | str, output: str, max_problems: int = 20) -> list[str
     Checks every record (streaming): JSON, a `source` with file/line/category, non-empty text
     (pretrain), a valid conversation ending with an assistant turn (sft), a consistent pair
     (dpo); then, from the sidecar, that the counts per category match the quotas; and, for a
-    training file, that no source record also appears in the held-out file beside it.
+    training file, that no source record also appears in the held-out file beside it, nor (when
+    the mix was built with dedup) a record of the same normalised content: a held-out twin.
     """
     p = Path(path)
     if not p.is_file():
@@ -44,26 +47,45 @@ def check_mix(path: Path | str, output: str, max_problems: int = 20) -> list[str
     problem = _Problems(max_problems)
     held_name = p.name.replace(".jsonl", "_heldout.jsonl")
     held = p.with_name(held_name) if not p.name.endswith("_heldout.jsonl") else None
-    sources = _heldout_sources(held) if held is not None and held.is_file() else set()
-    n, per_cat = _check_records(p, output, sources, held_name, problem)
+    sources: set[tuple[str, int]] = set()
+    keys: set[int] = set()
+    if held is not None and held.is_file():
+        sources, keys = _heldout_index(held, output, _built_with_dedup(p))
+    n, per_cat = _check_records(p, output, (sources, keys), held_name, problem)
     _check_counts(p, n, per_cat, problem)
     return problem.result()
 
 
-def _heldout_sources(held: Path) -> set[tuple[str, int]]:
+def _built_with_dedup(p: Path) -> bool:
+    try:
+        return bool(strict_loads(sidecar_path(p).read_text(encoding="utf-8"))["config"]["dedup"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # no sidecar (reported on its own) or one from before dedup existed
+
+
+def _content(rec: dict, output: str) -> dict:
+    return {k: rec[k] for k in CANONICAL_KEYS[output]}
+
+
+def _heldout_index(held: Path, output: str, with_keys: bool
+                   ) -> tuple[set[tuple[str, int]], set[int]]:
+    """The (file, line) sources of the held-out records and, `with_keys`, their dedup keys."""
     sources: set[tuple[str, int]] = set()
+    keys: set[int] = set()
     with open(held, "rb") as f:
         for raw in f:
             try:
-                s = strict_loads(raw.decode("utf-8"))["source"]
-                sources.add((s["file"], s["line"]))
+                rec = strict_loads(raw.decode("utf-8"))
+                sources.add((rec["source"]["file"], rec["source"]["line"]))
+                if with_keys:
+                    keys.add(content_key(_content(rec, output)))
             except (ValueError, KeyError, TypeError):
                 pass  # reported when the held-out file itself is checked
-    return sources
+    return sources, keys
 
 
-def _check_records(p: Path, output: str, sources: set[tuple[str, int]], held_name: str,
-                   problem: _Problems) -> tuple[int, Counter]:
+def _check_records(p: Path, output: str, held: tuple[set[tuple[str, int]], set[int]],
+                   held_name: str, problem: _Problems) -> tuple[int, Counter]:
     """(records, records per category) of a mix file, each record checked."""
     per_cat: Counter = Counter()
     n = 0
@@ -86,12 +108,15 @@ def _check_records(p: Path, output: str, sources: set[tuple[str, int]], held_nam
                 problem(f"{where}: missing or malformed source (need file, line, category)")
             else:
                 per_cat[src["category"]] += 1
-                if (src["file"], src["line"]) in sources:
+                if (src["file"], src["line"]) in held[0]:
                     problem(f"{where}: {src['file']}:{src['line']} is also in {held_name}")
             try:
                 _check_canonical(rec, output)
             except RecordError as exc:
                 problem(f"{where}: {exc}")
+                continue
+            if held[1] and content_key(_content(rec, output)) in held[1]:
+                problem(f"{where}: same content as a record in {held_name} (a held-out twin)")
     return n, per_cat
 
 
