@@ -120,7 +120,7 @@ def generate(root: Path, total_mb: float, seed: int = 0) -> int:
 
 def run_one(src: Path, out: Path) -> dict:
     """Build the three outputs from `src` (called in a fresh subprocess); print one JSON line."""
-    from minillm_core.mix import MixConfig, build_mix
+    from minillm_core.data import MixConfig, build_mix
     cfg = MixConfig(sources_dir=src, samples_dir=src / "no-samples")
     t0 = time.monotonic()
     per = {}

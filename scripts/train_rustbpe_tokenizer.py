@@ -10,7 +10,7 @@ Same command as `minillm tokenizer`; see `--help`. Example:
 
 import sys
 
-from minillm_core.tokenizer import main
+from minillm_cli.tokenizer import main
 
 if __name__ == "__main__":
     sys.exit(main())

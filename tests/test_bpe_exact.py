@@ -10,7 +10,7 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minillm_core import bpe_reference as ref
+from minillm_core.tokenizer import reference as ref
 from minillm_core.tokenizer import HELDOUT_EN, HELDOUT_ZH, TRICKY_TEXT, Tokenizer
 
 rb = pytest.importorskip("minillm_rustbpe", reason="minillm_rustbpe not built (pip install ./rustbpe)")

@@ -22,10 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minillm_core import readers
-from minillm_core.mix import CategoryConfig, FileScan, MixConfig, _Converter, _count_item, \
-    build_mix, scan_file
-from minillm_core.readers import MixError, RecordError, Sniff
+from minillm_core.data import CategoryConfig, MixConfig, build_mix, readers
+from minillm_core.data.readers import MixError, RecordError, Sniff
+from minillm_core.data.scan import Converter, FileScan, count_item, scan_file
 from tests.faults_helpers import count
 
 EXAMPLES = int(os.environ.get("MINILLM_FUZZ_EXAMPLES", "60"))
@@ -119,9 +118,9 @@ def _sniff_refusal(path: Path, container: str) -> str | None:
 def _classify(items, output: str, cfg: MixConfig, category: str) -> dict[str, int]:
     """valid / not applicable / bad per item, through the mix's own converter."""
     fs = FileScan(Path("x"), "x", category, Sniff("jsonl"), None)
-    conv = _Converter(cfg, category, output)
+    conv = Converter(cfg, category, output)
     for line, value in items:
-        _count_item(fs, conv, line, value)  # raises on anything but RecordError/NotApplicable
+        count_item(fs, conv, line, value)  # raises on anything but RecordError/NotApplicable
     return {"valid": fs.valid, "na": fs.not_applicable, "bad": sum(fs.bad.values())}
 
 

@@ -9,10 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from minillm_core import mix
+from minillm_cli.main import main as minillm_main
+from minillm_cli.mix import main as mix_main
 from minillm_core.artifacts import sidecar_path
 from minillm_core.config import ConfigError
-from minillm_core.mix import CategoryConfig, MixConfig, MixError, build_mix, check_mix, quotas
+from minillm_core.data import (OUTPUTS, CategoryConfig, MixConfig, MixError, build_mix, check_mix,
+                               quotas)
+from minillm_core.data.sampling import sample_sorted
+from minillm_core.data.spool import Spool
+from minillm_core.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = {"pretrain": 64, "sft": 16, "dpo": 8}
@@ -67,7 +72,7 @@ def smoke_build(tmp_path_factory):
     out = tmp_path_factory.mktemp("mix")
     cfg = MixConfig(sources_dir=out / "no-user-data", samples_dir=ROOT / "dataset",
                     max_records=SMOKE)
-    return cfg, out, {o: build_mix(cfg, o, out) for o in mix.OUTPUTS}
+    return cfg, out, {o: build_mix(cfg, o, out) for o in OUTPUTS}
 
 
 def test_smoke_build_on_shipped_samples(smoke_build):
@@ -227,6 +232,7 @@ def test_too_many_bad_records_fail_and_write_nothing(tmp_path):
     msg = str(exc.value)
     assert "a.jsonl: 7 of 12 records are bad" in msg and "max_bad_fraction 10%" in msg
     assert "a.jsonl:6: invalid JSON" in msg
+    assert isinstance(exc.value, DataError) and exc.value.file.endswith("general/a.jsonl")
     assert final_files(out) == []
 
 
@@ -251,6 +257,7 @@ def test_non_text_source_fails_naming_file(tmp_path, data, needle):
     with pytest.raises(MixError, match=needle) as exc:
         build_mix(one_category(tmp_path, 3), "sft", out)
     assert "bad.jsonl" in str(exc.value) and final_files(out) == []
+    assert exc.value.file == str(tmp_path / "src/general/bad.jsonl") and exc.value.line is None
 
 
 def test_category_without_files_names_category_and_glob(tmp_path):
@@ -283,7 +290,7 @@ def test_failure_while_writing_leaves_no_output(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(mix._Spool, "write", boom)
+    monkeypatch.setattr(Spool, "write", boom)
     with pytest.raises(OSError):
         build_mix(one_category(tmp_path, 7), "sft", out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old build intact
@@ -352,7 +359,7 @@ def test_memory_flat_as_sources_grow(tmp_path):
 # ------------------------------------------------------------------------------- command
 
 def test_dry_run_prints_formats_counts_samples(capsys):
-    assert mix.main(["--dry-run", "--outputs", "sft", "--show", "1",
+    assert mix_main(["--dry-run", "--outputs", "sft", "--show", "1",
                      "--samples-dir", str(ROOT / "dataset"),
                      "--sources-dir", "/nonexistent"]) == 0
     out = capsys.readouterr().out
@@ -367,20 +374,39 @@ def test_command_with_yaml_config_and_errors(tmp_path, capsys):
     conf.write_text(f"mix:\n  sources_dir: {tmp_path / 'src'}\n  seed: 3\n  categories:\n"
                     "    general: {sources: ['general/*.jsonl'], target: 6, outputs: [sft]}\n",
                     encoding="utf-8")
-    assert mix.main(["--config", str(conf), "--outputs", "sft", "--output-dir",
+    assert mix_main(["--config", str(conf), "--outputs", "sft", "--output-dir",
                      str(tmp_path / "out")]) == 0
     assert len(lines(tmp_path / "out/sft_chinese.jsonl")) == 6
-    assert mix.main(["--config", str(conf), "--outputs", "pretrain",
+    assert mix_main(["--config", str(conf), "--outputs", "pretrain",
                      "--output-dir", str(tmp_path / "o2")]) == 1
     assert "no category feeds 'pretrain'" in capsys.readouterr().err
     conf.write_text("seed: [1\n", encoding="utf-8")
-    assert mix.main(["--config", str(conf)]) == 1
+    assert mix_main(["--config", str(conf)]) == 1
     assert "cannot parse" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"max_bad_fraction": 2, "colour": 1}), encoding="utf-8")
-    assert mix.main(["--config", str(bad), "--dry-run"]) == 1
+    assert mix_main(["--config", str(bad), "--dry-run"]) == 1
     err = capsys.readouterr().err
     assert "max_bad_fraction" in err and "colour" in err
+
+
+def test_command_from_a_subfolder_writes_under_the_root(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    jsonl(root / "data/chinese/general/a.jsonl", [chat(i) for i in range(20)])
+    conf = tmp_path / "mix.json"
+    conf.write_text(json.dumps({"seed": 3, "categories": {"general": {
+        "sources": ["general/*.jsonl"], "target": 6, "outputs": ["sft"]}}}), encoding="utf-8")
+    sub = tmp_path / "elsewhere/sub"
+    sub.mkdir(parents=True)
+    monkeypatch.chdir(sub)
+    monkeypatch.setenv("MINILLM_ROOT", str(root))
+    assert minillm_main(["mix", "--config", str(conf), "--outputs", "sft"]) == 0
+    assert len(lines(root / "data/processed/sft_chinese.jsonl")) == 6
+    assert sorted(p.name for p in sub.iterdir()) == []
+    # A path typed on the command line stays relative to where it was typed.
+    assert minillm_main(["mix", "--config", "../../mix.json", "--outputs", "sft",
+                         "--output-dir", "mine"]) == 0
+    assert len(lines(sub / "mine/sft_chinese.jsonl")) == 6
 
 
 def test_file_in_two_categories_refused(tmp_path):
@@ -395,13 +421,13 @@ def test_file_in_two_categories_refused(tmp_path):
 
 def test_sample_sorted_is_uniform_distinct_and_seeded():
     import random
-    draws = [mix.sample_sorted(random.Random(i), 10, 3) for i in range(3000)]
+    draws = [sample_sorted(random.Random(i), 10, 3) for i in range(3000)]
     assert all(len(set(d.tolist())) == 3 and list(d) == sorted(d) for d in draws)
     freq = Counter(x for d in draws for x in d.tolist())
     assert set(freq) == set(range(10)) and max(freq.values()) < 1.15 * min(freq.values())
-    assert (mix.sample_sorted(random.Random(1), 1000, 1000) == list(range(1000))).all()
-    assert list(mix.sample_sorted(random.Random(5), 50, 7)) == \
-        list(mix.sample_sorted(random.Random(5), 50, 7))
+    assert (sample_sorted(random.Random(1), 1000, 1000) == list(range(1000))).all()
+    assert list(sample_sorted(random.Random(5), 50, 7)) == \
+        list(sample_sorted(random.Random(5), 50, 7))
 
 
 def test_per_source_overrides(tmp_path):
@@ -424,3 +450,115 @@ def test_per_source_overrides(tmp_path):
     with pytest.raises(ConfigError, match="unknown format 'alpacca'"):
         MixConfig.resolve({"categories": {"g": {"sources": ["*"], "target": 1,
                                                 "outputs": ["sft"], "format": "alpacca"}}})
+
+
+def test_non_finite_numbers_never_reach_the_output(tmp_path):
+    src = tmp_path / "src/general/a.jsonl"
+    jsonl(src, [chat(i) for i in range(30)], [
+        b'{"conversations": [{"role": "user", "content": "q"}, '
+        b'{"role": "assistant", "content": "a"}], "score": NaN}',
+        b'{"text": "t", "weight": -Infinity}'])
+    r = build_mix(one_category(tmp_path, 10), "sft", tmp_path / "out")
+    assert r.metadata["skipped"] == {str(src): {"invalid JSON": 2}}
+    assert r.metadata["skipped_examples"] == [
+        f"{src}:31: invalid JSON: NaN is not valid JSON (no NaN or Infinity)",
+        f"{src}:32: invalid JSON: -Infinity is not valid JSON (no NaN or Infinity)"]
+    assert b"NaN" not in r.path.read_bytes() and check_mix(r.path, "sft") == []
+    # A NaN that got into a mix by other means is reported by the check.
+    with open(r.path, "ab") as f:
+        f.write(r.path.read_bytes().splitlines()[0].replace(b'"source"', b'"w": NaN, "source"')
+                + b"\n")
+    assert any("invalid JSON" in p for p in check_mix(r.path, "sft"))
+
+
+def test_identity_single_brace_placeholders_filled_others_refused_at_file_line(tmp_path):
+    cat = CategoryConfig(sources=["identity*.jsonl"], target=30, outputs=["sft"],
+                         fill_placeholders=True)
+    rows = [[{"role": "user", "content": f"你是谁{i}"},
+             {"role": "assistant", "content": "我是{name}，作者{ author }"}] for i in range(20)]
+    rows.append([{"role": "user", "content": "谁做的"},
+                 {"role": "assistant", "content": "{author}做的{model}"}])
+    src = jsonl(tmp_path / "src/identity_conversations.jsonl", rows)
+    cfg = MixConfig(sources_dir=tmp_path / "src", categories={"identity": cat},
+                    model_name="小明", model_author="某实验室")
+    r = build_mix(cfg, "sft", tmp_path / "out")
+    assert r.metadata["skipped"] == {str(src): {"unfilled placeholder": 1}}
+    assert r.metadata["skipped_examples"] == [
+        f"{src}:21: unfilled placeholder: {{model}} has no value in the mix config "
+        "(model_name / model_author)"]
+    assert {m["conversations"][1]["content"] for m in lines(r.path)} == {"我是小明，作者某实验室"}
+
+
+# ------------------------------------------------------------------------------- dedup
+
+def spellings(i: int) -> list[dict]:
+    """One conversation four ways: as is, with a `source` field, with other whitespace, and with
+    full-width punctuation and digits where the first has half-width ones."""
+    base = {"conversations": [{"role": "user", "content": f"问题{i}: 为什么?"},
+                              {"role": "assistant", "content": f"因为 {i}, 所以!"}]}
+    spaced = {"conversations": [{"role": "user", "content": f"  问题{i}:   为什么?\n"},
+                                {"role": "assistant", "content": f"因为\t{i},  所以!"}]}
+    wide = str(i).translate({ord(c): ord(c) + 0xFEE0 for c in "0123456789"})
+    full = {"conversations": [{"role": "user", "content": f"问题{wide}： 为什么？"},
+                              {"role": "assistant", "content": f"因为 {wide}， 所以！"}]}
+    return [base, {**base, "source": "某个数据集"}, spaced, full]
+
+
+def test_exact_duplicates_dropped_in_four_spellings_across_files(tmp_path):
+    a = jsonl(tmp_path / "src/general/a.jsonl", [r for i in range(10) for r in spellings(i)])
+    b = jsonl(tmp_path / "src/general/b.jsonl", [spellings(i)[3] for i in range(5)]
+              + [chat(i, "另一个") for i in range(5)])
+    r = build_mix(one_category(tmp_path, 1000), "sft", tmp_path / "out")
+    m = r.metadata
+    assert m["duplicates_per_file"] == {str(a): 30, str(b): 5} and m["duplicates_total"] == 35
+    assert m["duplicates_per_category"] == {"general": 35} and m["valid_per_category"]["general"] == 50
+    assert r.records == 1000
+    assert m["distinct_per_category"]["general"] + r.heldout_records == 15
+    assert sidecar_path(r.path).is_file()
+    assert json.loads(sidecar_path(r.path).read_text())["metadata"]["duplicates_total"] == 35
+    # The first occurrence is the one kept: a.jsonl's first spelling, line 1 + 4 i.
+    firsts = {(x["source"]["file"], x["source"]["line"]) for x in lines(r.path)
+              + lines(r.heldout_path)}
+    assert firsts == {(str(a), 1 + 4 * i) for i in range(10)} | {(str(b), 6 + i) for i in range(5)}
+    off = build_mix(one_category(tmp_path, 10, dedup=False), "sft", tmp_path / "off")
+    assert off.metadata["valid_per_category"]["general"] == 50
+    assert "duplicates_total" not in off.metadata
+
+
+def test_no_heldout_record_has_a_twin_in_training(tmp_path):
+    from minillm_core.data.dedup import content_key
+
+    jsonl(tmp_path / "src/general/a.jsonl", [r for i in range(40) for r in spellings(i)])
+    for output in ("sft", "pretrain"):
+        r = build_mix(one_category(tmp_path, 20, outputs=(output,), heldout_fraction=0.3),
+                      output, tmp_path / output)
+        key = "conversations" if output == "sft" else "text"
+        held = {content_key({key: x[key]}) for x in lines(r.heldout_path)}
+        train = {content_key({key: x[key]}) for x in lines(r.path)}
+        assert len(held) == r.heldout_records >= 6 and not held & train
+
+
+def test_duplicates_across_categories_kept_in_the_first(tmp_path):
+    jsonl(tmp_path / "src/general/a.jsonl", [chat(i) for i in range(6)])
+    jsonl(tmp_path / "src/math/m.jsonl", [chat(i) for i in range(3, 9)])
+    cats = {n: CategoryConfig(sources=[f"{n}/*.jsonl"], target=100, outputs=["sft"])
+            for n in ("general", "math")}
+    r = build_mix(MixConfig(sources_dir=tmp_path / "src", samples_dir=tmp_path / "none",
+                            categories=cats), "sft", tmp_path / "out")
+    assert r.metadata["duplicates_per_category"] == {"general": 0, "math": 3}
+    where = {(x["conversations"][0]["content"], Path(x["source"]["file"]).name)
+             for x in lines(r.path) + lines(r.heldout_path)}
+    assert where == {(f"问题{i}", "a.jsonl" if i < 6 else "m.jsonl") for i in range(9)}
+
+
+def test_check_reports_a_heldout_twin(tmp_path):
+    jsonl(tmp_path / "src/general/a.jsonl", [r for i in range(10) for r in spellings(i)])
+    r = build_mix(one_category(tmp_path, 8, heldout_min=2), "sft", tmp_path / "out")
+    assert check_mix(r.path, "sft") == []
+    twin = lines(r.heldout_path)[0]
+    twin["conversations"][0]["content"] = " " + twin["conversations"][0]["content"] + "  "
+    twin["source"] = {"file": "other.jsonl", "line": 1, "category": "general"}
+    with open(r.path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(twin, ensure_ascii=False) + "\n")
+    assert f"{r.path}:9: same content as a record in sft_chinese_heldout.jsonl (a held-out twin)" \
+        in check_mix(r.path, "sft")

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minillm_core import readers
-from minillm_core.readers import MixError, NotApplicable, RecordError, Sniff
+from minillm_core.data import formats as schemas
+from minillm_core.data import readers
+from minillm_core.data.readers import MixError, NotApplicable, RecordError, Sniff
 
 DATASET = Path(__file__).resolve().parents[1] / "dataset"
 
@@ -56,11 +57,11 @@ def test_shipped_sample_detected_and_valid(name):
     names = {"name": "小白", "author": "测试团队"}
     for line, value in got:
         assert not isinstance(value, RecordError), f"{name}:{line}: {value}"
-        value = readers.fill_placeholders(value, names)
-        fmt = readers.detect_format(value)
+        value = schemas.fill_placeholders(value, names)
+        fmt = schemas.detect_format(value)
         seen.add(fmt)
         out = "dpo" if fmt.startswith("dpo") else "pretrain" if fmt == "text" else "sft"
-        fields = readers.convert(value, fmt, out)
+        fields = schemas.convert(value, fmt, out)
         assert fields and all(fields.values())
     assert seen == formats
 
@@ -207,7 +208,7 @@ def test_stream_parser_matches_json_loads(tmp_path_factory, values, chunk, prett
 # ------------------------------------------------------------------------------- schemas
 
 def conv(value, out="sft", fmt=None):
-    return readers.convert(value, fmt or readers.detect_format(value), out)
+    return schemas.convert(value, fmt or schemas.detect_format(value), out)
 
 
 def kind_of(value, out="sft", fmt=None) -> str:
@@ -315,9 +316,15 @@ def test_placeholders_filled_or_refused():
     names = {"name": "小白", "author": "某团队"}
     rec = [{"role": "user", "content": "你是谁？"},
            {"role": "assistant", "content": "我是{{name}}，由{{ author }}开发。"}]
-    assert readers.fill_placeholders(rec, names)[1]["content"] == "我是小白，由某团队开发。"
+    assert schemas.fill_placeholders(rec, names)[1]["content"] == "我是小白，由某团队开发。"
     with pytest.raises(RecordError, match=r"\{\{version\}\}"):
-        readers.fill_placeholders({"output": "版本{{version}}"}, names)
+        schemas.fill_placeholders({"output": "版本{{version}}"}, names)
+    # Single braces, as many published persona files write them, are filled the same way.
+    rec = {"output": "我是{name}，由{ author }开发，不是{{name}}的{x"}
+    assert schemas.fill_placeholders(rec, names) == {"output": "我是小白，由某团队开发，不是小白的{x"}
+    with pytest.raises(RecordError, match=r"\{version\} has no value") as exc:
+        schemas.fill_placeholders([{"content": "版本{version}"}], names)
+    assert exc.value.kind == "unfilled placeholder"
 
 
 def test_corrupt_first_line_still_json_lines(tmp_path):
@@ -330,3 +337,46 @@ def test_corrupt_first_line_still_json_lines(tmp_path):
     stream = write(tmp_path, "s.json", '{\n  "messages": [\n    {"role": "user", "content": "a"}\n'
                                        '  ]\n}\n')
     assert readers.sniff(stream, "s").container == "json_stream"
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_refused(tmp_path, constant):
+    with pytest.raises(RecordError) as exc:
+        readers.parse_jsonl_line('{"text": "a", "score": %s}' % constant)
+    assert exc.value.kind == "invalid JSON" and constant in exc.value.detail
+    with pytest.raises(RecordError):  # one of several values on a line
+        readers.parse_jsonl_line('{"text": "a"} {"text": "b", "w": [%s]}' % constant)
+    # In a JSON array the element is refused and the elements after it still read.
+    p = tmp_path / "a.json"
+    p.write_text('[\n{"text": "a", "w": %s},\n{"text": "b"}\n]\n' % constant, encoding="utf-8")
+    (l1, bad), (l2, good) = items(p)
+    assert (l1, l2) == (2, 3) and good == {"text": "b"}
+    assert isinstance(bad, RecordError) and bad.kind == "invalid JSON"
+    with pytest.raises(ValueError):
+        readers.strict_loads(constant)
+
+
+def test_json_error_names_the_column_once():
+    with pytest.raises(RecordError) as exc:
+        readers.parse_jsonl_line('{"text": "未闭合')
+    assert exc.value.detail == "Unterminated string starting at column 10"
+    with pytest.raises(RecordError) as exc:
+        readers.parse_jsonl_line('{"text": }')
+    assert exc.value.detail == "Expecting value at column 10"
+
+
+def test_metamath_layout_prefers_the_chinese_fields():
+    rec = {"question": "Natalia sold clips to 48 friends.", "answer": "48/2 = 24\n#### 72",
+           "question_zh": "娜塔莉亚卖给了48个朋友发夹。", "answer_zh": "48/2 = <<48/2=24>>24\n#### 72",
+           "answer_only": "72", "split": "train"}
+    assert schemas.detect_format(rec) == "math"
+    msgs = conv(rec)["conversations"]
+    assert [m["content"] for m in msgs] == ["娜塔莉亚卖给了48个朋友发夹。", "48/2 = 24\n答案：72"]
+    only_zh = {"question_zh": "一加一等于几？", "answer_zh": "2"}
+    assert schemas.detect_format(only_zh) == "math"
+    assert [m["content"] for m in conv(only_zh)["conversations"]] == ["一加一等于几？", "2"]
+    # An empty Chinese field falls back to the English one.
+    english = {**rec, "question_zh": " ", "answer_zh": None}
+    assert [m["content"] for m in conv(english)["conversations"]] == [
+        "Natalia sold clips to 48 friends.", "48/2 = 24\n答案：72"]
+    assert kind_of({"question_zh": "问题", "answer_zh": "#### "}) == "empty content"

@@ -10,8 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minillm_core import bpe_reference as ref
+from minillm_cli import tokenizer as tokenizer_cli
 from minillm_core import tokenizer as tk
+from minillm_core.tokenizer import reference as ref
+from minillm_core.tokenizer import trainers
 from minillm_core.config import ConfigError
 from minillm_core.tokenizer import (
     SPECIAL_TOKENS, TRICKY_TEXT, Tokenizer, TokenizerConfig, TokenizerError, check_tokenizer,
@@ -126,7 +128,7 @@ def test_vocab_size_too_small_is_refused():
 
 def test_python_fallback_logs_one_line_and_matches_rust(mixes, tmp_path, monkeypatch):
     cfg = TokenizerConfig(vocab_size=350, trainer="auto")
-    monkeypatch.setattr(tk, "rust_module", lambda: None)
+    monkeypatch.setattr(trainers, "rust_module", lambda: None)
     logs: list[str] = []
     py = train_tokenizer(cfg, mixes, tmp_path / "py", logs.append)
     assert [line for line in logs if "not built" in line] == [
@@ -294,7 +296,15 @@ def test_render_for_completion(trained):
 
 def test_command_trains_and_checks(mixes, tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = tk.main(["--data_path", str(mixes[0]), "--out_dir", str(out), "--vocab_size", "300"])
+    rc = tokenizer_cli.main(["--data_path", str(mixes[0]), "--out_dir", str(out), "--vocab_size", "300"])
     assert rc == 0
     assert json.loads(capsys.readouterr().out)["vocab_size"] == 300
-    assert tk.main(["--data_path", str(mixes[0]), "--out_dir", str(out), "--vocab-size", "10"]) == 2
+    assert tokenizer_cli.main(["--data_path", str(mixes[0]), "--out_dir", str(out), "--vocab-size", "10"]) == 2
+
+
+def test_nanochat_name_and_error_types():
+    from minillm_core.errors import ArtifactError
+    from minillm_core.tokenizer import RustBPETokenizer
+
+    assert RustBPETokenizer is Tokenizer
+    assert issubclass(TokenizerError, ArtifactError) and issubclass(TokenizerError, RuntimeError)

@@ -20,11 +20,10 @@ merges, so the tests can compare the two merge lists element by element:
 
 Trade-off: the pair counts are recomputed per merge only for the words that contain the merged
 pair (a word's pairs are subtracted, the word is merged, its pairs added back). That keeps the
-code obvious while making the fallback usable: the smoke profile (a few dozen KB, vocab 1024)
-trains in seconds. The best pair is found with a linear `max` over all pairs per merge, which is
-O(pairs x merges): fine for tests and smoke runs (vocab 1024 on 50K characters: 2.4 s), far too
-slow for a real corpus (vocab 3000 on 329K characters of Chinese: 116 s, against 0.13 s for the
-Rust trainer, with identical merges), which is why the Rust trainer exists.
+code obvious while making the fallback usable for the smoke profile and the tests. The best pair
+is found with a linear `max` over all pairs per merge, which is O(pairs x merges): fine for tests
+and smoke runs, far too slow for a real corpus (timings against the Rust trainer, with identical
+merges: docs/tokenizer.md and bench/bench_tokenizer.py), which is why the Rust trainer exists.
 """
 
 from __future__ import annotations

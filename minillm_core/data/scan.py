@@ -1,0 +1,219 @@
+"""Pass 1 of the mix: find a category's files, then read each once, validating every record.
+
+Kept per file (`FileScan`): counts, the first few errors, the content hash, and for JSON Lines a
+sparse list of lines that do not hold exactly one valid record. Nothing per record is kept, so
+memory is O(files + bad lines), not O(records).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from minillm_core.data import formats, readers
+from minillm_core.data.config import CategoryConfig, MixConfig
+from minillm_core.data.dedup import content_key
+from minillm_core.data.readers import MixError, NotApplicable, RecordError, Sniff
+from minillm_core.layout import Layout
+from minillm_core.progress import Progress
+
+EXAMPLES_KEPT = 5  # first `file:line: reason` lines kept per file and overall
+
+
+@dataclass
+class FileScan:
+    path: Path
+    display: str
+    category: str
+    sniff: Sniff
+    fmt: str | None
+    size: int = 0
+    mtime_ns: int = 0
+    sha256: str = ""
+    valid: int = 0
+    not_applicable: int = 0
+    bad: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+    formats: Counter = field(default_factory=Counter)
+    # JSON Lines only: (line, valid records on it) for non-blank lines with other than one, in
+    # file order; lets the write pass skip unchosen lines without parsing them.
+    exc_lines: array = field(default_factory=lambda: array("q"))
+    exc_counts: array = field(default_factory=lambda: array("q"))
+    samples: list[dict] = field(default_factory=list)
+    # With dedup on: the content key of each valid record, in order (8 bytes each), and how
+    # many of them repeat an earlier record (set by `dedup.distinct_ordinals`).
+    keys: array = field(default_factory=lambda: array("Q"))
+    duplicates: int = 0
+
+    @property
+    def items(self) -> int:
+        return self.valid + self.not_applicable + sum(self.bad.values())
+
+
+class Converter:
+    """Turns one parsed value of a category into canonical fields for one output."""
+
+    def __init__(self, cfg: MixConfig, category: str, output: str, check_only: bool = False):
+        c = cfg.categories[category]
+        # The dedup key needs every record's fields, so nothing is skipped when it is on.
+        self.dedup = cfg.dedup
+        self.output, self.category = output, category
+        self.check_only = check_only and not cfg.dedup
+        self.names = {"name": cfg.model_name, "author": cfg.model_author} \
+            if c.fill_placeholders else None
+
+    def __call__(self, value: Any, fmt: str | None) -> tuple[str, Any, dict]:
+        if self.names is not None:
+            value = formats.fill_placeholders(value, self.names)
+        fmt = fmt or formats.detect_format(value)
+        return fmt, value, formats.convert(value, fmt, self.output, self.check_only)
+
+
+def resolve_files(cfg: MixConfig, category: str) -> tuple[list[tuple[Path, str, Path]], bool]:
+    """[(path, display name, root)] of a category, sorted; and whether shipped samples are used."""
+    c = cfg.categories[category]
+    lay = Layout.at(sources_dir=str(cfg.sources_dir), samples_dir=str(cfg.samples_dir))
+    for root, is_sample in ((lay.sources, False), (lay.samples, True)):
+        if is_sample and not cfg.allow_samples:
+            break
+        found: dict[Path, None] = {}
+        if root.is_dir():
+            for pattern in c.sources:
+                for p in root.glob(pattern):
+                    rel = p.relative_to(root)
+                    # Editors' and our own temporaries, READMEs: never data.
+                    if p.is_file() and not any(part.startswith(".") for part in rel.parts) \
+                            and not p.name.lower().startswith("readme"):
+                        found[p] = None
+        if found:
+            files = sorted(found, key=lambda p: str(p.relative_to(root)))
+            return [(p, str(p), root) for p in files], is_sample
+    where = f"under {lay.sources}" + (f" nor under {lay.samples} (shipped samples)"
+                                      if cfg.allow_samples else "")
+    raise MixError(f"category {category!r}: no files match {', '.join(c.sources)} {where}",
+                   field=f"categories.{category}.sources")
+
+
+def _override(c: CategoryConfig, root: Path, path: Path) -> tuple[str | None, str | None]:
+    rel = str(path.relative_to(root))
+    container, fmt = None, c.format
+    for pattern, ov in c.overrides.items():
+        if fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(path.name, pattern):
+            container = ov.container or container
+            fmt = ov.format or fmt
+    return container, fmt
+
+
+def count_item(fs: FileScan, conv: Converter, line: int, value: Any,
+                keep_samples: int = 0) -> bool:
+    """Validate one item into `fs`'s counters; True when it is a usable record for the output."""
+    if isinstance(value, RecordError):
+        _bad(fs, line, value)
+        return False
+    try:
+        fmt, value, fields = conv(value, fs.fmt)
+    except RecordError as exc:
+        _bad(fs, line, exc)
+        return False
+    except NotApplicable:
+        fs.not_applicable += 1
+        return False
+    fs.formats[fmt] += 1
+    fs.valid += 1
+    if conv.dedup:
+        fs.keys.append(content_key(fields))
+    if len(fs.samples) < keep_samples:
+        fs.samples.append(canonical_record(fields, value, fs.display, line, fs.category))
+    return True
+
+
+def _bad(fs: FileScan, line: int, exc: RecordError) -> None:
+    fs.bad[exc.kind] += 1
+    if len(fs.examples) < EXAMPLES_KEPT:
+        fs.examples.append(f"{fs.display}:{line}: {exc}")
+
+
+def _scan_jsonl(fs: FileScan, conv: Converter, h: Any, progress: Progress | None,
+                keep_samples: int) -> None:
+    """The JSON Lines scan: the hot loop of the whole stage, kept flat and free of per-line
+    allocations beyond the parse itself (see bench/bench_mix.py)."""
+    pending = 0
+    update, decode, parse = h.update, readers.decode_line, readers.parse_jsonl_line
+    with open(fs.path, "rb") as f:
+        for line_no, raw in enumerate(readers.read_lines(f, fs.display), 1):
+            update(raw)
+            pending += len(raw)
+            if pending >= 1 << 20 and progress is not None:
+                progress.update(pending)
+                pending = 0
+            if raw.isspace():
+                continue
+            try:
+                values = parse(decode(raw, line_no, False))
+            except RecordError as exc:
+                _bad(fs, line_no, exc)
+                fs.exc_lines.append(line_no)
+                fs.exc_counts.append(0)
+                continue
+            n = 0
+            for v in values:
+                n += count_item(fs, conv, line_no, v, keep_samples)
+            if n != 1:
+                fs.exc_lines.append(line_no)
+                fs.exc_counts.append(n)
+    if progress is not None:
+        progress.update(pending)
+
+
+def scan_file(path: Path, display: str, root: Path, cfg: MixConfig, category: str, output: str,
+              progress: Progress | None = None, keep_samples: int = 0) -> FileScan:
+    """Pass 1 over one file: counts, errors, formats, hash (module docstring, step 1)."""
+    c = cfg.categories[category]
+    container, fmt = _override(c, root, path)
+    st = path.stat()
+    fs = FileScan(path, display, category, readers.sniff(path, display, container), fmt,
+                  size=st.st_size, mtime_ns=st.st_mtime_ns)
+    # Fields are only needed here for the samples shown; counting only validates.
+    conv = Converter(cfg, category, output, check_only=not keep_samples)
+    h = hashlib.sha256()
+    if fs.sniff.container == "jsonl":
+        _scan_jsonl(fs, conv, h, progress, keep_samples)
+    else:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        for line, value in readers.iter_items(path, display, fs.sniff):
+            count_item(fs, conv, line, value, keep_samples)
+        if progress is not None:
+            progress.update(fs.size)
+    fs.sha256 = h.hexdigest()
+    bad = sum(fs.bad.values())
+    if bad and bad > cfg.max_bad_fraction * fs.items:
+        reasons = ", ".join(f"{k}: {v}" for k, v in fs.bad.most_common())
+        raise MixError(f"{bad} of {fs.items} records are bad "
+                       f"({bad / fs.items:.0%} > max_bad_fraction {cfg.max_bad_fraction:.0%}; "
+                       f"{reasons}); first: " + "; ".join(fs.examples), file=display)
+    return fs
+
+
+def canonical_record(fields: dict, value: Any, display: str, line: int, category: str) -> dict:
+    """The output record: canonical fields, `source`, then the original fields (module docstring
+    of `minillm_core.data.mix`)."""
+    rec = dict(fields)
+    rec["source"] = {"file": display, "line": line, "category": category}
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k in rec or k == "source":
+                if rec.get(k) != v:
+                    rec[f"original_{k}"] = v
+            elif k in ("messages", "conversations") and "conversations" in fields \
+                    and v == fields["conversations"]:
+                continue  # the same messages under the other name: no need to keep twice
+            else:
+                rec[k] = v
+    return rec
