@@ -7,7 +7,9 @@ import io
 import torch
 from torch import nn
 
-from minillm_core import chat
+from minillm_cli import chat
+from minillm_core import inference
+from minillm_core.inference import SamplingParams
 from minillm_core.tokenizer import Tokenizer
 
 
@@ -66,7 +68,7 @@ def test_clear_starts_a_new_conversation():
 
 def test_streamer_holds_back_half_characters():
     tok = byte_tokenizer()
-    s = chat.TextStreamer(tok)
+    s = inference.TextStreamer(tok)
     pieces = [s.push(b) for b in "a你".encode("utf-8")]
     assert pieces == ["a", "", "", "你"]
     assert s.flush() == ""
@@ -85,10 +87,11 @@ def test_sampling_is_seeded_and_top_k_limits_choices():
     draws = []
     for _ in range(2):
         g = torch.Generator().manual_seed(7)
-        draws.append([chat.sample_next(logits, 1.0, 2, g) for _ in range(30)])
+        params = SamplingParams(temperature=1.0, top_k=2)
+        draws.append([inference.sample(logits, params, g) for _ in range(30)])
     assert draws[0] == draws[1]
     assert set(draws[0]) <= {3, 4}
-    assert chat.sample_next(logits, 0.0, None, None) == 4
+    assert inference.sample(logits, SamplingParams(temperature=0.0)) == 4
 
 
 def test_one_shot_prompt_prints_only_the_answer():
@@ -123,10 +126,11 @@ def test_command_reads_piped_input(tmp_path, monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("assistant: ") and lines[1] == "(conversation cleared)"
     assert lines[2].startswith("assistant: ") and len(lines) == 3
-    # Greedy through the KV-cached model.stream gives what the full-forward loop gives.
+    # Greedy through the KV cache gives what the full-forward loop gives.
     ids = tok.render_for_completion([{"role": "user", "content": "你是谁？"}])
     stops = [tok.encode_special("<|assistant_end|>"), tok.get_bos_token_id()]
-    cached = list(chat.stream_tokens(model, ids, max_new_tokens=6, stop_ids=stops))
+    greedy = SamplingParams(stop_ids=stops)
+    cached = list(inference.generate(model, ids, 6, greedy))
 
     class NoCache(torch.nn.Module):
         def __init__(self, m):
@@ -136,8 +140,7 @@ def test_command_reads_piped_input(tmp_path, monkeypatch, capsys):
         def forward(self, x):
             return self.m(x)
 
-    assert cached == list(chat.stream_tokens(NoCache(model), ids, max_new_tokens=6,
-                                             stop_ids=stops))
+    assert cached == list(inference.generate(NoCache(model), ids, 6, greedy))
     assert lines[2] == "assistant: " + tok.decode(cached)
 
 

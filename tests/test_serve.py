@@ -21,9 +21,10 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from minillm_core import serve  # noqa: E402
+from minillm_cli import serve, serve_engine  # noqa: E402
+from minillm_cli.serve import Engine, ServeConfig, create_app, load_engine  # noqa: E402
 from minillm_core.checkpoint import load_checkpoint  # noqa: E402
-from minillm_core.serve import Engine, ServeConfig, create_app, load_engine  # noqa: E402
+from minillm_core.inference import SamplingParams, complete  # noqa: E402
 from minillm_core.tokenizer import Tokenizer  # noqa: E402
 from tests.test_hf_export import Smoke, smoke_artifacts  # noqa: E402
 
@@ -76,7 +77,8 @@ def sse_events(response) -> list[str]:
 def native_greedy(smoke: Smoke, messages, n: int) -> tuple[str, list[int], str]:
     model, _ = load_checkpoint(smoke.varied)
     stops = [smoke.tok.encode_special("<|assistant_end|>"), smoke.tok.bos_token_id]
-    ids = model.generate(smoke.tok.render_for_completion(messages), n, stop_ids=stops)
+    ids = complete(model, smoke.tok.render_for_completion(messages), n,
+                   SamplingParams(stop_ids=tuple(stops)))
     finish = "stop" if ids and ids[-1] in stops else "length"
     text_ids = ids[:-1] if finish == "stop" else ids
     return smoke.tok.decode(text_ids), ids, finish
@@ -233,17 +235,33 @@ def test_api_key(engine: Engine):
 
 # ---------------------------------------------------------------------------------- concurrency
 
-class Held(torch.nn.Module):
-    """Wraps a model; every generation waits for `release` before its first token."""
+class Wrapped(torch.nn.Module):
+    """A model seen through `step`, called before each of its forward passes (one per token)."""
 
     def __init__(self, model):
         super().__init__()
         self.inner, self.config = model, model.config
+
+    def new_cache(self, batch: int, max_len: int):
+        return self.inner.new_cache(batch, max_len)
+
+    def step(self, cache) -> None:
+        pass
+
+    def forward(self, ids, cache=None):
+        self.step(cache)
+        return self.inner(ids, cache)
+
+
+class Held(Wrapped):
+    """Wraps a model; every generation waits for `release` before its first token."""
+
+    def __init__(self, model):
+        super().__init__(model)
         self.release = threading.Event()
 
-    def stream(self, *args, **kw):
+    def step(self, cache) -> None:
         assert self.release.wait(30)
-        yield from self.inner.stream(*args, **kw)
 
 
 def _health(u: str) -> dict:
@@ -278,19 +296,16 @@ def test_concurrency_is_bounded_and_slots_come_back(smoke: Smoke, engine: Engine
         assert _health(u)["running"] == 0 and _post(u, OK).status_code == 200
 
 
-class Slow(torch.nn.Module):
+class Slow(Wrapped):
     """Wraps a model; each token takes `delay` seconds. Counts the tokens it produced."""
 
     def __init__(self, model, delay: float):
-        super().__init__()
-        self.inner, self.config, self.delay = model, model.config, delay
-        self.produced = 0
+        super().__init__(model)
+        self.delay, self.produced = delay, 0
 
-    def stream(self, *args, **kw):
-        for tok in self.inner.stream(*args, **kw):
-            time.sleep(self.delay)
-            self.produced += 1
-            yield tok
+    def step(self, cache) -> None:
+        time.sleep(self.delay)
+        self.produced += 1
 
 
 def test_a_client_leaving_mid_stream_stops_generation_and_frees_its_slot(engine: Engine):
@@ -311,16 +326,11 @@ def test_a_client_leaving_mid_stream_stops_generation_and_frees_its_slot(engine:
         assert _post(u, OK).status_code == 200
 
 
-class Broken(torch.nn.Module):
+class Broken(Wrapped):
     """Wraps a model; fails after its first token (a device error in the middle of an answer)."""
 
-    def __init__(self, model):
-        super().__init__()
-        self.inner, self.config = model, model.config
-
-    def stream(self, *args, **kw):
-        for tok in self.inner.stream(*args, **kw):
-            yield tok
+    def step(self, cache) -> None:
+        if cache.length > 0:  # past the prompt: the first token is out
             raise RuntimeError("device lost")
 
 
@@ -341,16 +351,18 @@ def test_a_failing_generation_is_a_500_and_frees_its_slot(engine: Engine):
 # ---------------------------------------------------------------------- text release and stops
 
 class Script(torch.nn.Module):
-    """A model whose `stream` yields fixed tokens (then the end token)."""
+    """A model whose greedy output is fixed tokens after a one-token prompt (then the end token)."""
 
     def __init__(self, tok: Tokenizer, reply: bytes, max_position_embeddings: int = 512):
         super().__init__()
         self.tokens = list(reply) + [tok.encode_special("<|assistant_end|>")]
+        self.vocab = tok.get_vocab_size()
         self.config = type("C", (), {"max_position_embeddings": max_position_embeddings})()
 
-    def stream(self, ids, max_new_tokens, **kw):
-        for t in self.tokens[:max_new_tokens]:
-            yield torch.tensor([t])
+    def forward(self, ids):
+        logits = torch.zeros(*ids.shape, self.vocab)
+        logits[0, -1, self.tokens[ids.shape[1] - 1]] = 10.0
+        return logits
 
 
 def _byte_engine(reply: str) -> Engine:
@@ -359,7 +371,7 @@ def _byte_engine(reply: str) -> Engine:
 
 
 def _run(eng: Engine, n: int = 100, stops=()) -> tuple[list[str], str, int]:
-    events = list(eng.events([0], n, temperature=0, top_k=None, seed=None, stops=stops))
+    events = list(eng.events([0], n, SamplingParams(), stops=stops))
     return [e[1] for e in events[:-1]], events[-1][1], events[-1][2]
 
 
@@ -381,10 +393,10 @@ def test_stop_strings_cut_the_answer_and_are_never_sent():
 
 
 def test_release_rule():
-    assert serve._release("abc", ["cd"], final=False) == ("ab", "c", False)
-    assert serve._release("abc", ["cd"], final=True) == ("abc", "", False)
-    assert serve._release("xcdy", ["cd", "y"], final=False) == ("x", "", True)
-    assert serve._release("abc", [], final=False) == ("abc", "", False)
+    assert serve_engine._release("abc", ["cd"], final=False) == ("ab", "c", False)
+    assert serve_engine._release("abc", ["cd"], final=True) == ("abc", "", False)
+    assert serve_engine._release("xcdy", ["cd", "y"], final=False) == ("x", "", True)
+    assert serve_engine._release("abc", [], final=False) == ("abc", "", False)
 
 
 # -------------------------------------------------------------------------------------- command
