@@ -1,4 +1,4 @@
-"""`minillm export-hf`: export a checkpoint as a HuggingFace Llama folder (see minillm_core.export)."""
+"""`minillm export-hf`: export a checkpoint as a HuggingFace Llama folder (minillm_core.export)."""
 
 from __future__ import annotations
 

@@ -26,8 +26,8 @@ Choices and trade-offs:
   BadRequestError); a body over `max_body_bytes` is 413. Features the model does not have
   (`n` > 1, `top_p` < 1, penalties, logprobs, tools) are refused with 400 rather than ignored.
 - Sampling defaults are `minillm chat`'s (temperature 0.6, top-k 50); `temperature: 0` is greedy
-  and equals `minillm_core.inference.complete`. `seed` makes a sample reproducible. `top_k` is accepted as an
-  extension (as vLLM does).
+  and equals `minillm_core.inference.complete`. `seed` makes a sample reproducible. `top_k` is
+  accepted as an extension (as vLLM does).
 - 127.0.0.1 by default; `--api-key` (or `MINILLM_API_KEY`) requires `Authorization: Bearer ...`
   before binding to another interface.
 """
@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -136,7 +136,7 @@ class ChatRequest(BaseModel):
     @classmethod
     def _unsupported(cls, v: float | bool | None, info: ValidationInfo) -> float | bool | None:
         if v:  # accepted only at their neutral value (0, False, null)
-            what = "penalties are" if info.field_name.endswith("penalty") else "logprobs are"
+            what = "penalties are" if str(info.field_name).endswith("penalty") else "logprobs are"
             raise ValueError(f"{what} not supported ({info.field_name} must be 0, false or null)")
         return v
 
@@ -174,11 +174,13 @@ class Completion:
     prompt: list[int]
     max_new: int
     params: SamplingParams
+    stops: list[str]
     id: str
     created: int
 
-    def events(self, engine: Engine, cancel: threading.Event) -> Iterator[tuple[str, Any]]:
-        return engine.events(self.prompt, self.max_new, self.params, stops=self.req.stop,
+    def events(self, engine: Engine, cancel: threading.Event
+               ) -> Generator[tuple[Any, ...], None, None]:
+        return engine.events(self.prompt, self.max_new, self.params, stops=self.stops,
                              cancel=cancel)
 
 
@@ -322,7 +324,7 @@ async def _prepare(engine: Engine, cfg: ServeConfig, req: ChatRequest) -> Comple
         top_k=top_k if top_k else None, seed=req.seed, stop_ids=tuple(engine.stop_ids))
     return Completion(req=req, prompt=prompt,
                       max_new=asked if asked is not None else min(cfg.default_max_tokens, room),
-                      params=params, id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
+                      params=params, stops=list(req.stop or []), id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
                       created=int(time.time()))
 
 
@@ -364,7 +366,8 @@ def _chunk(engine: Engine, job: Completion, delta: dict[str, Any], finish: Optio
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
-async def _sse(engine: Engine, job: Completion, cancel: threading.Event) -> AsyncIterator[str]:
+async def _sse(engine: Engine, job: Completion, cancel: threading.Event
+               ) -> AsyncIterator[str]:
     """The answer as server-sent `chat.completion.chunk`s, ending with `data: [DONE]`."""
     from starlette.concurrency import run_in_threadpool
 
@@ -410,7 +413,7 @@ def _gated_stream(content: Any, release: Any) -> Any:
             finally:
                 with anyio.CancelScope(shield=True):
                     try:
-                        await self.body_iterator.aclose()
+                        await self.body_iterator.aclose()  # type: ignore[attr-defined]
                     except RuntimeError:
                         pass  # still running: its own finally closes it
                 release()

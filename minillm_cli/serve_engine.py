@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import torch
@@ -43,10 +43,11 @@ class Engine:
         self.created = created if created is not None else int(time.time())
         self.fingerprint = fingerprint
         self.stop_ids = stop_ids(tokenizer)
-        if hasattr(model, "_rope_for"):
+        rope_for = getattr(model, "_rope_for", None)
+        if callable(rope_for):
             # Build the RoPE tables for the whole context once, before any request: concurrent
             # generations then only read them.
-            model._rope_for(0, self.max_context, next(model.parameters()).device)
+            rope_for(0, self.max_context, next(model.parameters()).device)
 
     def prompt_ids(self, messages: Sequence[dict[str, Any]]) -> list[int]:
         try:
@@ -56,7 +57,7 @@ class Engine:
 
     def events(self, prompt: list[int], max_new_tokens: int, params: SamplingParams, *,
                stops: Sequence[str] = (), cancel: threading.Event | None = None
-               ) -> Iterator[tuple[str, Any]]:
+               ) -> Generator[tuple[Any, ...], None, None]:
         """Yield ("text", piece) as text becomes final, then ("done", finish_reason, n_tokens).
 
         finish_reason: "stop" (end token or a stop string), "length" (max_new_tokens reached).

@@ -21,14 +21,17 @@ Chat, evaluation, the server and the export's check all turn logits into tokens 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from minillm_core.errors import ConfigError, TokenizerMismatchError
+
+if TYPE_CHECKING:
+    from minillm_core.model import MiniLLM
 
 # ------------------------------------------------------------------------ device, dtype, autocast
 
@@ -220,7 +223,7 @@ class _Stepper:
 @torch.inference_mode()
 def generate_rows(model: torch.nn.Module, prompts: torch.Tensor | Sequence[int],
                   max_new_tokens: int, params: SamplingParams | None = None
-                  ) -> Iterator[torch.Tensor]:
+                  ) -> Generator[torch.Tensor, None, None]:
     """Yield the next token of every row ([B] long tensor) until every row stopped.
 
     `prompts` is one prompt (ints or a 1-D tensor) or a batch [B, T] of equal-length prompts.
@@ -261,7 +264,7 @@ def generate_rows(model: torch.nn.Module, prompts: torch.Tensor | Sequence[int],
 
 def generate(model: torch.nn.Module, ids: Sequence[int], max_new_tokens: int,
              params: SamplingParams | None = None, *, max_context: int | None = None,
-             include_stop: bool = False) -> Iterator[int]:
+             include_stop: bool = False) -> Generator[int, None, None]:
     """Stream the new token ids of one prompt, token by token.
 
     With `max_context`, the prompt keeps its last `max_context - 1` tokens and prompt + output
@@ -321,7 +324,8 @@ class TextStreamer:
     sequence) is held back until the next token completes it."""
 
     def __init__(self, tokenizer: Any):
-        self.tokenizer, self.ids, self.printed = tokenizer, [], 0
+        self.tokenizer, self.printed = tokenizer, 0
+        self.ids: list[int] = []
 
     def push(self, tok: int) -> str:
         self.ids.append(tok)
@@ -365,7 +369,7 @@ def check_tokenizer(meta: dict[str, Any], tokenizer: Any, checkpoint: Any) -> No
 
 
 def load_model(checkpoint: Path | str, tokenizer_dir: Path | str, device: torch.device
-               ) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+               ) -> tuple[MiniLLM, Any, dict[str, Any]]:
     """A checkpoint in eval mode, its tokenizer and its metadata; refuses a tokenizer other than
     the one it was trained with (MissingArtifactError for a missing folder)."""
     from minillm_core.artifacts import require

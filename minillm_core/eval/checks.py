@@ -53,13 +53,13 @@ def check_eval(report_or_metrics: EvalReport | Mapping[str, float],
         lo, hi = VALID_RANGES.get(key, (-math.inf, math.inf))
         if not lo <= value <= hi:
             problems.append(f"{key}: {value:.6g} outside its valid range [{lo}, {hi}]")
-    for key, (lo, hi) in (thresholds or {}).items():
+    for key, (low, high) in (thresholds or {}).items():
         if key not in metrics:
-            problems.append(f"{key}: missing (threshold {lo}..{hi})")
+            problems.append(f"{key}: missing (threshold {low}..{high})")
             continue
         value = metrics[key]
-        if lo is not None and not value >= lo:
-            problems.append(f"{key}: {value:.6g} below the threshold {lo}")
-        if hi is not None and not value <= hi:
-            problems.append(f"{key}: {value:.6g} above the threshold {hi}")
+        if low is not None and not value >= low:
+            problems.append(f"{key}: {value:.6g} below the threshold {low}")
+        if high is not None and not value <= high:
+            problems.append(f"{key}: {value:.6g} above the threshold {high}")
     return problems

@@ -17,6 +17,8 @@ from minillm_core.schema import Stage
 
 DEFAULT_PROMPTS = ["你是谁？", "谁开发了你？", "请用一句话介绍一下北京。", "1加1等于几？",
                    "写一句关于春天的诗。"]
+DEFAULT_IDENTITY_PROBES: dict[str, Literal["name", "author"]] = {"你是谁？": "name",
+                                                                 "谁开发了你？": "author"}
 DEFAULT_CONTINUATIONS = ["中国的首都是", "今天天气很好，我们", "人工智能是"]
 # Names a small Chinese chat model tends to copy from its data when it "claims to be another
 # assistant"; a probe answer naming one of these (and not the configured name) is flagged.
@@ -62,7 +64,7 @@ class EvalConfig(CoreConfig):
     prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS),
                                description="Fixed chat prompts answered greedily (sft, dpo).")
     identity_probes: dict[str, Literal["name", "author"]] = Field(
-        default_factory=lambda: {"你是谁？": "name", "谁开发了你？": "author"},
+        default_factory=lambda: dict(DEFAULT_IDENTITY_PROBES),
         description="Prompt -> which configured value its answer must contain.")
     foreign_identities: list[str] = Field(
         default_factory=lambda: list(DEFAULT_FOREIGN_IDENTITIES),

@@ -10,12 +10,12 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from minillm_core.export.tokenizer_files import ExportError
-from minillm_core.inference import SamplingParams, complete, stop_ids
+from minillm_core.inference import SamplingParams, generate, stop_ids
 from minillm_core.model import MiniLLM
 from minillm_core.tokenizer import HELDOUT_EN, HELDOUT_ZH, TRICKY_TEXT, Tokenizer
 
@@ -63,7 +63,7 @@ def _check_texts(tok: Tokenizer) -> list[str]:
 
 def _check_tokenizer(hf_tok: Any, tok: Tokenizer, out: dict[str, Any]) -> None:
     texts = _check_texts(tok)
-    ours = tok.encode(texts)
+    ours = cast(list[list[int]], tok.encode(texts))
     theirs = hf_tok(texts, add_special_tokens=False)["input_ids"]
     bad = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
     out["tokenizer_texts_checked"] = len(texts)
@@ -112,8 +112,8 @@ def _check_greedy(hf: Any, model: MiniLLM, tok: Tokenizer, prompt: list[int], at
     """Greedy generation, with the same stop ids on both sides."""
     stops = stop_ids(tok)
     budget = max(0, min(new_tokens, model.config.max_position_embeddings - len(prompt)))
-    native_ids = complete(model, prompt, budget, SamplingParams(stop_ids=tuple(stops)))
-    assert isinstance(native_ids, list)
+    native_ids = list(generate(model, prompt, budget, SamplingParams(stop_ids=tuple(stops)),
+                               include_stop=True))
     with torch.inference_mode():
         hf_out = hf.generate(torch.tensor([prompt]), max_new_tokens=budget, do_sample=False,
                              eos_token_id=stops, pad_token_id=tok.bos_token_id,
