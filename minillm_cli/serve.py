@@ -24,8 +24,9 @@ Choices and trade-offs:
   named; an unknown model is 404; a prompt that does not fit the context, or `max_tokens` beyond
   what is left, is 400 `context_length_exceeded` (OpenAI's status, so clients raise their usual
   BadRequestError); a body over `max_body_bytes` is 413. Features the model does not have
-  (`n` > 1, `top_p` < 1, penalties, logprobs, tools) are refused with 400 rather than ignored.
-- Sampling defaults are `minillm chat`'s (temperature 0.6, top-k 50); `temperature: 0` is greedy
+  (`n` > 1, penalties, logprobs, tools) are refused with 400 rather than ignored.
+- Sampling defaults are `minillm chat`'s (temperature 0.6, top-k 50, no nucleus cut); `top_p` is
+  nucleus sampling through the project's one sampler; `temperature: 0` is greedy
   and equals `minillm_core.inference.complete`. `seed` makes a sample reproducible. `top_k` is
   accepted as an extension (as vLLM does).
 - 127.0.0.1 by default; `--api-key` (or `MINILLM_API_KEY`) requires `Authorization: Bearer ...`
@@ -118,13 +119,6 @@ class ChatRequest(BaseModel):
 
     # Accepted at the value that means "off", refused otherwise: silently ignoring them would
     # return something other than what the client asked for.
-    @field_validator("top_p")
-    @classmethod
-    def _top_p(cls, v: float | None) -> float | None:
-        if v is not None and v < 1:
-            raise ValueError("top_p < 1 (nucleus sampling) is not supported; use top_k")
-        return v
-
     @field_validator("n")
     @classmethod
     def _n(cls, v: int) -> int:
@@ -321,7 +315,8 @@ async def _prepare(engine: Engine, cfg: ServeConfig, req: ChatRequest) -> Comple
     top_k = cfg.top_k if req.top_k is None else req.top_k
     params = SamplingParams(
         temperature=cfg.temperature if req.temperature is None else req.temperature,
-        top_k=top_k if top_k else None, seed=req.seed, stop_ids=tuple(engine.stop_ids))
+        top_k=top_k if top_k else None, top_p=1.0 if req.top_p is None else req.top_p,
+        seed=req.seed, stop_ids=tuple(engine.stop_ids))
     return Completion(req=req, prompt=prompt,
                       max_new=asked if asked is not None else min(cfg.default_max_tokens, room),
                       params=params, stops=list(req.stop or []), id=f"chatcmpl-{uuid.uuid4().hex[:24]}",

@@ -143,6 +143,21 @@ def test_seeded_sampling_repeats(url: str):
     assert a["choices"][0]["message"] == b["choices"][0]["message"]
 
 
+def test_top_p_is_nucleus_sampling(smoke: Smoke, url: str):
+    """top_p < 1 is accepted (UIs and LangChain send 0.9), seeded, and a tiny top_p keeps only
+    the likeliest token: the greedy answer, whatever the temperature."""
+    req = {"model": "minillm", "messages": MESSAGES, "max_tokens": 10, "temperature": 1.0,
+           "top_p": 0.9, "seed": 3}
+    a = httpx.post(f"{url}/v1/chat/completions", json=req, timeout=60)
+    b = httpx.post(f"{url}/v1/chat/completions", json=req, timeout=60)
+    assert a.status_code == 200, a.text
+    assert a.json()["choices"][0]["message"] == b.json()["choices"][0]["message"]
+    nucleus = httpx.post(f"{url}/v1/chat/completions", timeout=60,
+                         json={**req, "top_p": 1e-6, "top_k": 0})
+    text, _, _ = native_greedy(smoke, MESSAGES, 10)
+    assert nucleus.json()["choices"][0]["message"]["content"] == text
+
+
 def test_openai_client(smoke: Smoke, url: str):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
@@ -184,7 +199,8 @@ OK = {"model": "minillm", "messages": [{"role": "user", "content": "hi"}], "max_
     ({**OK, "max_tokens": 0}, 400, "max_tokens"),
     ({**OK, "max_tokens": "many"}, 400, "max_tokens"),
     ({**OK, "temperature": 3}, 400, "temperature"),
-    ({**OK, "top_p": 0.5}, 400, "top_k"),
+    ({**OK, "top_p": 0}, 400, "top_p"),
+    ({**OK, "top_p": 1.5}, 400, "top_p"),
     ({**OK, "n": 2}, 400, "n=1"),
     ({**OK, "presence_penalty": 0.5}, 400, "penalties"),
     ({**OK, "logprobs": True}, 400, "logprobs"),
