@@ -49,7 +49,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from minillm_cli.common import add_model_arguments, model_paths
 from minillm_cli.serve_engine import APIError, Engine, Gate
@@ -83,23 +84,37 @@ class ServeConfig(CoreConfig):
     api_key: str | None = Field(None, description="require `Authorization: Bearer <key>`")
 
 
-class ChatMessage(BaseModel):
+class _Strict(BaseModel):
+    """Unknown fields are refused by name, but `null` means "not given" for every field, known
+    or not, as in OpenAI's API: clients send optional fields as null (`n`, `tools`,
+    `response_format`, `logit_bias`, `stop`, ...), and a message dumped by the SDK
+    (`message.model_dump()`) carries `refusal`, `audio`, `function_call` and `tool_calls` as
+    nulls."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_absent(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+
+class ChatMessage(_Strict):
     role: str
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None  # accepted (OpenAI clients send it); the model has no use for it
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(_Strict):
     """The subset of OpenAI's chat-completions request this model can honour; other fields are
     refused by name (OpenAI does the same with unrecognized arguments)."""
 
-    model_config = ConfigDict(extra="forbid")
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)

@@ -229,6 +229,35 @@ def test_defaults_and_openai_spellings_are_accepted(url: str):
     assert r.json()["usage"]["completion_tokens"] <= 3
 
 
+def test_nulls_mean_not_given(url: str):
+    """Optional fields sent as null, as clients and the SDK's own dumps send them."""
+    body = {**OK, "n": None, "tools": None, "tool_choice": None, "response_format": None,
+            "logit_bias": None, "stop": None, "stream": None, "stream_options": None,
+            "temperature": None, "top_p": None, "seed": None, "presence_penalty": None,
+            "frequency_penalty": None, "logprobs": None, "top_logprobs": None, "user": None,
+            "max_tokens": None, "max_completion_tokens": 2}
+    r = _post(url, body)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] <= 2
+    assert _post(url, {**OK, "tools": [{"type": "function"}]}).status_code == 400  # not null
+
+
+def test_sdk_dumped_messages_are_accepted(url: str):
+    openai = pytest.importorskip("openai")
+    from openai.types.chat import ChatCompletionMessage
+
+    dumped = ChatCompletionMessage(role="assistant", content="你好！").model_dump()
+    assert {"refusal", "audio", "function_call", "tool_calls"} <= dumped.keys()
+    messages = [{"role": "user", "content": "hi"}, dumped, {"role": "user", "content": "再见"}]
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    out = client.chat.completions.create(model="minillm", messages=messages, max_tokens=2,
+                                         temperature=0)
+    assert out.choices[0].message.role == "assistant"
+    again = out.choices[0].message.model_dump()  # the SDK's own answer, sent back as history
+    r = _post(url, {**OK, "messages": [*messages, again, {"role": "user", "content": "x"}]})
+    assert r.status_code == 200, r.text
+
+
 def test_context_errors_name_the_openai_code(url: str):
     r = _post(url, {**OK, "max_tokens": 10_000})
     assert r.json()["error"]["code"] == "context_length_exceeded"
