@@ -57,7 +57,8 @@ from minillm_cli.serve_engine import APIError, Engine, Gate
 from minillm_core.artifacts import require
 from minillm_core.config import CoreConfig
 from minillm_core.errors import ArtifactError, ConfigError
-from minillm_core.inference import SamplingParams, load_model, resolve_device, resolve_dtype
+from minillm_core.inference import (SEED_MAX, SEED_MIN, SamplingParams, load_model, resolve_device,
+                                    resolve_dtype)
 from minillm_core.tokenizer import TokenizerError
 
 
@@ -122,7 +123,7 @@ class ChatRequest(_Strict):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -73,6 +73,10 @@ def model_context(model: Any) -> int | None:
 # ---------------------------------------------------------------------------------- the sampler
 
 
+# What torch.Generator.manual_seed takes (a negative seed wraps around 2**64).
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How the next token is chosen; every default is the neutral value (greedy, no filter)."""
@@ -99,6 +103,8 @@ class SamplingParams:
             problems.append(f"min_p {self.min_p} must be in [0, 1]")
         if not self.repetition_penalty > 0:
             problems.append(f"repetition_penalty {self.repetition_penalty} must be > 0")
+        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
+            problems.append(f"seed {self.seed} is outside [{SEED_MIN}, {SEED_MAX}]")
         if problems:
             raise ConfigError("invalid sampling: " + "; ".join(problems))
         object.__setattr__(self, "stop_ids", tuple(int(s) for s in self.stop_ids))

@@ -67,7 +67,8 @@ def test_seeded_sampling_repeats_and_bad_settings_are_refused():
     assert [int(a.sample(logits)[0]) for _ in range(20)] == [int(b.sample(logits)[0])
                                                               for _ in range(20)]
     for bad in ({"top_p": 0.0}, {"top_p": 1.5}, {"min_p": -0.1}, {"temperature": -1.0},
-                {"repetition_penalty": 0.0}, {"top_k": -1}):
+                {"repetition_penalty": 0.0}, {"top_k": -1}, {"seed": 2**64},
+                {"seed": -(2**63) - 1}):
         with pytest.raises(ConfigError):
             SamplingParams(**bad)
 

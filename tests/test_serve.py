@@ -141,6 +141,9 @@ def test_seeded_sampling_repeats(url: str):
     a = httpx.post(f"{url}/v1/chat/completions", json=req, timeout=60).json()
     b = httpx.post(f"{url}/v1/chat/completions", json=req, timeout=60).json()
     assert a["choices"][0]["message"] == b["choices"][0]["message"]
+    for seed in (2**64 - 1, -(2**63)):  # the ends of the range the generator takes
+        r = httpx.post(f"{url}/v1/chat/completions", json={**req, "seed": seed}, timeout=60)
+        assert r.status_code == 200, r.text
 
 
 def test_top_p_is_nucleus_sampling(smoke: Smoke, url: str):
@@ -200,6 +203,8 @@ OK = {"model": "minillm", "messages": [{"role": "user", "content": "hi"}], "max_
     ({**OK, "max_tokens": "many"}, 400, "max_tokens"),
     ({**OK, "temperature": 3}, 400, "temperature"),
     ({**OK, "top_p": 0}, 400, "top_p"),
+    ({**OK, "seed": 2**70}, 400, "seed"),
+    ({**OK, "seed": -(2**63) - 1}, 400, "seed"),
     ({**OK, "top_p": 1.5}, 400, "top_p"),
     ({**OK, "n": 2}, 400, "n=1"),
     ({**OK, "presence_penalty": 0.5}, 400, "penalties"),
