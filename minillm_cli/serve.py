@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -510,10 +511,32 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         print(f"minillm serve: WARNING: listening on {cfg.host} without --api-key: anyone who can "
               "reach this port can use the model", file=sys.stderr)
+    try:
+        sock = bind(cfg.host, cfg.port)
+    except OSError as exc:
+        print(f"minillm serve: cannot listen on {cfg.host}:{cfg.port}: {exc}", file=sys.stderr)
+        return 2
+    # The bound port, not the asked one: with --port 0 the system picks it.
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
     print(f"minillm serve: model {engine.model_id!r}, context {engine.max_context} tokens, "
-          f"http://{cfg.host}:{cfg.port}/v1", file=sys.stderr)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
+          f"http://{shown}:{port}/v1", file=sys.stderr, flush=True)
+    with sock:
+        uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
     return 0
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to `host:port` (port 0 = any free one); uvicorn listens on it."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 if __name__ == "__main__":

@@ -479,6 +479,35 @@ def test_serve_command_end_to_end(smoke: Smoke):
         proc.wait(15)
 
 
+def test_port_0_prints_the_port_it_bound(smoke: Smoke):
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "serve.py"), "--checkpoint", str(smoke.checkpoint),
+         "--tokenizer", str(smoke.tokenizer_dir), "--port", "0", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        for line in proc.stdout:
+            if line.startswith("minillm serve: model"):
+                break
+        else:
+            pytest.fail(f"no start line; exit code {proc.wait()}")
+        url = line.split()[-1]
+        assert url.startswith("http://127.0.0.1:") and not url.startswith("http://127.0.0.1:0/")
+        base = url.removesuffix("/v1")
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{base}/health").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        _wait(up, "the server did not come up on the printed port", timeout=60)
+        assert httpx.get(f"{url}/models").json()["data"][0]["id"] == "minillm"
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
 def test_command_refuses_a_missing_checkpoint(tmp_path: Path, capsys):
     assert serve.main(["--checkpoint", str(tmp_path / "nope"), "--tokenizer", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
