@@ -182,6 +182,20 @@ def test_config_maps_every_shape_field(smoke: Smoke, exported: Path):
     assert theta == c.rope_theta
 
 
+def test_exported_context_is_the_trained_context(smoke: Smoke, tmp_path: Path):
+    """config.json's max_position_embeddings is the context the model trained at (its config's
+    one sequence length), not a larger default; the tokenizer's model_max_length follows it."""
+    torch.manual_seed(0)
+    model = MiniLLM(ModelConfig(vocab_size=smoke.tok.get_vocab_size(), max_position_embeddings=96,
+                                **SMOKE_SHAPE))
+    save_checkpoint(tmp_path / "ckpt", model, {"stage": "sft", "step": 1,
+                                               "tokenizer_hash": smoke.tok.hash})
+    export_hf(tmp_path / "ckpt", smoke.tokenizer_dir, tmp_path / "hf", ExportConfig(verify="never"))
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    tok_config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    assert config["max_position_embeddings"] == 96 == tok_config["model_max_length"]
+
+
 def test_untied_model_exports_its_head(smoke: Smoke, tmp_path: Path):
     torch.manual_seed(1)
     model = MiniLLM(ModelConfig(vocab_size=smoke.tok.get_vocab_size(), tie_word_embeddings=False,
