@@ -24,9 +24,10 @@ Choices and trade-offs:
   named; an unknown model is 404; a prompt that does not fit the context, or `max_tokens` beyond
   what is left, is 400 `context_length_exceeded` (OpenAI's status, so clients raise their usual
   BadRequestError); a body over `max_body_bytes` is 413. Features the model does not have
-  (`n` > 1, penalties, logprobs, tools) are refused with 400 rather than ignored.
-- Sampling defaults are `minillm chat`'s (temperature 0.6, top-k 50, no nucleus cut); `top_p` is
-  nucleus sampling through the project's one sampler; `temperature: 0` is greedy
+  (`n` > 1, logprobs, tools) are refused with 400 rather than ignored.
+- Sampling defaults are `minillm chat`'s (temperature 0.6, top-k 50, no nucleus cut); `top_p`,
+  `presence_penalty`, `frequency_penalty` (and the extensions `min_p`, `repetition_penalty`) go to
+  the project's one sampler; `temperature: 0` is greedy
   and equals `minillm_core.inference.complete`. `seed` makes a sample reproducible. `top_k` is
   accepted as an extension (as vLLM does).
 - 127.0.0.1 by default; `--api-key` (or `MINILLM_API_KEY`) requires `Authorization: Bearer ...`
@@ -50,8 +51,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from minillm_cli.common import add_model_arguments, model_paths
 from minillm_cli.serve_engine import APIError, Engine, Gate
@@ -129,8 +129,11 @@ class ChatRequest(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    # Extensions, as vLLM accepts them.
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0, le=10)
     logprobs: bool | None = None
     user: str | None = None
 
@@ -143,12 +146,11 @@ class ChatRequest(_Strict):
             raise ValueError("only n=1 is supported (one choice per request)")
         return v
 
-    @field_validator("presence_penalty", "frequency_penalty", "logprobs")
+    @field_validator("logprobs")
     @classmethod
-    def _unsupported(cls, v: float | bool | None, info: ValidationInfo) -> float | bool | None:
-        if v:  # accepted only at their neutral value (0, False, null)
-            what = "penalties are" if str(info.field_name).endswith("penalty") else "logprobs are"
-            raise ValueError(f"{what} not supported ({info.field_name} must be 0, false or null)")
+    def _no_logprobs(cls, v: bool | None) -> bool | None:
+        if v:  # accepted only at its neutral value (false, null)
+            raise ValueError("logprobs are not supported (logprobs must be false or null)")
         return v
 
     @field_validator("stop")
@@ -333,7 +335,10 @@ async def _prepare(engine: Engine, cfg: ServeConfig, req: ChatRequest) -> Comple
     params = SamplingParams(
         temperature=cfg.temperature if req.temperature is None else req.temperature,
         top_k=top_k if top_k else None, top_p=1.0 if req.top_p is None else req.top_p,
-        seed=req.seed, stop_ids=tuple(engine.stop_ids))
+        min_p=req.min_p or 0.0, repetition_penalty=req.repetition_penalty or 1.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0, seed=req.seed,
+        stop_ids=tuple(engine.stop_ids))
     return Completion(req=req, prompt=prompt,
                       max_new=asked if asked is not None else min(cfg.default_max_tokens, room),
                       params=params, stops=list(req.stop or []), id=f"chatcmpl-{uuid.uuid4().hex[:24]}",

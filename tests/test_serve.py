@@ -161,6 +161,24 @@ def test_top_p_is_nucleus_sampling(smoke: Smoke, url: str):
     assert nucleus.json()["choices"][0]["message"]["content"] == text
 
 
+def test_penalties_go_to_the_one_sampler(smoke: Smoke, url: str):
+    """Greedy with penalties over HTTP gives what `complete` gives with the same settings (a
+    negative presence penalty favours repeats, so the answer differs from plain greedy)."""
+    body = {"model": "minillm", "messages": MESSAGES, "max_tokens": 12, "temperature": 0,
+            "presence_penalty": -2, "frequency_penalty": 0.5, "repetition_penalty": 1.3}
+    r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    model, _ = load_checkpoint(smoke.varied)
+    stops = (smoke.tok.encode_special("<|assistant_end|>"), smoke.tok.bos_token_id)
+    params = SamplingParams(presence_penalty=-2, frequency_penalty=0.5, repetition_penalty=1.3,
+                            stop_ids=stops)
+    ids = complete(model, smoke.tok.render_for_completion(MESSAGES), 12, params)
+    assert isinstance(ids, list)
+    want = smoke.tok.decode([i for i in ids if i not in stops])
+    assert r.json()["choices"][0]["message"]["content"] == want
+    assert want != native_greedy(smoke, MESSAGES, 12)[0]  # the penalties changed the answer
+
+
 def test_openai_client(smoke: Smoke, url: str):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
@@ -207,7 +225,8 @@ OK = {"model": "minillm", "messages": [{"role": "user", "content": "hi"}], "max_
     ({**OK, "seed": -(2**63) - 1}, 400, "seed"),
     ({**OK, "top_p": 1.5}, 400, "top_p"),
     ({**OK, "n": 2}, 400, "n=1"),
-    ({**OK, "presence_penalty": 0.5}, 400, "penalties"),
+    ({**OK, "presence_penalty": 2.5}, 400, "presence_penalty"),
+    ({**OK, "repetition_penalty": 0}, 400, "repetition_penalty"),
     ({**OK, "logprobs": True}, 400, "logprobs"),
     ({**OK, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ({**OK, "frobnicate": True}, 400, "unrecognized request argument: frobnicate"),
