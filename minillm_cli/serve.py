@@ -7,9 +7,11 @@ OpenAI's `chat.completion.chunk` format ending with `data: [DONE]`), `GET /v1/mo
 
 Generation is the project's own: the conversation is rendered with `render_for_completion` (what
 SFT trained on) and decoded with `minillm_core.inference.generate`, the KV-cached loop and the one
-sampler `minillm chat` and the evaluation use; text
-is released to the client only up to the last whole character (a byte-level token can be half a
-Chinese character) and, with `stop` strings, only once it cannot be the start of one.
+sampler `minillm chat` and the evaluation use; text is released to the client only up to the
+last whole character (a byte-level token can be half a Chinese character) and, with `stop`
+strings, only once it cannot be the start of one. Control tokens (`<|python_start|>`,
+`<|output_start|>`, ...) count as completion tokens but never reach `content`; generation stops
+on any end-of-turn token (`<|assistant_end|>`, `<|bos|>`).
 
 Choices and trade-offs:
 

@@ -43,6 +43,9 @@ class Engine:
         self.created = created if created is not None else int(time.time())
         self.fingerprint = fingerprint
         self.stop_ids = stop_ids(tokenizer)
+        # Control tokens (<|output_start|>, <|python_start|>, ...) are markup, never content.
+        specials = getattr(tokenizer, "special_tokens", {})
+        self.control_ids = set(specials.values()) - set(self.stop_ids)
         rope_for = getattr(model, "_rope_for", None)
         if callable(rope_for):
             # Build the RoPE tables for the whole context once, before any request: concurrent
@@ -73,6 +76,8 @@ class Engine:
                 if tok in params.stop_ids:
                     finish = "stop"
                     break
+                if tok in self.control_ids:
+                    continue
                 held += streamer.push(tok)
                 text, held, stopped_by_string = _release(held, stops, final=False)
                 if text:

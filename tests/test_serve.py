@@ -451,6 +451,15 @@ def test_pieces_are_whole_characters():
     assert "".join(pieces) == "a\ufffd" and finish == "length" and n == 3
 
 
+def test_control_tokens_never_reach_the_content():
+    tok = Tokenizer({bytes([b]): b for b in range(256)})
+    start, end = tok.encode_special("<|python_start|>"), tok.encode_special("<|python_end|>")
+    script = Script(tok, b"")
+    script.tokens = [*b"a", start, *b"b", end, *b"c", tok.encode_special("<|assistant_end|>")]
+    pieces, finish, n = _run(Engine(script, tok, max_context=512))
+    assert "".join(pieces) == "abc" and finish == "stop" and n == 6  # counted, not shown
+
+
 def test_stop_strings_cut_the_answer_and_are_never_sent():
     pieces, finish, _ = _run(_byte_engine("hello world, bye"), stops=["o w"])
     assert "".join(pieces) == "hell" and finish == "stop"
