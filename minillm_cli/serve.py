@@ -105,10 +105,24 @@ class _Strict(BaseModel):
         return data
 
 
+# Content parts the model cannot read: refused, not silently dropped from the prompt.
+NON_TEXT_PARTS = frozenset({"image_url", "input_image", "image", "input_audio", "audio", "file",
+                            "input_file", "video_url"})
+
+
 class ChatMessage(_Strict):
     role: str
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None  # accepted (OpenAI clients send it); the model has no use for it
+
+    @field_validator("content")
+    @classmethod
+    def _text_only(cls, v: str | list[dict[str, Any]] | None) -> Any:
+        for part in v if isinstance(v, list) else []:
+            if part.get("type") in NON_TEXT_PARTS:
+                raise ValueError(f"this model reads text only; a {part['type']!r} content part "
+                                 "cannot be used")
+        return v
 
 
 class StreamOptions(_Strict):

@@ -230,6 +230,10 @@ OK = {"model": "minillm", "messages": [{"role": "user", "content": "hi"}], "max_
     ({**OK, "logprobs": True}, 400, "logprobs"),
     ({**OK, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ({**OK, "frobnicate": True}, 400, "unrecognized request argument: frobnicate"),
+    ({**OK, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "这是什么？"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
+     400, "reads text only"),
     ({**OK, "model": "gpt-4o"}, 404, "does not exist"),
     ({**OK, "max_tokens": 10_000}, 400, "maximum context length is 128"),
     ({**OK, "messages": [{"role": "user", "content": "长" * 300}]}, 400, "maximum context length"),
