@@ -19,9 +19,9 @@ Choices and trade-offs:
   one device; on a CPU a second generation only splits the same cores) and at most `max_queue`
   more wait; beyond that a request gets 429 at once instead of piling up. Generation runs in
   worker threads, so the event loop keeps answering `/v1/models`, `/health` and 429s meanwhile.
-- A streaming request whose client disconnects stops generating at the next token (the stream is
-  closed and its slot released). A non-streaming request runs to its `max_tokens` (bounded by the
-  context) even if the client has gone: HTTP gives no disconnect signal before the answer.
+- A request whose client disconnects stops generating at the next token and frees its slot:
+  a stream is closed when the send fails; a non-streaming request polls for the disconnect every
+  `DISCONNECT_POLL_S` while it generates.
 - Validation follows OpenAI: malformed JSON or fields, and unknown fields, are 400 with the field
   named; an unknown model is 404; a prompt that does not fit the context, or `max_tokens` beyond
   what is left, is 400 `context_length_exceeded` (OpenAI's status, so clients raise their usual
@@ -39,6 +39,7 @@ Choices and trade-offs:
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at runtime,
 # and `Request` is imported inside the route builders (fastapi is an optional extra).
 import argparse
+import asyncio
 import json
 import os
 import secrets
@@ -104,6 +105,9 @@ class _Strict(BaseModel):
             return {k: v for k, v in data.items() if v is not None}
         return data
 
+
+# How often a non-streaming request checks whether its client is still there.
+DISCONNECT_POLL_S = 0.1
 
 # Content parts the model cannot read: refused, not silently dropped from the prompt.
 NON_TEXT_PARTS = frozenset({"image_url", "input_image", "image", "input_audio", "audio", "file",
@@ -370,18 +374,26 @@ def _add_chat_route(app: Any, engine: Engine, gate: Gate, cfg: ServeConfig) -> N
         cancel = threading.Event()
         await gate.enter()  # 429 here, before any byte of the answer is sent
         if not job.req.stream:
-            return await _complete(engine, gate, job, cancel)
+            return await _complete(engine, gate, job, cancel, request)
         return _gated_stream(_sse(engine, job, cancel), gate.leave)
 
 
-async def _complete(engine: Engine, gate: Gate, job: Completion,
-                    cancel: threading.Event) -> dict[str, Any]:
-    """The whole answer as one `chat.completion`."""
+async def _complete(engine: Engine, gate: Gate, job: Completion, cancel: threading.Event,
+                    request: Any) -> dict[str, Any]:
+    """The whole answer as one `chat.completion`. A client that goes away meanwhile stops the
+    generation within a decode step (checked every DISCONNECT_POLL_S) and frees the slot."""
     from starlette.concurrency import run_in_threadpool
 
+    work = asyncio.ensure_future(run_in_threadpool(lambda: list(job.events(engine, cancel))))
     try:
-        events = await run_in_threadpool(lambda: list(job.events(engine, cancel)))
+        while not (await asyncio.wait({work}, timeout=DISCONNECT_POLL_S))[0]:
+            if await request.is_disconnected():
+                cancel.set()
+        events = work.result()
     finally:
+        cancel.set()
+        if not work.done():  # this handler was cancelled: the thread still stops at `cancel`
+            await asyncio.shield(asyncio.wait({work}))
         gate.leave()
     text = "".join(e[1] for e in events if e[0] == "text")
     _, finish, n = events[-1]

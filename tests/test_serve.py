@@ -399,6 +399,20 @@ def test_a_client_leaving_mid_stream_stops_generation_and_frees_its_slot(engine:
         assert _post(u, OK).status_code == 200
 
 
+def test_a_client_leaving_a_non_streaming_request_stops_generation(engine: Engine):
+    slow = Slow(engine.model, 0.05)  # 100 tokens would take 5 s
+    eng = Engine(slow, engine.tokenizer, max_context=engine.max_context)
+    with running(create_app(eng, ServeConfig(max_concurrency=1, max_queue=0))) as u:
+        t0 = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and hangs up
+            httpx.post(f"{u}/v1/chat/completions", timeout=0.5,
+                       json={**OK, "max_tokens": 100, "temperature": 0})
+        _wait(lambda: _health(u)["running"] == 0, "the slot was not released")
+        assert time.monotonic() - t0 < 3.0
+        assert slow.produced < 40, slow.produced  # generation stopped soon after the hang-up
+        assert _post(u, OK).status_code == 200
+
+
 class Broken(Wrapped):
     """Wraps a model; fails after its first token (a device error in the middle of an answer)."""
 
