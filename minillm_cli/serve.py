@@ -48,21 +48,21 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Generator, Sequence
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError
 
 from minillm_cli.common import add_model_arguments, model_paths
 from minillm_cli.serve_engine import APIError, Engine, Gate
+from minillm_cli.serve_request import ChatRequest, validation_message
 from minillm_core.artifacts import require
 from minillm_core.config import CoreConfig
 from minillm_core.errors import ArtifactError, ConfigError
-from minillm_core.inference import (SEED_MAX, SEED_MIN, SamplingParams, load_model, resolve_device,
-                                    resolve_dtype)
+from minillm_core.inference import SamplingParams, load_model, resolve_device, resolve_dtype
 from minillm_core.tokenizer import TokenizerError
 
 
@@ -89,113 +89,8 @@ class ServeConfig(CoreConfig):
     api_key: str | None = Field(None, description="require `Authorization: Bearer <key>`")
 
 
-class _Strict(BaseModel):
-    """Unknown fields are refused by name, but `null` means "not given" for every field, known
-    or not, as in OpenAI's API: clients send optional fields as null (`n`, `tools`,
-    `response_format`, `logit_bias`, `stop`, ...), and a message dumped by the SDK
-    (`message.model_dump()`) carries `refusal`, `audio`, `function_call` and `tool_calls` as
-    nulls."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _nulls_are_absent(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None}
-        return data
-
-
 # How often a non-streaming request checks whether its client is still there.
 DISCONNECT_POLL_S = 0.1
-
-# Content parts the model cannot read: refused, not silently dropped from the prompt.
-NON_TEXT_PARTS = frozenset({"image_url", "input_image", "image", "input_audio", "audio", "file",
-                            "input_file", "video_url"})
-
-
-class ChatMessage(_Strict):
-    role: str
-    content: str | list[dict[str, Any]] | None = None
-    name: str | None = None  # accepted (OpenAI clients send it); the model has no use for it
-
-    @field_validator("content")
-    @classmethod
-    def _text_only(cls, v: str | list[dict[str, Any]] | None) -> Any:
-        for part in v if isinstance(v, list) else []:
-            if part.get("type") in NON_TEXT_PARTS:
-                raise ValueError(f"this model reads text only; a {part['type']!r} content part "
-                                 "cannot be used")
-        return v
-
-
-class StreamOptions(_Strict):
-    include_usage: bool = False
-
-
-class ChatRequest(_Strict):
-    """The subset of OpenAI's chat-completions request this model can honour; other fields are
-    refused by name (OpenAI does the same with unrecognized arguments)."""
-
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
-    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
-    stop: str | list[str] | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    n: int = 1
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    # Extensions, as vLLM accepts them.
-    min_p: float | None = Field(None, ge=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0, le=10)
-    logprobs: bool | None = None
-    user: str | None = None
-
-    # Accepted at the value that means "off", refused otherwise: silently ignoring them would
-    # return something other than what the client asked for.
-    @field_validator("n")
-    @classmethod
-    def _n(cls, v: int) -> int:
-        if v != 1:
-            raise ValueError("only n=1 is supported (one choice per request)")
-        return v
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, v: bool | None) -> bool | None:
-        if v:  # accepted only at its neutral value (false, null)
-            raise ValueError("logprobs are not supported (logprobs must be false or null)")
-        return v
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, v: str | list[str] | None) -> list[str]:
-        stops = [v] if isinstance(v, str) else list(v or [])
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences")
-        if any(not s for s in stops):
-            raise ValueError("stop sequences must be non-empty")
-        return stops
-
-
-def _validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
-    """One line naming every bad field (OpenAI-style `param` = the first), from pydantic errors."""
-    parts, first = [], None
-    for err in errors:
-        loc = ".".join(str(p) for p in err["loc"])
-        first = first or loc
-        if err["type"] == "extra_forbidden":
-            parts.append(f"unrecognized request argument: {loc}")
-        else:
-            parts.append(f"{loc or 'body'}: {err['msg']}")
-    return "; ".join(parts), first
-
 
 # ------------------------------------------------------------------------------------------ app
 
@@ -253,7 +148,7 @@ def _add_error_handlers(app: Any) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError):
-        message, param = _validation_message(exc.errors())
+        message, param = validation_message(exc.errors())
         return JSONResponse(APIError(400, message, param=param).body(), status_code=400)
 
     @app.exception_handler(Exception)
@@ -325,7 +220,7 @@ async def _read_request(request: Any, max_body_bytes: int) -> ChatRequest:
     try:
         return ChatRequest.model_validate(obj)
     except ValidationError as exc:
-        message, param = _validation_message(exc.errors())
+        message, param = validation_message(exc.errors())
         raise APIError(400, message, param=param) from None
 
 
