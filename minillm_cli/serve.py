@@ -26,7 +26,8 @@ Choices and trade-offs:
   named; an unknown model is 404; a prompt that does not fit the context, or `max_tokens` beyond
   what is left, is 400 `context_length_exceeded` (OpenAI's status, so clients raise their usual
   BadRequestError); a body over `max_body_bytes` is 413. Features the model does not have
-  (`n` > 1, logprobs, tools) are refused with 400 rather than ignored.
+  (logprobs, tools) are refused with 400 rather than ignored. `n` choices (up to 8) are generated
+  one after another in the request's slot.
 - Sampling defaults are `minillm chat`'s (temperature 0.6, top-k 50, no nucleus cut); `top_p`,
   `presence_penalty`, `frequency_penalty` (and the extensions `min_p`, `repetition_penalty`) go to
   the project's one sampler; `temperature: 0` is greedy
@@ -40,6 +41,7 @@ Choices and trade-offs:
 # and `Request` is imported inside the route builders (fastapi is an optional extra).
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -62,7 +64,8 @@ from minillm_cli.serve_request import ChatRequest, validation_message
 from minillm_core.artifacts import require
 from minillm_core.config import CoreConfig
 from minillm_core.errors import ArtifactError, ConfigError
-from minillm_core.inference import SamplingParams, load_model, resolve_device, resolve_dtype
+from minillm_core.inference import (SEED_MAX, SamplingParams, load_model, resolve_device,
+                                    resolve_dtype)
 from minillm_core.tokenizer import TokenizerError
 
 
@@ -108,8 +111,18 @@ class Completion:
 
     def events(self, engine: Engine, cancel: threading.Event
                ) -> Generator[tuple[Any, ...], None, None]:
-        return engine.events(self.prompt, self.max_new, self.params, stops=self.stops,
-                             cancel=cancel)
+        """(choice index, *event) for each of the `n` choices in turn; with a seed, choice i
+        samples with seed + i (reproducible, and the choices differ)."""
+        for i in range(self.req.n):
+            seed = self.params.seed
+            if seed is not None:
+                seed = seed + i if seed + i <= SEED_MAX else seed - i
+            params = dataclasses.replace(self.params, seed=seed)
+            for event in engine.events(self.prompt, self.max_new, params, stops=self.stops,
+                                       cancel=cancel):
+                yield (i, *event)
+            if cancel.is_set():
+                return
 
 
 def create_app(engine: Engine, cfg: Optional[ServeConfig] = None):
@@ -290,19 +303,25 @@ async def _complete(engine: Engine, gate: Gate, job: Completion, cancel: threadi
         if not work.done():  # this handler was cancelled: the thread still stops at `cancel`
             await asyncio.shield(asyncio.wait({work}))
         gate.leave()
-    text = "".join(e[1] for e in events if e[0] == "text")
-    _, finish, n = events[-1]
+    choices = []
+    for i in range(job.req.n):
+        mine = [e[1:] for e in events if e[0] == i]
+        _, finish, count = mine[-1]
+        choices.append({"index": i, "logprobs": None, "finish_reason": finish, "tokens": count,
+                        "message": {"role": "assistant",
+                                    "content": "".join(e[1] for e in mine if e[0] == "text")}})
+    tokens = sum(c.pop("tokens") for c in choices)
     return {"id": job.id, "object": "chat.completion", "created": job.created,
             "model": engine.model_id, "system_fingerprint": engine.fingerprint,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": None, "finish_reason": finish}],
-            "usage": _usage(len(job.prompt), n)}
+            "choices": choices, "usage": _usage(len(job.prompt), tokens)}
 
 
-def _chunk(engine: Engine, job: Completion, delta: dict[str, Any], finish: Optional[str]) -> str:
+def _chunk(engine: Engine, job: Completion, index: int, delta: dict[str, Any],
+           finish: Optional[str]) -> str:
     body = {"id": job.id, "object": "chat.completion.chunk", "created": job.created,
             "model": engine.model_id, "system_fingerprint": engine.fingerprint,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            "choices": [{"index": index, "delta": delta, "logprobs": None,
+                         "finish_reason": finish}]}
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
@@ -312,22 +331,27 @@ async def _sse(engine: Engine, job: Completion, cancel: threading.Event
     from starlette.concurrency import run_in_threadpool
 
     it = job.events(engine, cancel)
+    started, tokens = 0, 0
     try:
-        yield _chunk(engine, job, {"role": "assistant", "content": ""}, None)
+        yield _chunk(engine, job, 0, {"role": "assistant", "content": ""}, None)
         while True:
             event = await run_in_threadpool(next, it, None)
             if event is None:
                 break
-            if event[0] == "text":
-                yield _chunk(engine, job, {"content": event[1]}, None)
+            index, kind, *rest = event
+            if index > started:  # each choice opens with the role
+                started = index
+                yield _chunk(engine, job, index, {"role": "assistant", "content": ""}, None)
+            if kind == "text":
+                yield _chunk(engine, job, index, {"content": rest[0]}, None)
                 continue
-            _, finish, n = event
-            yield _chunk(engine, job, {}, finish)
-            if job.req.stream_options and job.req.stream_options.include_usage:
-                usage = {"id": job.id, "object": "chat.completion.chunk", "created": job.created,
-                         "model": engine.model_id, "choices": [],
-                         "usage": _usage(len(job.prompt), n)}
-                yield f"data: {json.dumps(usage)}\n\n"
+            tokens += rest[1]
+            yield _chunk(engine, job, index, {}, rest[0])
+        if job.req.stream_options and job.req.stream_options.include_usage:
+            usage = {"id": job.id, "object": "chat.completion.chunk", "created": job.created,
+                     "model": engine.model_id, "choices": [],
+                     "usage": _usage(len(job.prompt), tokens)}
+            yield f"data: {json.dumps(usage)}\n\n"
         yield "data: [DONE]\n\n"
     except Exception as exc:  # headers are sent: report in-band, as OpenAI does
         err = APIError(500, f"generation failed: {exc}", type="server_error")

@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from minillm_core.inference import SEED_MAX, SEED_MIN
 
+# Choices per request (`n`); they are generated one after another in the request's slot.
+MAX_CHOICES = 8
+
 
 class _Strict(BaseModel):
     """Unknown fields are refused by name, but `null` means "not given" for every field, known
@@ -68,7 +71,7 @@ class ChatRequest(_Strict):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = 1
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     # Extensions, as vLLM accepts them.
@@ -79,13 +82,6 @@ class ChatRequest(_Strict):
 
     # Accepted at the value that means "off", refused otherwise: silently ignoring them would
     # return something other than what the client asked for.
-    @field_validator("n")
-    @classmethod
-    def _n(cls, v: int) -> int:
-        if v != 1:
-            raise ValueError("only n=1 is supported (one choice per request)")
-        return v
-
     @field_validator("logprobs")
     @classmethod
     def _no_logprobs(cls, v: bool | None) -> bool | None:

@@ -179,6 +179,25 @@ def test_penalties_go_to_the_one_sampler(smoke: Smoke, url: str):
     assert want != native_greedy(smoke, MESSAGES, 12)[0]  # the penalties changed the answer
 
 
+def test_n_choices(smoke: Smoke, url: str):
+    greedy = {"model": "minillm", "messages": MESSAGES, "max_tokens": 8, "temperature": 0, "n": 2}
+    body = httpx.post(f"{url}/v1/chat/completions", json=greedy, timeout=60).json()
+    text, ids, _ = native_greedy(smoke, MESSAGES, 8)
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    assert [c["message"]["content"] for c in body["choices"]] == [text, text]
+    assert body["usage"]["completion_tokens"] == 2 * len(ids)
+    sampled = {**greedy, "temperature": 1.0, "seed": 11, "n": 3}
+    a = httpx.post(f"{url}/v1/chat/completions", json=sampled, timeout=60).json()["choices"]
+    b = httpx.post(f"{url}/v1/chat/completions", json=sampled, timeout=60).json()["choices"]
+    assert a == b and len({c["message"]["content"] for c in a}) > 1  # reproducible, distinct
+    with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=60,
+                      json={**sampled, "stream": True}) as r:
+        chunks = [json.loads(e) for e in sse_events(r)[:-1]]
+    streamed = ["".join(c["choices"][0]["delta"].get("content", "") for c in chunks
+                        if c["choices"][0]["index"] == i) for i in range(3)]
+    assert streamed == [c["message"]["content"] for c in a]
+
+
 def test_openai_client(smoke: Smoke, url: str):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
@@ -224,7 +243,8 @@ OK = {"model": "minillm", "messages": [{"role": "user", "content": "hi"}], "max_
     ({**OK, "seed": 2**70}, 400, "seed"),
     ({**OK, "seed": -(2**63) - 1}, 400, "seed"),
     ({**OK, "top_p": 1.5}, 400, "top_p"),
-    ({**OK, "n": 2}, 400, "n=1"),
+    ({**OK, "n": 0}, 400, "n"),
+    ({**OK, "n": 9}, 400, "n"),
     ({**OK, "presence_penalty": 2.5}, 400, "presence_penalty"),
     ({**OK, "repetition_penalty": 0}, 400, "repetition_penalty"),
     ({**OK, "logprobs": True}, 400, "logprobs"),
