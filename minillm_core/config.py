@@ -16,24 +16,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from minillm_core.errors import ConfigError
-from minillm_core.layout import Layout
 
 C = TypeVar("C", bound="CoreConfig")
-
-
-def add_model_arguments(parser: Any) -> None:
-    """`--checkpoint` and `--tokenizer`, shared by the commands that load a trained model."""
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint dir (default out/dpo under the project)")
-    parser.add_argument("--tokenizer", "--tokenizer-dir", "--tokenizer_dir", dest="tokenizer",
-                        type=Path, default=None, help="tokenizer dir (default out/tokenizer)")
-
-
-def model_paths(args: Any) -> tuple[Path, Path]:
-    """The checkpoint and tokenizer dirs those arguments name (the latest DPO model by default)."""
-    layout = Layout.at()
-    return (args.checkpoint or layout.checkpoint_dir("dpo"),
-            args.tokenizer or layout.tokenizer_dir)
 
 
 class CoreConfig(BaseModel):

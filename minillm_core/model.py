@@ -20,15 +20,14 @@ Architecture choices (the seed's, kept in `ModelConfig` rather than scattered de
   `model.layers.N.self_attn.{q,k,v,o}_proj`, `model.layers.N.mlp.{gate,up,down}_proj`,
   `model.layers.N.{input,post_attention}_layernorm`, `model.norm`, `lm_head`), so exporting is a
   config translation plus a file rename.
-- Generation keeps a preallocated KV cache per layer: the prompt is processed once (prefill), then
-  each new token costs one position. Greedy at temperature 0; temperature and top-k sampling use
-  a seeded generator so a sample can be reproduced.
+- A preallocated KV cache per layer (`new_cache`): the prompt is processed once (prefill), then
+  each new token costs one position. Sampling and the generation loop live in
+  `minillm_core.inference`; this file is only the network and its cache.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -275,80 +274,8 @@ class MiniLLM(nn.Module):
             cache.length += input_ids.shape[1]
         return self.lm_head(self.model.norm(x))
 
-    # -----------------------------------------------------------------------------------------
-    # Generation
-    # -----------------------------------------------------------------------------------------
-
-    @torch.inference_mode()
-    def stream(self, ids: Sequence[int] | torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-               top_k: int | None = None, stop_ids: Sequence[int] = (), seed: int | None = None
-               ) -> Iterator[torch.Tensor]:
-        """Yield the next token of each row ([B] long tensor) until every row stopped.
-
-        `ids` is one prompt (list of ints or 1-D tensor) or a batch [B, T] of equal-length prompts.
-        A row that produced a stop id keeps yielding that stop id until the others finish.
-        """
-        prompt = torch.as_tensor(ids, dtype=torch.long, device=self.lm_head.weight.device)
-        if prompt.dim() == 1:
-            prompt = prompt.unsqueeze(0)
-        b, t = prompt.shape
-        if t == 0:
-            raise ValueError("generate needs a non-empty prompt")
-        total = min(t + max_new_tokens, self.config.max_position_embeddings)
-        was_training = self.training
-        self.eval()
-        try:
-            cache = KVCache(self.config, b, total, prompt.device, self.lm_head.weight.dtype)
-            gen = None
-            if temperature > 0:
-                gen = torch.Generator(device=prompt.device)
-                gen.manual_seed(seed if seed is not None else torch.seed())
-            stops = torch.tensor(list(stop_ids), dtype=torch.long, device=prompt.device)
-            done = torch.zeros(b, dtype=torch.bool, device=prompt.device)
-            logits = self(prompt, cache)[:, -1]
-            for _ in range(total - t):
-                nxt = _pick(logits.float(), temperature, top_k, gen)
-                if len(stops):
-                    # Finished rows repeat their stop id, so callers can cut at the first one.
-                    nxt = torch.where(done, stops[0], nxt)
-                    done |= torch.isin(nxt, stops)
-                yield nxt
-                if bool(done.all()) or cache.length >= total:
-                    break
-                logits = self(nxt.unsqueeze(1), cache)[:, -1]
-        finally:
-            self.train(was_training)
-
-    def generate(self, ids: Sequence[int] | torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-                 top_k: int | None = None, stop_ids: Sequence[int] = (), seed: int | None = None
-                 ) -> list[int] | list[list[int]]:
-        """New token ids after the prompt (the stop id included when one was produced).
-
-        One prompt gives a list of ints; a batch [B, T] gives one list per row.
-        """
-        batched = torch.is_tensor(ids) and ids.dim() == 2
-        rows: list[list[int]] | None = None
-        stop_set = set(int(s) for s in stop_ids)
-        finished: list[bool] = []
-        for nxt in self.stream(ids, max_new_tokens, temperature, top_k, stop_ids, seed):
-            if rows is None:
-                rows, finished = [[] for _ in range(nxt.shape[0])], [False] * nxt.shape[0]
-            for r, tok in enumerate(nxt.tolist()):
-                if not finished[r]:
-                    rows[r].append(tok)
-                    finished[r] = tok in stop_set
-        rows = rows or [[]]
-        return rows if batched else rows[0]
-
-
-def _pick(logits: torch.Tensor, temperature: float, top_k: int | None,
-          gen: torch.Generator | None) -> torch.Tensor:
-    """Next token per row from logits [B, V]: argmax at temperature 0, else a seeded sample."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty KV cache for `batch` rows of up to `max_len` positions, on the model's device
+        and in its weights' dtype (what `minillm_core.inference.generate` fills)."""
+        w = self.lm_head.weight
+        return KVCache(self.config, batch, max_len, w.device, w.dtype)

@@ -6,7 +6,7 @@
 
 import sys
 
-from minillm_core.chat import main
+from minillm_cli.chat import main
 
 if __name__ == "__main__":
     sys.exit(main())

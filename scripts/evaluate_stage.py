@@ -7,7 +7,7 @@
 
 import sys
 
-from minillm_core.evaluate import main
+from minillm_cli.eval import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,7 +6,7 @@
 
 import sys
 
-from minillm_core.hf_export import main
+from minillm_cli.export import main
 
 if __name__ == "__main__":
     sys.exit(main())

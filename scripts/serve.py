@@ -6,7 +6,7 @@
 
 import sys
 
-from minillm_core.serve import main
+from minillm_cli.serve import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,7 +7,9 @@ import io
 import torch
 from torch import nn
 
-from minillm_core import chat
+from minillm_cli import chat
+from minillm_core import inference
+from minillm_core.inference import SamplingParams
 from minillm_core.tokenizer import Tokenizer
 
 
@@ -64,9 +66,68 @@ def test_clear_starts_a_new_conversation():
     assert model.contexts[1] == tok.render_for_completion([{"role": "user", "content": "two"}])
 
 
+def test_system_and_reset_commands():
+    tok = byte_tokenizer()
+    model = Script(tok, "ok")
+    out = io.StringIO()
+    conv = chat.chat_loop(model, tok, temperature=0.0, max_new_tokens=8, max_context=512,
+                          stdin=io.StringIO("one\n/system 简短回答\ntwo\n/reset\nthree\n"),
+                          stdout=out)
+    system = {"role": "system", "content": "简短回答"}
+    assert model.contexts[1] == tok.render_for_completion([system, {"role": "user", "content": "two"}])
+    # /reset clears the turns, not the system message
+    assert model.contexts[2] == tok.render_for_completion([system,
+                                                           {"role": "user", "content": "three"}])
+    assert conv == [{"role": "user", "content": "three"}, {"role": "assistant", "content": "ok"}]
+    assert "(system message set; conversation cleared)" in out.getvalue()
+    # The system message stays when old turns are dropped to fit the context.
+    long = [{"role": "user", "content": "x" * 50}, {"role": "assistant", "content": "y" * 50},
+            {"role": "user", "content": "short"}]
+    ids = chat.fit_conversation(tok, long, 40, system="s")
+    assert ids == tok.render_for_completion([{"role": "system", "content": "s"}, long[2]])
+
+
+class Interrupted(Script):
+    """Raises KeyboardInterrupt (Ctrl-C) after `after` tokens of each answer."""
+
+    def __init__(self, tok: Tokenizer, reply: str, after: int):
+        super().__init__(tok, reply)
+        self.after = after
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        k = ids.shape[1] - 1 - max(i for i, t in enumerate(ids[0].tolist()) if t == self.start)
+        if k == self.after:
+            raise KeyboardInterrupt
+        return super().forward(ids)
+
+
+def test_ctrl_c_stops_the_answer_not_the_chat():
+    tok = byte_tokenizer()
+    out = io.StringIO()
+    conv = chat.chat_loop(Interrupted(tok, "hello", after=2), tok, temperature=0.0,
+                          max_new_tokens=8, max_context=512, stdin=io.StringIO("a\nb\n"),
+                          stdout=out)
+    assert out.getvalue() == "assistant: he (stopped)\nassistant: he (stopped)\n"
+    assert [m["content"] for m in conv] == ["a", "he", "b", "he"]
+
+
+def test_ctrl_c_at_the_prompt_leaves_without_a_traceback(tmp_path, monkeypatch, capsys):
+    tok = byte_tokenizer()
+    _checkpoint(tmp_path, tok)
+
+    class CtrlC(io.StringIO):
+        def readline(self, *a):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("sys.stdin", CtrlC())
+    rc = chat.main(["--checkpoint", str(tmp_path / "ckpt"), "--tokenizer", str(tmp_path / "tok"),
+                    "--device", "cpu"])
+    assert rc == 130 and "Traceback" not in capsys.readouterr().err
+
+
 def test_streamer_holds_back_half_characters():
     tok = byte_tokenizer()
-    s = chat.TextStreamer(tok)
+    s = inference.TextStreamer(tok)
     pieces = [s.push(b) for b in "a你".encode("utf-8")]
     assert pieces == ["a", "", "", "你"]
     assert s.flush() == ""
@@ -85,10 +146,11 @@ def test_sampling_is_seeded_and_top_k_limits_choices():
     draws = []
     for _ in range(2):
         g = torch.Generator().manual_seed(7)
-        draws.append([chat.sample_next(logits, 1.0, 2, g) for _ in range(30)])
+        params = SamplingParams(temperature=1.0, top_k=2)
+        draws.append([inference.sample(logits, params, g) for _ in range(30)])
     assert draws[0] == draws[1]
     assert set(draws[0]) <= {3, 4}
-    assert chat.sample_next(logits, 0.0, None, None) == 4
+    assert inference.sample(logits, SamplingParams(temperature=0.0)) == 4
 
 
 def test_one_shot_prompt_prints_only_the_answer():
@@ -123,10 +185,11 @@ def test_command_reads_piped_input(tmp_path, monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("assistant: ") and lines[1] == "(conversation cleared)"
     assert lines[2].startswith("assistant: ") and len(lines) == 3
-    # Greedy through the KV-cached model.stream gives what the full-forward loop gives.
+    # Greedy through the KV cache gives what the full-forward loop gives.
     ids = tok.render_for_completion([{"role": "user", "content": "你是谁？"}])
     stops = [tok.encode_special("<|assistant_end|>"), tok.get_bos_token_id()]
-    cached = list(chat.stream_tokens(model, ids, max_new_tokens=6, stop_ids=stops))
+    greedy = SamplingParams(stop_ids=stops)
+    cached = list(inference.generate(model, ids, 6, greedy))
 
     class NoCache(torch.nn.Module):
         def __init__(self, m):
@@ -136,8 +199,7 @@ def test_command_reads_piped_input(tmp_path, monkeypatch, capsys):
         def forward(self, x):
             return self.m(x)
 
-    assert cached == list(chat.stream_tokens(NoCache(model), ids, max_new_tokens=6,
-                                             stop_ids=stops))
+    assert cached == list(inference.generate(NoCache(model), ids, 6, greedy))
     assert lines[2] == "assistant: " + tok.decode(cached)
 
 
@@ -148,3 +210,82 @@ def test_command_refuses_another_tokenizer(tmp_path, capsys):
     rc = chat.main(["--checkpoint", str(tmp_path / "ckpt"), "--tokenizer", str(tmp_path / "tok"),
                     "-p", "hi", "--device", "cpu"])
     assert rc == 2 and "another tokenizer" in capsys.readouterr().err
+
+
+def _own_terminal() -> None:
+    """In the child: a new session whose controlling terminal is the pty (so Ctrl-C signals it)."""
+    import fcntl
+    import os
+    import termios
+
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def test_terminal_session_through_a_pty(tmp_path):
+    """At a terminal: the prompt, an answer, readline history, and Ctrl-C at the prompt leaving
+    with no traceback."""
+    import contextlib
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    tok = byte_tokenizer()
+    _checkpoint(tmp_path, tok)
+    repo = Path(__file__).resolve().parents[1]
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, str(repo / "scripts" / "chat.py"), "--checkpoint", str(tmp_path / "ckpt"),
+         "--tokenizer", str(tmp_path / "tok"), "--device", "cpu", "--temperature", "0",
+         "--max-new-tokens", "4"], stdin=follower, stdout=follower, stderr=follower,
+        preexec_fn=_own_terminal)
+    os.close(follower)
+    seen = b""
+
+    def read(wait: float) -> bool:
+        nonlocal seen
+        if not select.select([leader], [], [], wait)[0]:
+            return True
+        try:
+            seen += os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            return False
+        return True
+
+    def read_until(marker: bytes, count: int = 1) -> None:
+        deadline = time.monotonic() + 60
+        while seen.count(marker) < count:
+            assert time.monotonic() < deadline, seen.decode(errors="replace")
+            assert read(0.2), seen.decode(errors="replace")
+
+    def type_in(keys: bytes) -> None:
+        time.sleep(0.3)  # let readline set the terminal up first (that may drop pending input)
+        os.write(leader, keys)
+
+    try:
+        read_until(b"you: ")
+        type_in(b"hi\n")
+        read_until(b"you: ", count=2)  # answered, asked again
+        assert seen.count(b"assistant: ") == 1
+        mark = len(seen)
+        type_in(b"\x1b[A\n")  # up arrow: readline's history brings back "hi"
+        read_until(b"you: ", count=3)
+        assert b"hi" in seen[mark:] and seen.count(b"assistant: ") == 2
+        deadline = time.monotonic() + 30
+        while proc.poll() is None:  # Ctrl-C at the prompt (again, if it came mid-setup)
+            assert time.monotonic() < deadline, seen.decode(errors="replace")
+            type_in(b"\x03")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(2)
+        assert proc.returncode == 130
+        while read(0.5) and select.select([leader], [], [], 0)[0]:
+            pass  # what is left to read
+        assert b"Traceback" not in seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(leader)

@@ -15,7 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from minillm_core import evaluate as ev
+from minillm_cli import eval as cli
+from minillm_core.errors import DataError, TokenizerMismatchError
+from minillm_core.eval import checks, config, data, metrics, results, run, scoring
 from minillm_core.tokenizer import Tokenizer
 
 NI = "你".encode("utf-8")  # 3 bytes
@@ -82,8 +84,8 @@ def test_uniform_logits_give_ln_vocab_loss_and_matching_bits_per_byte():
     text = list("hello 世界".encode())  # 12 one-byte tokens
     rows = [row([bos] + text, text + [bos]),            # the last target is special (0 bytes)
             row([bos] + text[:3], text[:3] + [-100])]   # an ignored position
-    m = ev.score_loss(Uniform(v), rows, pad_id=bos, batch_size=2,
-                      token_bytes=ev.token_byte_lengths(tok), **CPU)
+    m = scoring.score_loss(Uniform(v), rows, pad_id=bos, batch_size=2,
+                      token_bytes=metrics.token_byte_lengths(tok), **CPU)
     assert m["tokens"] == 12 + 1 + 3
     assert m["loss"] == pytest.approx(math.log(v), rel=1e-6)
     assert m["perplexity"] == pytest.approx(v, rel=1e-5)
@@ -100,8 +102,8 @@ def test_bits_per_byte_counts_the_bytes_a_token_spells():
     bos = tok.get_bos_token_id()
     # Targets: 你 (3 bytes), a (1 byte), <|bos|> (special, 0 bytes, left out of bits per byte).
     rows = [row([bos, ni, a], [ni, a, bos])]
-    m = ev.score_loss(Uniform(v), rows, pad_id=bos, batch_size=1,
-                      token_bytes=ev.token_byte_lengths(tok), **CPU)
+    m = scoring.score_loss(Uniform(v), rows, pad_id=bos, batch_size=1,
+                      token_bytes=metrics.token_byte_lengths(tok), **CPU)
     assert m["loss"] == pytest.approx(math.log(v))
     assert m["bits_per_byte"] == pytest.approx(2 * math.log(v) / (math.log(2) * 4))
 
@@ -111,7 +113,7 @@ def test_labels_are_aligned_with_inputs_not_shifted_again():
     model = Counting(v, a)
     ids = list(range(10, 20))
     expected = -math.log(math.exp(a) / (math.exp(a) + v - 1))
-    m = ev.score_loss(model, [row(ids, [i + 1 for i in ids])], pad_id=0, batch_size=1,
+    m = scoring.score_loss(model, [row(ids, [i + 1 for i in ids])], pad_id=0, batch_size=1,
                       token_bytes=None, **CPU)
     assert m["loss"] == pytest.approx(expected, rel=1e-6)
     assert "bits_per_byte" not in m  # no byte table, no made-up number
@@ -121,9 +123,9 @@ def test_padding_does_not_change_the_loss():
     v = 50
     model = Counting(v, 2.0)
     short, long_ = row([1, 2], [2, 3]), row([5, 6, 7, 8, 9], [6, 7, 8, 9, 10])
-    alone = [ev.score_loss(model, [r], pad_id=0, batch_size=1, token_bytes=None, **CPU)["loss"]
+    alone = [scoring.score_loss(model, [r], pad_id=0, batch_size=1, token_bytes=None, **CPU)["loss"]
              for r in (short, long_)]
-    both = ev.score_loss(model, [short, long_], pad_id=0, batch_size=2, token_bytes=None, **CPU)
+    both = scoring.score_loss(model, [short, long_], pad_id=0, batch_size=2, token_bytes=None, **CPU)
     assert both["loss"] == pytest.approx((2 * alone[0] + 5 * alone[1]) / 7)
 
 
@@ -134,7 +136,7 @@ def test_preference_metrics_hand_built():
     pr = torch.tensor([-2.0, -1.0, -3.0, -9.0])
     rc = torch.tensor([-1.5, -1.5, -3.0, -4.0])
     rr = torch.tensor([-1.5, -1.5, -3.0, -5.0])
-    m = ev.preference_metrics(pc, pr, rc, rr, beta=0.1)
+    m = metrics.preference_metrics(pc, pr, rc, rr, beta=0.1)
     # log-ratio margins: (0.5 - -0.5)=1, (-0.5 - 0.5)=-1, 0 (a tie is a miss), (0 - -4)=4
     assert m["preference_accuracy"] == pytest.approx(2 / 4)
     assert m["reward_margin"] == pytest.approx(0.1 * (1 - 1 + 0 + 4) / 4)
@@ -159,7 +161,7 @@ def test_score_preferences_with_models():
         ri, rl = seq(rejected)
         rows.append({"chosen_input_ids": ci, "chosen_labels": cl,
                      "rejected_input_ids": ri, "rejected_labels": rl})
-    m = ev.score_preferences(policy, reference, rows, pad_id=0, batch_size=2, beta=0.5, **CPU)
+    m = scoring.score_preferences(policy, reference, rows, pad_id=0, batch_size=2, beta=0.5, **CPU)
     assert m["preference_accuracy"] == pytest.approx(0.5)
     lp_hit = math.log(math.exp(4) / (math.exp(4) + v - 1))
     lp_miss = math.log(1 / (math.exp(4) + v - 1))
@@ -170,8 +172,8 @@ def test_score_preferences_with_models():
 # ------------------------------------------------------------------------------ multiple choice
 
 def test_mc_pick_takes_the_highest_likelihood():
-    assert ev.mc_pick(torch.tensor([-3.0, -1.2, -1.5, -9.0])) == 1
-    assert ev.mc_pick([-2.0, -2.0, -2.0]) == 0  # ties: the first option
+    assert metrics.mc_pick(torch.tensor([-3.0, -1.2, -1.5, -9.0])) == 1
+    assert metrics.mc_pick([-2.0, -2.0, -2.0]) == 0  # ties: the first option
 
 
 def _mc_record(gold_answer: str) -> dict:
@@ -189,10 +191,10 @@ def test_multiple_choice_picks_the_highest_letter_likelihood(answers):
     v = tok.get_vocab_size()
     # Likes "B" most and "A" second, everywhere: it answers B, whatever the lead-in.
     model = Favourite(v, first=tok.encode("B")[0], second=tok.encode("A")[0])
-    items = ev._mc_items([_mc_record(a) for a in answers], tok, 512, 10)
+    items = data.mc_items([_mc_record(a) for a in answers], tok, 512, 10)
     assert [gold for _, _, gold in items] == [1, 0, 1]
     assert all(len(opts) == 4 for _, opts, _ in items)
-    m = ev.score_multiple_choice(model, items, pad_id=0, batch_size=3, **CPU)
+    m = scoring.score_multiple_choice(model, items, pad_id=0, batch_size=3, **CPU)
     assert m == {"mc_accuracy": pytest.approx(2 / 3), "mc_chance": pytest.approx(0.25),
                  "mc_items": 3.0}
 
@@ -208,7 +210,7 @@ def test_mc_scores_each_option_from_the_end_of_the_prompt_with_padding():
              ([1, 2, 3, 4, 10], [[10], [11], [12]], 0),
              # two-token continuations: the sum over both tokens decides
              ([1, 2], [[2, 9], [2, 2], [3, 3]], 1)]
-    m = ev.score_multiple_choice(LastTokenEcho(), items, pad_id=0, batch_size=4, **CPU)
+    m = scoring.score_multiple_choice(LastTokenEcho(), items, pad_id=0, batch_size=4, **CPU)
     assert m["mc_accuracy"] == 1.0
     assert m["mc_chance"] == pytest.approx(1 / 3)
 
@@ -224,7 +226,7 @@ def test_mc_scores_each_option_from_the_end_of_the_prompt_with_padding():
 ])
 def test_parse_mc_item(question, answer, expected):
     conv = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    item = ev.parse_mc_item(conv)
+    item = metrics.parse_mc_item(conv)
     if expected is None:
         assert item is None
     else:
@@ -239,7 +241,7 @@ def test_identity_scores():
     samples = [{"prompt": "你是谁？", "completion": "我是minillm，一个小助手"},
                {"prompt": "谁开发了你？", "completion": "我是由OpenAI开发的ChatGPT"},
                {"prompt": "1加1等于几？", "completion": "2"}]
-    m = ev.identity_scores(samples, probes, "MiniLLM", "张三", ev.DEFAULT_FOREIGN_IDENTITIES)
+    m = metrics.identity_scores(samples, probes, "MiniLLM", "张三", config.DEFAULT_FOREIGN_IDENTITIES)
     assert m == {"identity_name": 1.0, "identity_author": 0.0, "identity_score": 0.5,
                  "identity_foreign": 1.0}
     assert samples[0]["passed"] is True and samples[1]["passed"] is False
@@ -247,7 +249,7 @@ def test_identity_scores():
 
 
 def test_own_name_is_not_a_foreign_identity():
-    m = ev.identity_scores([{"prompt": "你是谁？", "completion": "我是MiniMind"}],
+    m = metrics.identity_scores([{"prompt": "你是谁？", "completion": "我是MiniMind"}],
                            {"你是谁？": "name"}, "MiniMind", "jingyaogong", ["MiniMind", "Qwen"])
     assert m["identity_name"] == 1.0 and m["identity_foreign"] == 0.0
 
@@ -257,18 +259,18 @@ def test_own_name_is_not_a_foreign_identity():
 def test_check_eval_smoke_and_gpu_thresholds():
     good = {"loss": 2.5, "perplexity": math.exp(2.5), "bits_per_byte": 1.1,
             "identity_score": 1.0, "identity_foreign": 0.0}
-    assert ev.check_eval(good, ev.eval_thresholds("smoke", "sft")) == []
-    assert ev.check_eval(good, ev.eval_thresholds("gpu", "sft")) == []
+    assert checks.check_eval(good, checks.eval_thresholds("smoke", "sft")) == []
+    assert checks.check_eval(good, checks.eval_thresholds("gpu", "sft")) == []
     bad = {**good, "identity_score": 0.5, "loss": float("nan"), "mc_accuracy": 1.5}
-    problems = ev.check_eval(bad, ev.eval_thresholds("gpu", "sft"))
+    problems = checks.check_eval(bad, checks.eval_thresholds("gpu", "sft"))
     assert any(p.startswith("loss: not finite") for p in problems)
     assert any(p.startswith("mc_accuracy:") and "valid range" in p for p in problems)
     assert any(p.startswith("identity_score:") and "below" in p for p in problems)
     # Smoke only checks finite and in range, so the weak identity passes there.
-    smoke = ev.check_eval({**good, "identity_score": 0.0}, ev.eval_thresholds("smoke", "sft"))
+    smoke = checks.check_eval({**good, "identity_score": 0.0}, checks.eval_thresholds("smoke", "sft"))
     assert smoke == []
     # A threshold on a metric that was not produced is a failure, not a silent pass.
-    assert ev.check_eval({"loss": 1.0, "perplexity": math.e},
+    assert checks.check_eval({"loss": 1.0, "perplexity": math.e},
                          {"identity_score": (1.0, None)}) == [
         "identity_score: missing (threshold 1.0..None)"]
 
@@ -277,21 +279,21 @@ def test_check_eval_smoke_and_gpu_thresholds():
 
 def test_append_jsonl_writes_one_valid_line_and_repairs_a_torn_one(tmp_path):
     f = tmp_path / "tf" / "eval_results.jsonl"
-    ev.append_jsonl(f, {"stage": "pretrain", "metrics": {"loss": 1.0}, "text": "中文"})
+    results.append_jsonl(f, {"stage": "pretrain", "metrics": {"loss": 1.0}, "text": "中文"})
     assert f.read_text(encoding="utf-8").count("\n") == 1
     with open(f, "a", encoding="utf-8") as fh:
         fh.write('{"stage": "torn')  # a writer killed mid-line
-    ev.append_jsonl(f, {"stage": "sft"})
-    assert [r["stage"] for r in ev.read_results(f)] == ["pretrain", "sft"]
+    results.append_jsonl(f, {"stage": "sft"})
+    assert [r["stage"] for r in results.read_results(f)] == ["pretrain", "sft"]
     with pytest.raises(ValueError):  # NaN is not JSON: refuse rather than write a bad line
-        ev.append_jsonl(f, {"loss": float("nan")})
-    assert len(ev.read_results(f)) == 2
+        results.append_jsonl(f, {"loss": float("nan")})
+    assert len(results.read_results(f)) == 2
 
 
 def _appender(path: str, who: int, n: int) -> None:
     for i in range(n):
         # Lines well above PIPE_BUF (4 KiB), where unlocked appends can interleave.
-        ev.append_jsonl(path, {"who": who, "i": i, "pad": "评" * 40_000})
+        results.append_jsonl(path, {"who": who, "i": i, "pad": "评" * 40_000})
 
 
 def test_concurrent_appends_never_interleave(tmp_path):
@@ -311,13 +313,13 @@ def test_concurrent_appends_never_interleave(tmp_path):
 
 
 def _finish(cfg_json: str) -> None:
-    cfg = ev.EvalConfig.model_validate_json(cfg_json)
-    ev.finish(cfg, {"loss": 1.0, "perplexity": math.e}, [{"prompt": "p", "completion": "c"}],
+    cfg = config.EvalConfig.model_validate_json(cfg_json)
+    run.finish(cfg, {"loss": 1.0, "perplexity": math.e}, [{"prompt": "p", "completion": "c"}],
               checkpoint_sha256="ab" * 32, step=7, out=open("/dev/null", "w"))
 
 
 def test_two_evaluations_at_once_give_two_lines(tmp_path):
-    cfg = ev.EvalConfig(stage="pretrain", checkpoint=tmp_path / "ckpt",
+    cfg = config.EvalConfig(stage="pretrain", checkpoint=tmp_path / "ckpt",
                         results_file=tmp_path / "eval_results.jsonl", tensorboard_dir="")
     ctx = mp.get_context("fork")
     procs = [ctx.Process(target=_finish, args=(cfg.model_dump_json(),)) for _ in range(2)]
@@ -341,21 +343,42 @@ def test_two_evaluations_at_once_give_two_lines(tmp_path):
 def test_print_latest_shows_the_last_n(tmp_path, capsys):
     f = tmp_path / "r.jsonl"
     for i, stage in enumerate(["pretrain", "sft", "dpo", "pretrain"]):
-        ev.append_jsonl(f, {"timestamp": f"2026-01-0{i + 1}T00:00:00", "stage": stage,
+        results.append_jsonl(f, {"timestamp": f"2026-01-0{i + 1}T00:00:00", "stage": stage,
                             "checkpoint": f"/x/out/{stage}", "step": i,
                             "metrics": {"loss": 1.0 + i}})
-    text = ev.print_latest(f, n=3)
+    text = results.print_latest(f, n=3)
     assert capsys.readouterr().out.strip() == text
     body = text.splitlines()[2:]
     assert [r.split("|")[2].strip() for r in body] == ["sft", "dpo", "pretrain"]
     assert "| 4.0000 |" in body[-1]
-    assert ev.print_latest(tmp_path / "none.jsonl") .startswith("no evaluations")
+    assert results.print_latest(tmp_path / "none.jsonl") .startswith("no evaluations")
+
+
+def test_a_bad_heldout_line_is_a_data_error_naming_file_and_line(tmp_path):
+    f = tmp_path / "h.jsonl"
+    f.write_text('{"text": "ok"}\n\n[1]\n', encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        list(data.read_jsonl(f))
+    assert (err.value.file, err.value.line) == (str(f), 3)
+
+
+def test_eval_length_is_the_models_context_and_never_more():
+    from minillm_core.errors import ConfigError
+    from minillm_core.model import MiniLLM, ModelConfig
+
+    model = MiniLLM(ModelConfig(vocab_size=300, hidden_size=16, num_hidden_layers=1,
+                                num_attention_heads=2, max_position_embeddings=64))
+    assert run.eval_length(None, model) == 64
+    assert run.eval_length(32, model) == 32
+    with pytest.raises(ConfigError, match="exceeds the model's context 64"):
+        run.eval_length(65, model)
+    assert run.eval_length(None, Uniform(8)) == 512  # no config: a default model's context
 
 
 def test_tensorboard_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    ev.write_tensorboard(tmp_path / "eval", "sft", {"loss": 2.0, "mc_accuracy": 0.5}, step=12)
+    results.write_tensorboard(tmp_path / "eval", "sft", {"loss": 2.0, "mc_accuracy": 0.5}, step=12)
     acc = EventAccumulator(str(tmp_path / "eval"))
     acc.Reload()
     assert set(acc.Tags()["scalars"]) == {"eval/sft/loss", "eval/sft/mc_accuracy"}
@@ -364,8 +387,8 @@ def test_tensorboard_scalars(tmp_path):
 
 
 def test_table_aligns_chinese_by_display_width():
-    t = ev.format_table(("prompt", "x"), [("你是谁？", 1.5), ("ab", 2.0)]).splitlines()
-    assert len({ev._width(line) for line in t}) == 1
+    t = results.format_table(("prompt", "x"), [("你是谁？", 1.5), ("ab", 2.0)]).splitlines()
+    assert len({results._width(line) for line in t}) == 1
 
 
 # -------------------------------------------------------------------------------------- config
@@ -374,33 +397,33 @@ def test_config_defaults_point_at_the_heldout_split(monkeypatch, tmp_path):
     monkeypatch.setenv("MINILLM_ROOT", str(tmp_path / "proj"))
     monkeypatch.delenv("TF_DIR", raising=False)
     for stage in ("pretrain", "sft", "dpo"):
-        cfg = ev.EvalConfig(stage=stage)
+        cfg = config.EvalConfig(stage=stage)
         assert cfg.data_path == tmp_path / "proj" / "data" / "processed" / \
             f"{stage}_chinese_heldout.jsonl"
         assert cfg.checkpoint == tmp_path / "proj" / "out" / stage
         assert cfg.results_file == tmp_path / "tf_dir" / "eval_results.jsonl"
         assert cfg.tensorboard_dir == tmp_path / "tf_dir" / "eval"
-    assert ev.EvalConfig(stage="dpo").reference_checkpoint == tmp_path / "proj" / "out" / "sft"
-    assert ev.EvalConfig(stage="sft").reference_checkpoint is None
+    assert config.EvalConfig(stage="dpo").reference_checkpoint == tmp_path / "proj" / "out" / "sft"
+    assert config.EvalConfig(stage="sft").reference_checkpoint is None
 
 
 def test_config_takes_every_profile_preset():
     from minillm_core.profiles import PROFILES, preset
 
     for profile in PROFILES:
-        cfg = ev.EvalConfig.resolve(preset(profile, "eval"), {"stage": "sft"})
+        cfg = config.EvalConfig.resolve(preset(profile, "eval"), {"stage": "sft"})
         assert cfg.stage == "sft"
 
 
 def test_command_line_flags_keep_the_seed_spellings(tmp_path):
-    p = ev.build_parser()
+    p = cli.build_parser()
     a = p.parse_args(["--stage", "sft", "--data_path", "x.jsonl", "--max-seq-len", "64",
                       "--batch_size", "2", "--results-file", str(tmp_path / "r.jsonl"),
                       "--device", "cpu", "--tensorboard-dir", "", "--max_samples", "3",
                       "--checkpoint", "ck"])
     assert (a.stage, a.data_path, a.max_seq_len, a.batch_size, a.max_samples) == \
         ("sft", Path("x.jsonl"), 64, 2, 3)
-    assert ev.main(["--summary", "2", "--results-file", str(tmp_path / "r.jsonl")]) == 0
+    assert cli.main(["--summary", "2", "--results-file", str(tmp_path / "r.jsonl")]) == 0
 
 
 # ---------------------------------------------------------------------------------- generation
@@ -409,13 +432,13 @@ def test_greedy_samples_are_deterministic_and_stop():
     tok = byte_tokenizer()
     v = tok.get_vocab_size()
     model = Counting(v, 1.0)  # greedy: each next token is the previous + 1
-    s = ev.generate_samples(model, tok, ["abc"], chat=False, max_new_tokens=4, max_seq_len=64,
+    s = scoring.generate_samples(model, tok, ["abc"], chat=False, max_new_tokens=4, max_seq_len=64,
                             **CPU)
     assert s == [{"prompt": "abc", "completion": "defg", "kind": "continuation"}]
     # In chat mode the prompt ends with <|assistant_start|>; the next id is <|assistant_end|>,
     # a stop id, so the answer is empty.
     assert tok.encode_special("<|assistant_start|>") + 1 == tok.encode_special("<|assistant_end|>")
-    s = ev.generate_samples(model, tok, ["你是谁？"], chat=True, max_new_tokens=4,
+    s = scoring.generate_samples(model, tok, ["你是谁？"], chat=True, max_new_tokens=4,
                             max_seq_len=64, **CPU)
     assert s[0]["completion"] == ""
 
@@ -442,8 +465,8 @@ HELDOUT = {
 }
 
 
-def _cfg(tmp_path: Path, stage: str, **kw) -> ev.EvalConfig:
-    return ev.EvalConfig(stage=stage, checkpoint=tmp_path / "ckpt",
+def _cfg(tmp_path: Path, stage: str, **kw) -> config.EvalConfig:
+    return config.EvalConfig(stage=stage, checkpoint=tmp_path / "ckpt",
                          data_path=_write_jsonl(tmp_path / f"{stage}_chinese_heldout.jsonl",
                                                 HELDOUT[stage]),
                          results_file=tmp_path / "tf" / "eval_results.jsonl",
@@ -454,23 +477,23 @@ def _cfg(tmp_path: Path, stage: str, **kw) -> ev.EvalConfig:
 def test_run_eval_pretrain_uniform_model(tmp_path):
     tok = byte_tokenizer()
     v = tok.get_vocab_size()
-    m, samples = ev.run_eval(_cfg(tmp_path, "pretrain"), Uniform(v), tok)
+    m, samples = run.run_eval(_cfg(tmp_path, "pretrain"), Uniform(v), tok)
     text_bytes = len("今天天气很好。".encode()) + 3
     assert m["tokens"] == text_bytes  # BOS + text, each byte a target, BOS never a target
     assert m["loss"] == pytest.approx(math.log(v))
     assert m["bits_per_byte"] == pytest.approx(math.log2(v))
-    assert [s["prompt"] for s in samples] == ev.DEFAULT_CONTINUATIONS
+    assert [s["prompt"] for s in samples] == config.DEFAULT_CONTINUATIONS
 
 
 def test_run_eval_sft_scores_mc_and_identity(tmp_path):
     tok = byte_tokenizer()
     v = tok.get_vocab_size()
     model = Favourite(v, first=tok.encode("B")[0], second=tok.encode("A")[0])
-    m, samples = ev.run_eval(_cfg(tmp_path, "sft", max_samples=5), model, tok)
+    m, samples = run.run_eval(_cfg(tmp_path, "sft", max_samples=5), model, tok)
     assert (m["mc_accuracy"], m["mc_chance"], m["mc_items"]) == (0.5, 0.25, 2.0)
     assert m["identity_score"] == 0.0  # "BBB" names nobody
     assert {s["completion"] for s in samples} == {"BBB"}
-    assert [s["prompt"] for s in samples] == ev.DEFAULT_PROMPTS
+    assert [s["prompt"] for s in samples] == config.DEFAULT_PROMPTS
     assert math.isfinite(m["loss"]) and m["loss"] > 0
 
 
@@ -479,10 +502,10 @@ def test_run_eval_dpo_needs_a_reference_and_scores_pairs(tmp_path):
     v = tok.get_vocab_size()
     cfg = _cfg(tmp_path, "dpo")
     with pytest.raises(ValueError, match="reference"):
-        ev.run_eval(cfg, Uniform(v), tok)
+        run.run_eval(cfg, Uniform(v), tok)
     two = tok.encode("2")[0]
     policy = Favourite(v, first=two, second=tok.encode_special("<|assistant_end|>"))
-    m, _ = ev.run_eval(cfg, policy, tok, reference=Uniform(v))
+    m, _ = run.run_eval(cfg, policy, tok, reference=Uniform(v))
     assert m["preference_accuracy"] == 1.0 and m["reward_margin"] > 0
     assert m["chosen_logp"] > m["rejected_logp"]
 
@@ -509,10 +532,10 @@ def test_evaluate_end_to_end_appends_one_line_per_stage(tmp_path, capsys):
         cfg = _cfg(tmp_path, stage).model_copy(update={
             "checkpoint": ckpt, "reference_checkpoint": ref,
             "tokenizer_dir": tmp_path / "tokenizer"})
-        report = ev.evaluate(cfg)
-        assert ev.check_eval(report, ev.eval_thresholds("smoke", stage)) == []
+        report = run.evaluate(cfg)
+        assert checks.check_eval(report, checks.eval_thresholds("smoke", stage)) == []
         weights = ckpt / "model.safetensors"
-        assert report.results_line["checkpoint_sha256"] == ev.sha256_file(weights)
+        assert report.results_line["checkpoint_sha256"] == run.sha256_file(weights)
         assert report.metadata["table_md"] == report.table_markdown
     out = capsys.readouterr().out
     assert "bits_per_byte" in out and "preference_accuracy" in out and "chance 0.25" in out
@@ -523,7 +546,7 @@ def test_evaluate_end_to_end_appends_one_line_per_stage(tmp_path, capsys):
     assert {"eval/pretrain/bits_per_byte", "eval/sft/mc_accuracy",
             "eval/dpo/preference_accuracy"} <= set(acc.Tags()["scalars"])
     # The same evaluation twice gives the same numbers (greedy, seeded, file order).
-    again = ev.evaluate(cfg)
+    again = run.evaluate(cfg)
     assert again.metrics == report.metrics and again.samples == report.samples
 
 
@@ -534,13 +557,13 @@ def test_evaluate_refuses_a_checkpoint_of_another_tokenizer(tmp_path):
     ckpt = _tiny_checkpoint(tmp_path, tok, "pretrain", seed=0)
     cfg = _cfg(tmp_path, "pretrain").model_copy(update={
         "checkpoint": ckpt, "tokenizer_dir": tmp_path / "tokenizer"})
-    with pytest.raises(ValueError, match="tokenizer"):
-        ev.evaluate(cfg)
+    with pytest.raises(TokenizerMismatchError, match="tokenizer"):
+        run.evaluate(cfg)
     assert not cfg.results_file.exists()
 
 
 def test_command_reports_a_missing_checkpoint_in_one_line(tmp_path, capsys):
-    rc = ev.main(["--stage", "pretrain", "--checkpoint", str(tmp_path / "nope"),
+    rc = cli.main(["--stage", "pretrain", "--checkpoint", str(tmp_path / "nope"),
                   "--data-path", str(_write_jsonl(tmp_path / "h.jsonl", HELDOUT["pretrain"])),
                   "--results-file", str(tmp_path / "r.jsonl"), "--device", "cpu"])
     assert rc == 2
@@ -554,12 +577,12 @@ def test_command_runs_and_checks_with_a_profile(tmp_path, capsys):
     tok.save(tmp_path / "tokenizer")
     ckpt = _tiny_checkpoint(tmp_path, tok, "pretrain", seed=0)
     data = _write_jsonl(tmp_path / "pretrain_chinese_heldout.jsonl", HELDOUT["pretrain"])
-    rc = ev.main(["--stage", "pretrain", "--checkpoint", str(ckpt), "--data_path", str(data),
+    rc = cli.main(["--stage", "pretrain", "--checkpoint", str(ckpt), "--data_path", str(data),
                   "--tokenizer-dir", str(tmp_path / "tokenizer"), "--profile", "smoke",
                   "--results-file", str(tmp_path / "r.jsonl"), "--tensorboard-dir", "",
                   "--max-seq-len", "16", "--max-samples", "1", "--batch-size", "1"])
     assert rc == 0
-    (line,) = ev.read_results(tmp_path / "r.jsonl")
+    (line,) = results.read_results(tmp_path / "r.jsonl")
     assert line["config"]["max_new_tokens"] == 16  # the smoke preset under the flags
     assert line["config"]["max_seq_len"] == 16 and line["config"]["max_samples"] == 1
     assert line["metrics"]["tokens"] == 16  # one row, cut at 16 positions
@@ -567,7 +590,7 @@ def test_command_runs_and_checks_with_a_profile(tmp_path, capsys):
 
 
 def test_identity_match_ignores_spacing_case_and_full_width():
-    m = ev.identity_scores([{"prompt": "谁开发了你？", "completion": "我由ｍｉｎｉｌｌｍ开源社区开发。"}],
+    m = metrics.identity_scores([{"prompt": "谁开发了你？", "completion": "我由ｍｉｎｉｌｌｍ开源社区开发。"}],
                            {"谁开发了你？": "author"}, "MiniLLM", "MiniLLM 开源社区", [])
     assert m["identity_author"] == 1.0
 
@@ -588,7 +611,7 @@ def test_evaluation_opens_only_the_heldout_file(tmp_path, monkeypatch):
         return real_open(file, *a, **kw)
 
     monkeypatch.setattr(builtins, "open", spy)
-    ev.run_eval(cfg, Uniform(tok.get_vocab_size()), tok)
+    run.run_eval(cfg, Uniform(tok.get_vocab_size()), tok)
     monkeypatch.undo()
     data_files = {p for p in opened if p.suffix == ".jsonl"}
     assert data_files == {cfg.data_path.resolve()}
@@ -640,12 +663,12 @@ def test_heldout_split_is_disjoint_from_every_training_tensor(tmp_path):
     tok.save(tmp_path / "tokenizer")
     tcfg = TensorConfig(max_length=512)
     for stage, report in reports.items():
-        heldout = list(ev.read_jsonl(report.heldout_path))
+        heldout = list(data.read_jsonl(report.heldout_path))
         assert heldout, f"{stage}: the mix holds nothing out"
         export_tokens(tcfg, stage, report.path, tmp_path / "tokenizer",
                       tmp_path / "tokens" / stage, log=lambda m: None)
         ds = TokenDataset(tmp_path / "tokens" / stage, expected_tokenizer_hash=tok.hash)
-        first_trained = next(ev.read_jsonl(report.path))
+        first_trained = next(data.read_jsonl(report.path))
         if stage == "pretrain":
             stream = _stream_text(ds, tok)
             assert first_trained["text"] in stream  # the search does find what was trained
@@ -661,12 +684,12 @@ def test_heldout_split_is_disjoint_from_every_training_tensor(tmp_path):
             assert tuple(row[key].tolist()) not in trained, rec["source"]
         if stage == "sft":
             # The mix's knowledge questions ("答案是 C：丙10") are what the MC metric parses.
-            knowledge = [r for r in heldout if ev._category(r) == "knowledge"]
-            assert knowledge and ev._mc_items(knowledge, tok, 512, 10)
+            knowledge = [r for r in heldout if data.category(r) == "knowledge"]
+            assert knowledge and data.mc_items(knowledge, tok, 512, 10)
 
 
 def test_metrics_table_notes_chance_and_shows_counts_as_integers():
-    t = ev.metrics_table({"loss": 1.0, "tokens": 12.0, "mc_accuracy": 0.5, "mc_chance": 0.25})
+    t = results.metrics_table({"loss": 1.0, "tokens": 12.0, "mc_accuracy": 0.5, "mc_chance": 0.25})
     rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:4]]
             for r in t.splitlines()[2:]}
     assert rows == {"loss": ["1.0000", "nats per target token"], "tokens": ["12", ""],
@@ -684,10 +707,10 @@ def test_bfloat16_autocast_scores_close_to_float32():
     ids = [tok.get_bos_token_id(), *tok.encode("今天天气很好")]
     rows = [row(ids[:-1], ids[1:])]
     cpu = torch.device("cpu")
-    m32, m16 = (ev.score_loss(model, rows, pad_id=0, batch_size=1, device=cpu, dtype=d,
+    m32, m16 = (scoring.score_loss(model, rows, pad_id=0, batch_size=1, device=cpu, dtype=d,
                               token_bytes=None) for d in (torch.float32, torch.bfloat16))
     assert m16["loss"] == pytest.approx(m32["loss"], rel=2e-2)
-    s = ev.generate_samples(model, tok, ["你好"], chat=True, max_new_tokens=4, max_seq_len=64,
+    s = scoring.generate_samples(model, tok, ["你好"], chat=True, max_new_tokens=4, max_seq_len=64,
                             device=cpu, dtype=torch.bfloat16)
     assert s[0]["kind"] == "chat" and isinstance(s[0]["completion"], str)
 
@@ -701,7 +724,7 @@ def test_smoke_pipeline_heldout_is_disjoint_from_its_tensors(smoke_graph):
     tok = load_tokenizer(res.tokenizer_dir)
     for stage in ("pretrain", "sft", "dpo"):
         ds = TokenDataset(res.tokens_dir(stage), expected_tokenizer_hash=tok.hash)
-        heldout = list(ev.read_jsonl(res.mix_path(stage, heldout=True)))
+        heldout = list(data.read_jsonl(res.mix_path(stage, heldout=True)))
         assert heldout and len(ds)
         if stage == "pretrain":
             stream = _stream_text(ds, tok)

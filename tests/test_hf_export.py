@@ -19,9 +19,12 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may come from the hub
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-from minillm_core import hf_export  # noqa: E402
+from minillm_cli import export as export_cli  # noqa: E402
+from minillm_core import export as hf_export  # noqa: E402
 from minillm_core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from minillm_core.hf_export import ExportConfig, ExportError, export_hf  # noqa: E402
+from minillm_core.errors import MiniLLMError  # noqa: E402
+from minillm_core.export import ExportConfig, ExportError, export_hf, verify  # noqa: E402
+from minillm_core.inference import SamplingParams, complete  # noqa: E402
 from minillm_core.model import MiniLLM, ModelConfig  # noqa: E402
 from minillm_core.tokenizer import TRICKY_TEXT, Tokenizer, load_tokenizer  # noqa: E402
 
@@ -143,7 +146,7 @@ def test_greedy_generation_equal(smoke: Smoke, exported: Path):
     hf = _load_hf(exported)
     prompt = smoke.tok.render_for_completion([{"role": "user", "content": "介绍一下你自己"}])
     stops = [smoke.tok.encode_special("<|assistant_end|>"), smoke.tok.bos_token_id]
-    want = native.generate(prompt, 16, stop_ids=stops)
+    want = complete(native, prompt, 16, SamplingParams(stop_ids=tuple(stops)))
     # The stop ids come from the export's generation_config.json; only greedy is asked for.
     ids = torch.tensor([prompt])
     with torch.inference_mode():
@@ -177,6 +180,20 @@ def test_config_maps_every_shape_field(smoke: Smoke, exported: Path):
         c.head_dim, c.rms_norm_eps, c.vocab_size, c.max_position_embeddings)
     theta = hf.rope_parameters["rope_theta"] if getattr(hf, "rope_parameters", None) else hf.rope_theta
     assert theta == c.rope_theta
+
+
+def test_exported_context_is_the_trained_context(smoke: Smoke, tmp_path: Path):
+    """config.json's max_position_embeddings is the context the model trained at (its config's
+    one sequence length), not a larger default; the tokenizer's model_max_length follows it."""
+    torch.manual_seed(0)
+    model = MiniLLM(ModelConfig(vocab_size=smoke.tok.get_vocab_size(), max_position_embeddings=96,
+                                **SMOKE_SHAPE))
+    save_checkpoint(tmp_path / "ckpt", model, {"stage": "sft", "step": 1,
+                                               "tokenizer_hash": smoke.tok.hash})
+    export_hf(tmp_path / "ckpt", smoke.tokenizer_dir, tmp_path / "hf", ExportConfig(verify="never"))
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    tok_config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    assert config["max_position_embeddings"] == 96 == tok_config["model_max_length"]
 
 
 def test_untied_model_exports_its_head(smoke: Smoke, tmp_path: Path):
@@ -349,24 +366,34 @@ def test_bfloat16_export(smoke: Smoke, tmp_path: Path):
 
 def test_refuses_another_tokenizer(smoke: Smoke, tmp_path: Path):
     Tokenizer({bytes([b]): b for b in range(256)}).save(tmp_path / "bytes")
-    with pytest.raises(ExportError, match="another tokenizer"):
+    with pytest.raises(ExportError, match="another tokenizer") as err:
         export_hf(smoke.varied, tmp_path / "bytes", tmp_path / "hf", ExportConfig(verify="never"))
+    assert isinstance(err.value, MiniLLMError)  # one hierarchy: the CLI and assets catch it
     assert not (tmp_path / "hf").exists()
 
 
+def test_chat_template_is_the_shipped_jinja_file():
+    from importlib import resources
+
+    text = resources.files("minillm_core.export").joinpath("chat_template.jinja").read_text("utf-8")
+    template = hf_export.chat_template()
+    assert "\n" not in template and "{#" not in template
+    assert "{%- macro text_of(c) -%}" in text and template.startswith("{%- macro text_of(c) -%}")
+
+
 def test_command(smoke: Smoke, tmp_path: Path, capsys):
-    rc = hf_export.main(["--checkpoint", str(smoke.varied), "--tokenizer", str(smoke.tokenizer_dir),
+    rc = export_cli.main(["--checkpoint", str(smoke.varied), "--tokenizer", str(smoke.tokenizer_dir),
                          "--out", str(tmp_path / "hf"), "--verify", "never"])
     assert rc == 0
     assert json.loads(capsys.readouterr().out)["path"] == str(tmp_path / "hf")
-    rc = hf_export.main(["--checkpoint", str(tmp_path / "missing"), "--tokenizer",
+    rc = export_cli.main(["--checkpoint", str(tmp_path / "missing"), "--tokenizer",
                          str(smoke.tokenizer_dir), "--out", str(tmp_path / "hf2")])
     assert rc == 2 and "not found" in capsys.readouterr().err
 
 
 def test_without_transformers_the_export_is_written_unverified(smoke: Smoke, tmp_path: Path,
                                                                monkeypatch):
-    monkeypatch.setattr(hf_export, "_transformers", lambda: None)
+    monkeypatch.setattr(verify, "_transformers", lambda: None)
     messages: list[str] = []
     report = export_hf(smoke.varied, smoke.tokenizer_dir, tmp_path / "hf", log=messages.append)
     assert report.metadata["verified"] is False and "max_abs_logit_diff" not in report.metadata
@@ -383,6 +410,7 @@ def test_core_modules_import_without_the_optional_extras():
     code = ("import sys\n"
             "for name in ('transformers', 'tokenizers', 'fastapi', 'uvicorn', 'openai'):\n"
             "    sys.modules[name] = None  # any import of it now fails\n"
-            "import minillm_core.hf_export, minillm_core.serve\n")
+            "import minillm_core.export, minillm_core.inference, minillm_core.eval\n"
+            "import minillm_cli.serve, minillm_cli.chat, minillm_cli.export\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -7,6 +7,7 @@ import torch
 
 from minillm_core.checkpoint import load_checkpoint, require_same_model, save_checkpoint
 from minillm_core.config import ConfigError
+from minillm_core.inference import SamplingParams, complete
 from minillm_core.model import MiniLLM, ModelConfig
 
 TINY = dict(vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -78,7 +79,7 @@ def _greedy_without_cache(m: MiniLLM, ids: list[int], n: int) -> list[int]:
 def test_kv_cache_generation_equals_recomputing_everything():
     m = tiny()
     prompt = torch.randint(0, 96, (7,)).tolist()
-    out = m.generate(prompt, max_new_tokens=10)
+    out = complete(m, prompt, 10)
     assert out == _greedy_without_cache(m, prompt, 10)
     assert len(set(out)) > 2  # a meaningful check, not a constant sequence
 
@@ -97,16 +98,16 @@ def test_cache_prefill_in_chunks_matches_one_pass():
 def test_sampling_is_seeded_and_top_k_limits_choices_and_stop_ids_stop():
     m = tiny()
     prompt = [1, 2, 3]
-    a = m.generate(prompt, 12, temperature=1.0, top_k=3, seed=7)
-    b = m.generate(prompt, 12, temperature=1.0, top_k=3, seed=7)
+    a = complete(m, prompt, 12, SamplingParams(temperature=1.0, top_k=3, seed=7))
+    b = complete(m, prompt, 12, SamplingParams(temperature=1.0, top_k=3, seed=7))
     assert a == b
     logits = m(torch.tensor([prompt]))[0, -1]
     assert a[0] in torch.topk(logits, 3).indices.tolist()
-    greedy = m.generate(prompt, 12)
+    greedy = complete(m, prompt, 12)
     stop = greedy[3]
-    cut = m.generate(prompt, 12, stop_ids=[stop])
+    cut = complete(m, prompt, 12, SamplingParams(stop_ids=(stop,)))
     assert cut == greedy[: greedy.index(stop) + 1]
-    batch = m.generate(torch.tensor([prompt, [4, 5, 6]]), 5)
+    batch = complete(m, torch.tensor([prompt, [4, 5, 6]]), 5)
     assert batch[0] == greedy[:5] and len(batch) == 2
 
 

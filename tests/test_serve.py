@@ -21,9 +21,10 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from minillm_core import serve  # noqa: E402
+from minillm_cli import serve, serve_engine  # noqa: E402
+from minillm_cli.serve import Engine, ServeConfig, create_app, load_engine  # noqa: E402
 from minillm_core.checkpoint import load_checkpoint  # noqa: E402
-from minillm_core.serve import Engine, ServeConfig, create_app, load_engine  # noqa: E402
+from minillm_core.inference import SamplingParams, complete  # noqa: E402
 from minillm_core.tokenizer import Tokenizer  # noqa: E402
 from tests.test_hf_export import Smoke, smoke_artifacts  # noqa: E402
 
@@ -76,7 +77,8 @@ def sse_events(response) -> list[str]:
 def native_greedy(smoke: Smoke, messages, n: int) -> tuple[str, list[int], str]:
     model, _ = load_checkpoint(smoke.varied)
     stops = [smoke.tok.encode_special("<|assistant_end|>"), smoke.tok.bos_token_id]
-    ids = model.generate(smoke.tok.render_for_completion(messages), n, stop_ids=stops)
+    ids = complete(model, smoke.tok.render_for_completion(messages), n,
+                   SamplingParams(stop_ids=tuple(stops)))
     finish = "stop" if ids and ids[-1] in stops else "length"
     text_ids = ids[:-1] if finish == "stop" else ids
     return smoke.tok.decode(text_ids), ids, finish
@@ -139,6 +141,61 @@ def test_seeded_sampling_repeats(url: str):
     a = httpx.post(f"{url}/v1/chat/completions", json=req, timeout=60).json()
     b = httpx.post(f"{url}/v1/chat/completions", json=req, timeout=60).json()
     assert a["choices"][0]["message"] == b["choices"][0]["message"]
+    for seed in (2**64 - 1, -(2**63)):  # the ends of the range the generator takes
+        r = httpx.post(f"{url}/v1/chat/completions", json={**req, "seed": seed}, timeout=60)
+        assert r.status_code == 200, r.text
+
+
+def test_top_p_is_nucleus_sampling(smoke: Smoke, url: str):
+    """top_p < 1 is accepted (UIs and LangChain send 0.9), seeded, and a tiny top_p keeps only
+    the likeliest token: the greedy answer, whatever the temperature."""
+    req = {"model": "minillm", "messages": MESSAGES, "max_tokens": 10, "temperature": 1.0,
+           "top_p": 0.9, "seed": 3}
+    a = httpx.post(f"{url}/v1/chat/completions", json=req, timeout=60)
+    b = httpx.post(f"{url}/v1/chat/completions", json=req, timeout=60)
+    assert a.status_code == 200, a.text
+    assert a.json()["choices"][0]["message"] == b.json()["choices"][0]["message"]
+    nucleus = httpx.post(f"{url}/v1/chat/completions", timeout=60,
+                         json={**req, "top_p": 1e-6, "top_k": 0})
+    text, _, _ = native_greedy(smoke, MESSAGES, 10)
+    assert nucleus.json()["choices"][0]["message"]["content"] == text
+
+
+def test_penalties_go_to_the_one_sampler(smoke: Smoke, url: str):
+    """Greedy with penalties over HTTP gives what `complete` gives with the same settings (a
+    negative presence penalty favours repeats, so the answer differs from plain greedy)."""
+    body = {"model": "minillm", "messages": MESSAGES, "max_tokens": 12, "temperature": 0,
+            "presence_penalty": -2, "frequency_penalty": 0.5, "repetition_penalty": 1.3}
+    r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    model, _ = load_checkpoint(smoke.varied)
+    stops = (smoke.tok.encode_special("<|assistant_end|>"), smoke.tok.bos_token_id)
+    params = SamplingParams(presence_penalty=-2, frequency_penalty=0.5, repetition_penalty=1.3,
+                            stop_ids=stops)
+    ids = complete(model, smoke.tok.render_for_completion(MESSAGES), 12, params)
+    assert isinstance(ids, list)
+    want = smoke.tok.decode([i for i in ids if i not in stops])
+    assert r.json()["choices"][0]["message"]["content"] == want
+    assert want != native_greedy(smoke, MESSAGES, 12)[0]  # the penalties changed the answer
+
+
+def test_n_choices(smoke: Smoke, url: str):
+    greedy = {"model": "minillm", "messages": MESSAGES, "max_tokens": 8, "temperature": 0, "n": 2}
+    body = httpx.post(f"{url}/v1/chat/completions", json=greedy, timeout=60).json()
+    text, ids, _ = native_greedy(smoke, MESSAGES, 8)
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    assert [c["message"]["content"] for c in body["choices"]] == [text, text]
+    assert body["usage"]["completion_tokens"] == 2 * len(ids)
+    sampled = {**greedy, "temperature": 1.0, "seed": 11, "n": 3}
+    a = httpx.post(f"{url}/v1/chat/completions", json=sampled, timeout=60).json()["choices"]
+    b = httpx.post(f"{url}/v1/chat/completions", json=sampled, timeout=60).json()["choices"]
+    assert a == b and len({c["message"]["content"] for c in a}) > 1  # reproducible, distinct
+    with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=60,
+                      json={**sampled, "stream": True}) as r:
+        chunks = [json.loads(e) for e in sse_events(r)[:-1]]
+    streamed = ["".join(c["choices"][0]["delta"].get("content", "") for c in chunks
+                        if c["choices"][0]["index"] == i) for i in range(3)]
+    assert streamed == [c["message"]["content"] for c in a]
 
 
 def test_openai_client(smoke: Smoke, url: str):
@@ -182,12 +239,21 @@ OK = {"model": "minillm", "messages": [{"role": "user", "content": "hi"}], "max_
     ({**OK, "max_tokens": 0}, 400, "max_tokens"),
     ({**OK, "max_tokens": "many"}, 400, "max_tokens"),
     ({**OK, "temperature": 3}, 400, "temperature"),
-    ({**OK, "top_p": 0.5}, 400, "top_k"),
-    ({**OK, "n": 2}, 400, "n=1"),
-    ({**OK, "presence_penalty": 0.5}, 400, "penalties"),
+    ({**OK, "top_p": 0}, 400, "top_p"),
+    ({**OK, "seed": 2**70}, 400, "seed"),
+    ({**OK, "seed": -(2**63) - 1}, 400, "seed"),
+    ({**OK, "top_p": 1.5}, 400, "top_p"),
+    ({**OK, "n": 0}, 400, "n"),
+    ({**OK, "n": 9}, 400, "n"),
+    ({**OK, "presence_penalty": 2.5}, 400, "presence_penalty"),
+    ({**OK, "repetition_penalty": 0}, 400, "repetition_penalty"),
     ({**OK, "logprobs": True}, 400, "logprobs"),
     ({**OK, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ({**OK, "frobnicate": True}, 400, "unrecognized request argument: frobnicate"),
+    ({**OK, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "这是什么？"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
+     400, "reads text only"),
     ({**OK, "model": "gpt-4o"}, 404, "does not exist"),
     ({**OK, "max_tokens": 10_000}, 400, "maximum context length is 128"),
     ({**OK, "messages": [{"role": "user", "content": "长" * 300}]}, 400, "maximum context length"),
@@ -209,6 +275,35 @@ def test_defaults_and_openai_spellings_are_accepted(url: str):
     r = _post(url, body)
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] <= 3
+
+
+def test_nulls_mean_not_given(url: str):
+    """Optional fields sent as null, as clients and the SDK's own dumps send them."""
+    body = {**OK, "n": None, "tools": None, "tool_choice": None, "response_format": None,
+            "logit_bias": None, "stop": None, "stream": None, "stream_options": None,
+            "temperature": None, "top_p": None, "seed": None, "presence_penalty": None,
+            "frequency_penalty": None, "logprobs": None, "top_logprobs": None, "user": None,
+            "max_tokens": None, "max_completion_tokens": 2}
+    r = _post(url, body)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] <= 2
+    assert _post(url, {**OK, "tools": [{"type": "function"}]}).status_code == 400  # not null
+
+
+def test_sdk_dumped_messages_are_accepted(url: str):
+    openai = pytest.importorskip("openai")
+    from openai.types.chat import ChatCompletionMessage
+
+    dumped = ChatCompletionMessage(role="assistant", content="你好！").model_dump()
+    assert {"refusal", "audio", "function_call", "tool_calls"} <= dumped.keys()
+    messages = [{"role": "user", "content": "hi"}, dumped, {"role": "user", "content": "再见"}]
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    out = client.chat.completions.create(model="minillm", messages=messages, max_tokens=2,
+                                         temperature=0)
+    assert out.choices[0].message.role == "assistant"
+    again = out.choices[0].message.model_dump()  # the SDK's own answer, sent back as history
+    r = _post(url, {**OK, "messages": [*messages, again, {"role": "user", "content": "x"}]})
+    assert r.status_code == 200, r.text
 
 
 def test_context_errors_name_the_openai_code(url: str):
@@ -233,17 +328,33 @@ def test_api_key(engine: Engine):
 
 # ---------------------------------------------------------------------------------- concurrency
 
-class Held(torch.nn.Module):
-    """Wraps a model; every generation waits for `release` before its first token."""
+class Wrapped(torch.nn.Module):
+    """A model seen through `step`, called before each of its forward passes (one per token)."""
 
     def __init__(self, model):
         super().__init__()
         self.inner, self.config = model, model.config
+
+    def new_cache(self, batch: int, max_len: int):
+        return self.inner.new_cache(batch, max_len)
+
+    def step(self, cache) -> None:
+        pass
+
+    def forward(self, ids, cache=None):
+        self.step(cache)
+        return self.inner(ids, cache)
+
+
+class Held(Wrapped):
+    """Wraps a model; every generation waits for `release` before its first token."""
+
+    def __init__(self, model):
+        super().__init__(model)
         self.release = threading.Event()
 
-    def stream(self, *args, **kw):
+    def step(self, cache) -> None:
         assert self.release.wait(30)
-        yield from self.inner.stream(*args, **kw)
 
 
 def _health(u: str) -> dict:
@@ -278,19 +389,16 @@ def test_concurrency_is_bounded_and_slots_come_back(smoke: Smoke, engine: Engine
         assert _health(u)["running"] == 0 and _post(u, OK).status_code == 200
 
 
-class Slow(torch.nn.Module):
+class Slow(Wrapped):
     """Wraps a model; each token takes `delay` seconds. Counts the tokens it produced."""
 
     def __init__(self, model, delay: float):
-        super().__init__()
-        self.inner, self.config, self.delay = model, model.config, delay
-        self.produced = 0
+        super().__init__(model)
+        self.delay, self.produced = delay, 0
 
-    def stream(self, *args, **kw):
-        for tok in self.inner.stream(*args, **kw):
-            time.sleep(self.delay)
-            self.produced += 1
-            yield tok
+    def step(self, cache) -> None:
+        time.sleep(self.delay)
+        self.produced += 1
 
 
 def test_a_client_leaving_mid_stream_stops_generation_and_frees_its_slot(engine: Engine):
@@ -311,16 +419,25 @@ def test_a_client_leaving_mid_stream_stops_generation_and_frees_its_slot(engine:
         assert _post(u, OK).status_code == 200
 
 
-class Broken(torch.nn.Module):
+def test_a_client_leaving_a_non_streaming_request_stops_generation(engine: Engine):
+    slow = Slow(engine.model, 0.05)  # 100 tokens would take 5 s
+    eng = Engine(slow, engine.tokenizer, max_context=engine.max_context)
+    with running(create_app(eng, ServeConfig(max_concurrency=1, max_queue=0))) as u:
+        t0 = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and hangs up
+            httpx.post(f"{u}/v1/chat/completions", timeout=0.5,
+                       json={**OK, "max_tokens": 100, "temperature": 0})
+        _wait(lambda: _health(u)["running"] == 0, "the slot was not released")
+        assert time.monotonic() - t0 < 3.0
+        assert slow.produced < 40, slow.produced  # generation stopped soon after the hang-up
+        assert _post(u, OK).status_code == 200
+
+
+class Broken(Wrapped):
     """Wraps a model; fails after its first token (a device error in the middle of an answer)."""
 
-    def __init__(self, model):
-        super().__init__()
-        self.inner, self.config = model, model.config
-
-    def stream(self, *args, **kw):
-        for tok in self.inner.stream(*args, **kw):
-            yield tok
+    def step(self, cache) -> None:
+        if cache.length > 0:  # past the prompt: the first token is out
             raise RuntimeError("device lost")
 
 
@@ -341,16 +458,18 @@ def test_a_failing_generation_is_a_500_and_frees_its_slot(engine: Engine):
 # ---------------------------------------------------------------------- text release and stops
 
 class Script(torch.nn.Module):
-    """A model whose `stream` yields fixed tokens (then the end token)."""
+    """A model whose greedy output is fixed tokens after a one-token prompt (then the end token)."""
 
     def __init__(self, tok: Tokenizer, reply: bytes, max_position_embeddings: int = 512):
         super().__init__()
         self.tokens = list(reply) + [tok.encode_special("<|assistant_end|>")]
+        self.vocab = tok.get_vocab_size()
         self.config = type("C", (), {"max_position_embeddings": max_position_embeddings})()
 
-    def stream(self, ids, max_new_tokens, **kw):
-        for t in self.tokens[:max_new_tokens]:
-            yield torch.tensor([t])
+    def forward(self, ids):
+        logits = torch.zeros(*ids.shape, self.vocab)
+        logits[0, -1, self.tokens[ids.shape[1] - 1]] = 10.0
+        return logits
 
 
 def _byte_engine(reply: str) -> Engine:
@@ -359,7 +478,7 @@ def _byte_engine(reply: str) -> Engine:
 
 
 def _run(eng: Engine, n: int = 100, stops=()) -> tuple[list[str], str, int]:
-    events = list(eng.events([0], n, temperature=0, top_k=None, seed=None, stops=stops))
+    events = list(eng.events([0], n, SamplingParams(), stops=stops))
     return [e[1] for e in events[:-1]], events[-1][1], events[-1][2]
 
 
@@ -368,6 +487,15 @@ def test_pieces_are_whole_characters():
     assert pieces == ["a", "你", "b"] and finish == "stop" and n == 6
     pieces, finish, n = _run(_byte_engine("a你b"), n=3)  # cut inside 你: the bytes still come out
     assert "".join(pieces) == "a\ufffd" and finish == "length" and n == 3
+
+
+def test_control_tokens_never_reach_the_content():
+    tok = Tokenizer({bytes([b]): b for b in range(256)})
+    start, end = tok.encode_special("<|python_start|>"), tok.encode_special("<|python_end|>")
+    script = Script(tok, b"")
+    script.tokens = [*b"a", start, *b"b", end, *b"c", tok.encode_special("<|assistant_end|>")]
+    pieces, finish, n = _run(Engine(script, tok, max_context=512))
+    assert "".join(pieces) == "abc" and finish == "stop" and n == 6  # counted, not shown
 
 
 def test_stop_strings_cut_the_answer_and_are_never_sent():
@@ -381,10 +509,10 @@ def test_stop_strings_cut_the_answer_and_are_never_sent():
 
 
 def test_release_rule():
-    assert serve._release("abc", ["cd"], final=False) == ("ab", "c", False)
-    assert serve._release("abc", ["cd"], final=True) == ("abc", "", False)
-    assert serve._release("xcdy", ["cd", "y"], final=False) == ("x", "", True)
-    assert serve._release("abc", [], final=False) == ("abc", "", False)
+    assert serve_engine._release("abc", ["cd"], final=False) == ("ab", "c", False)
+    assert serve_engine._release("abc", ["cd"], final=True) == ("abc", "", False)
+    assert serve_engine._release("xcdy", ["cd", "y"], final=False) == ("x", "", True)
+    assert serve_engine._release("abc", [], final=False) == ("abc", "", False)
 
 
 # -------------------------------------------------------------------------------------- command
@@ -412,6 +540,35 @@ def test_serve_command_end_to_end(smoke: Smoke):
         _wait(up, "the server did not come up", timeout=60)
         r = _post(url, {**OK, "temperature": 0})
         assert r.status_code == 200 and r.json()["model"] == "minillm"
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def test_port_0_prints_the_port_it_bound(smoke: Smoke):
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "serve.py"), "--checkpoint", str(smoke.checkpoint),
+         "--tokenizer", str(smoke.tokenizer_dir), "--port", "0", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        for line in proc.stdout:
+            if line.startswith("minillm serve: model"):
+                break
+        else:
+            pytest.fail(f"no start line; exit code {proc.wait()}")
+        url = line.split()[-1]
+        assert url.startswith("http://127.0.0.1:") and not url.startswith("http://127.0.0.1:0/")
+        base = url.removesuffix("/v1")
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{base}/health").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        _wait(up, "the server did not come up on the printed port", timeout=60)
+        assert httpx.get(f"{url}/models").json()["data"][0]["id"] == "minillm"
     finally:
         proc.terminate()
         proc.wait(15)
