@@ -172,7 +172,8 @@ def test_history_survives_a_restart(prod, smoke_run):
 
 def test_second_training_run_waits_in_the_queue(prod, smoke_run):
     assert smoke_run["status"] == "SUCCESS"
-    first, second = prod.launch("pretrain_stage"), prod.launch("pretrain_stage")
+    # dpo_stage: the shortest training of the smoke profile (6 steps) and its eval
+    first, second = prod.launch("dpo_stage"), prod.launch("dpo_stage")
     seen_waiting = None
     deadline = time.monotonic() + 2 * RUN_TIMEOUT_S
     while True:
