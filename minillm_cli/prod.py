@@ -111,7 +111,7 @@ def probe(db: Mapping[str, Any], timeout_s: int = 5) -> None:
     conn.close()
 
 
-def open_instance(home: Path):  # noqa: ANN201 (a DagsterInstance; dagster is imported lazily)
+def open_instance(home: Path):
     """The instance of `home`, or a one-line error: the probe first, then Dagster itself (which
     creates or checks its tables)."""
     from dagster import DagsterInstance
@@ -120,7 +120,7 @@ def open_instance(home: Path):  # noqa: ANN201 (a DagsterInstance; dagster is im
     probe(db)
     try:
         return DagsterInstance.from_config(str(home))
-    except Exception as exc:  # Dagster's errors carry no type a caller could act on
+    except Exception as exc:  # noqa: BLE001 (Dagster's errors here have no common type)
         first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         raise ResourceError(f"cannot open the Dagster instance in {home}: {_where(db)}: {first}",
                             "see the message above; `dagster instance migrate` after an "
@@ -168,17 +168,21 @@ def _read_pid(home: Path, name: str) -> int | None:
     return None
 
 
-def _graphql(url: str, query: str) -> dict[str, Any]:
-    req = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query}).encode(),
+def graphql(url: str, query: str, variables: Mapping[str, Any] | None = None,
+            timeout_s: float = 30) -> dict[str, Any]:
+    """POST a query to the webserver's /graphql; the whole answer (`data`, maybe `errors`)."""
+    body = json.dumps({"query": query, "variables": dict(variables or {})}).encode()
+    req = urllib.request.Request(f"{url}/graphql", data=body,
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.load(resp)["data"]
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        return json.load(resp)
 
 
 def _ready(url: str) -> bool:
     """The webserver answers and every daemon the instance needs has a fresh heartbeat."""
     try:
-        statuses = _graphql(url, DAEMON_HEALTH)["instance"]["daemonHealth"]["allDaemonStatuses"]
+        statuses = graphql(url, DAEMON_HEALTH, timeout_s=10)["data"]["instance"][
+            "daemonHealth"]["allDaemonStatuses"]
     except (urllib.error.URLError, OSError, KeyError, TypeError, ValueError):
         return False
     return all(s["healthy"] for s in statuses if s["required"])
@@ -193,7 +197,7 @@ def _tail(path: Path, chars: int = 3000) -> str:
 def start(home: Path, workspace: Path, host: str = "127.0.0.1", port: int = 3000,
           ready_timeout_s: float = 240.0) -> str:
     """Start the webserver and the daemon against `home`; return the URL once both are up."""
-    if any(_read_pid(home, n) and _group_alive(_read_pid(home, n)) for n in PROCESSES):
+    if any(status(home).values()):
         raise ConfigError(f"already running for {home} (`stop` first)")
     prepare_home(home)
     open_instance(home).dispose()  # the one-line error, before two processes print tracebacks
@@ -206,7 +210,8 @@ def start(home: Path, workspace: Path, host: str = "127.0.0.1", port: int = 3000
             procs[name] = subprocess.Popen(cmd, cwd=workspace.parent, env=env,
                                            stdin=subprocess.DEVNULL, stdout=log,
                                            stderr=subprocess.STDOUT, start_new_session=True,
-                                           preexec_fn=_default_signals)
+                                           # this CLI has no threads: preexec_fn is safe
+                                           preexec_fn=_default_signals)  # noqa: PLW1509
         _pidfile(home, name).write_text(f"{procs[name].pid}\n")
     url = f"http://{host}:{port}"
     deadline = time.monotonic() + ready_timeout_s
@@ -215,8 +220,8 @@ def start(home: Path, workspace: Path, host: str = "127.0.0.1", port: int = 3000
         if dead or time.monotonic() > deadline:
             stop(home)
             why = f"{dead[0]} exited" if dead else f"not ready after {ready_timeout_s:.0f} s"
-            log = home / "logs" / f"{dead[0] if dead else 'webserver'}.log"
-            raise ResourceError(f"dagster {why}; log tail:\n{_tail(log)}", f"see {log}")
+            log_path = home / "logs" / f"{dead[0] if dead else 'webserver'}.log"
+            raise ResourceError(f"dagster {why}; log tail:\n{_tail(log_path)}", f"see {log_path}")
         time.sleep(1)
     return url
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.ui_launcher import free_port
 
 SUPERUSER = "minillm"
 PASSWORD = "minillm-test-password"
@@ -52,12 +53,6 @@ def require_postgres() -> Path:
     return bindir
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class PgCluster:
     bindir: Path
@@ -80,7 +75,8 @@ def _as_owner(cmd: list[str]) -> list[str]:
 
 
 def _run(cmd: list[str], what: str) -> None:
-    proc = subprocess.run(_as_owner(cmd), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(_as_owner(cmd), capture_output=True, text=True, timeout=120,
+                          check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{what} failed ({proc.returncode}): {proc.stdout}\n{proc.stderr}")
 

@@ -12,9 +12,7 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +21,12 @@ import yaml
 
 from minillm_assets import jobs
 from minillm_assets.jobs import DEVICE_POOL_NODE_LABEL, DEVICE_POOL_TAG
+from tests.test_k8s import _optional
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 K8S_VERSION = "1.30.0"  # the oldest Kubernetes still in common support; schemas are offline
 TRAINING_ASSETS = {"pretrain_checkpoint", "sft_checkpoint", "dpo_checkpoint"}
-
-
-def _optional(name: str):
-    """Import an optional package; in CI (CI=true, as .ci/run sets) a missing one is a failure."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            raise
-        pytest.skip(f"{name} is not installed (pip install -e '.[dev]')")
 
 
 # -- the instance -------------------------------------------------------------------------------
@@ -135,8 +124,12 @@ def test_training_run_job_lands_on_gpu_nodes(monkeypatch):
     the chart's run settings and the run's tags: valid, on the pool's GPU nodes."""
     _optional("dagster_k8s")
     from dagster_k8s.container_context import K8sContainerContext
-    from dagster_k8s.job import (DagsterK8sJobConfig, UserDefinedDagsterK8sConfig,
-                                 construct_dagster_k8s_job, get_user_defined_k8s_config)
+    from dagster_k8s.job import (
+        DagsterK8sJobConfig,
+        UserDefinedDagsterK8sConfig,
+        construct_dagster_k8s_job,
+        get_user_defined_k8s_config,
+    )
 
     values = _values()
     env = {e["name"]: e["value"] for e in values["dagster-user-deployments"]["deployments"][0]["env"]}

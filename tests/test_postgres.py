@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import pytest
 import yaml
 
 from minillm_assets.jobs import DEVICE_POOL_TAG
+from minillm_cli.prod import graphql
 from tests.pg_cluster import PgCluster, free_port, pg_cluster, require_postgres
 from tests.pg_location import PROBE_SCHEDULE
 from tests.ui_launcher import isolated_env
@@ -75,7 +75,7 @@ class Prod:
         return subprocess.run([sys.executable, "-m", "minillm_cli.prod", *args, "--home",
                                str(home or self.home), "-w", str(self.workspace), "--port", str(self.port)],
                               cwd=REPO, env=env or self.env, capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, check=False)
 
     def start(self) -> None:
         proc = self.cli("start")
@@ -87,11 +87,7 @@ class Prod:
         assert json.loads(self.cli("status").stdout) == {"webserver": None, "daemon": None}
 
     def gql(self, query: str, **variables: Any) -> dict[str, Any]:
-        req = urllib.request.Request(f"{self.url}/graphql",
-                                     data=json.dumps({"query": query, "variables": variables}).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            body = json.load(resp)
+        body = graphql(self.url, query, variables)
         assert not body.get("errors"), body["errors"]
         return body["data"]
 
