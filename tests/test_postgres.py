@@ -45,7 +45,9 @@ LAUNCH = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __
 RUN = """query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { runId status jobName
   startTime endTime tags { key value } } } }"""
 RUN_EVENTS = """query($id: ID!) { logsForRun(runId: $id, limit: 10000) { __typename
-  ... on EventConnection { events { __typename } } } }"""
+  ... on EventConnection { events { __typename
+    ... on ExecutionStepStartEvent { stepKey timestamp }
+    ... on ExecutionStepSuccessEvent { stepKey timestamp } } } } }"""
 RUNS = """query { runsOrError(limit: 50) { ... on Runs { results { runId status jobName } } } }"""
 MATERIALIZATIONS = """query($path: [String!]!) { assetOrError(assetKey: {path: $path}) {
   ... on Asset { assetMaterializations(limit: 5) { runId } } } }"""
@@ -97,11 +99,13 @@ class Prod:
             self._location = (node["location"]["name"], node["name"])
         return self._location
 
-    def launch(self, job: str) -> str:
+    def launch(self, job: str, assets: list[str] | None = None) -> str:
+        """Submit a run as the UI does: a job, or (`assets`) an ad-hoc materialization."""
         loc, repo = self.location()
-        out = self.gql(LAUNCH, p={"selector": {"repositoryLocationName": loc,
-                                               "repositoryName": repo, "jobName": job},
-                                  "runConfigData": {}})["launchRun"]
+        selector = {"repositoryLocationName": loc, "repositoryName": repo, "jobName": job}
+        if assets:
+            selector["assetSelection"] = [{"path": [a]} for a in assets]
+        out = self.gql(LAUNCH, p={"selector": selector, "runConfigData": {}})["launchRun"]
         assert out["__typename"] == "LaunchRunSuccess", out
         return out["run"]["runId"]
 
@@ -197,6 +201,29 @@ def test_second_training_run_waits_in_the_queue(prod, smoke_run):
     # one after the other: the later run started once the earlier had ended
     runs = sorted((a, b), key=lambda r: r["startTime"])
     assert runs[1]["startTime"] >= runs[0]["endTime"], runs
+
+
+def _step_span(prod: Prod, run_id: str, step: str) -> tuple[int, int]:
+    events = prod.gql(RUN_EVENTS, id=run_id)["logsForRun"]["events"]
+    start = [int(e["timestamp"]) for e in events
+             if e["__typename"] == "ExecutionStepStartEvent" and e["stepKey"] == step]
+    end = [int(e["timestamp"]) for e in events
+           if e["__typename"] == "ExecutionStepSuccessEvent" and e["stepKey"] == step]
+    assert start and end, f"{step} did not run in {run_id}"
+    return start[0], end[-1]
+
+
+def test_ad_hoc_training_materialization_waits_for_the_pool(prod, smoke_run):
+    """An asset materialized from the UI runs Dagster's implicit asset job, which carries no run
+    tags; the training asset's pool keeps its step off the device while another holds it."""
+    assert smoke_run["status"] == "SUCCESS"
+    tagged = prod.launch("dpo_stage")
+    ad_hoc = prod.launch("__ASSET_JOB", assets=["dpo_checkpoint"])
+    runs = {r: prod.wait(r) for r in (tagged, ad_hoc)}
+    assert [r["status"] for r in runs.values()] == ["SUCCESS", "SUCCESS"], runs
+    assert DEVICE_POOL_TAG not in {t["key"] for t in runs[ad_hoc]["tags"]}
+    spans = sorted(_step_span(prod, r, "dpo_checkpoint") for r in runs)
+    assert spans[1][0] >= spans[0][1], f"two training steps at once: {spans}"
 
 
 def test_schedule_tick_is_recorded_by_the_daemon(prod):
