@@ -226,28 +226,39 @@ def start(home: Path, workspace: Path, host: str = "127.0.0.1", port: int = 3000
     return url
 
 
+def _ours(pid: int) -> bool:
+    """The pid still runs a Dagster process (not a stale pid file whose pid was reused)."""
+    try:
+        return b"dagster" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return not Path("/proc").is_dir()  # no /proc: trust the pid file
+    except OSError:
+        return False
+
+
 def stop(home: Path, grace_s: float = 30.0) -> list[str]:
-    """SIGTERM each process group, SIGKILL what is left after `grace_s`; names of those stopped."""
-    stopped = []
+    """SIGTERM both process groups, SIGKILL what is left after `grace_s`; names of those
+    stopped. Both are signalled first, so they shut down in parallel."""
+    groups = {}
     for name in PROCESSES:
         pid = _read_pid(home, name)
-        if pid is None:
-            continue
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-            stopped.append(name)
-        deadline = time.monotonic() + grace_s
-        while _group_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        with contextlib.suppress(ProcessLookupError):
-            if _group_alive(pid):
-                os.killpg(pid, signal.SIGKILL)
+        if pid is not None and _ours(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+                groups[name] = pid
         _pidfile(home, name).unlink(missing_ok=True)
-    return stopped
+    deadline = time.monotonic() + grace_s
+    while any(_group_alive(g) for g in groups.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pgid in groups.values():
+        with contextlib.suppress(ProcessLookupError):
+            if _group_alive(pgid):
+                os.killpg(pgid, signal.SIGKILL)
+    return list(groups)
 
 
 def status(home: Path) -> dict[str, int | None]:
-    return {n: (pid if (pid := _read_pid(home, n)) and _group_alive(pid) else None)
+    return {n: (pid if (pid := _read_pid(home, n)) and _ours(pid) and _group_alive(pid) else None)
             for n in PROCESSES}
 
 
