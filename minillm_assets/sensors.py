@@ -15,6 +15,7 @@ from typing import Any
 
 import dagster as dg
 
+from minillm_assets.jobs import training_run_tags
 from minillm_assets.resources import MiniLLMResource
 from minillm_core.artifacts import sha256_file
 from minillm_core.mix import MixConfig, MixError, resolve_files
@@ -87,7 +88,8 @@ def source_data_changed(context: dg.SensorEvaluationContext,
     context.log.info(f"sources changed for {', '.join(changed)}: requesting {len(keys)} assets")
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=version, asset_selection=keys,
-                                    tags={"minillm/changed_outputs": ",".join(changed)})],
+                                    tags={**training_run_tags(),
+                                          "minillm/changed_outputs": ",".join(changed)})],
         # Recording the new version marks the mixes stale in the UI until the run lands.
         asset_events=[dg.AssetObservation(asset_key=chinese_sources.key,
                                            tags={"dagster/data_version": version})],
