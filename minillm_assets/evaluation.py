@@ -8,7 +8,7 @@ from minillm_assets._util import check_result, need, to_metadata, user_errors
 from minillm_assets.configs import dagster_config
 from minillm_assets.resources import MiniLLMResource
 from minillm_core.artifacts import read_json, sidecar_path
-from minillm_core.evaluate import EvalConfig, check_eval, evaluate
+from minillm_core.eval import EvalConfig, check_eval, evaluate
 
 EvalRunConfig = dagster_config(EvalConfig, "EvalRunConfig", exclude=("stage",))
 

@@ -6,7 +6,7 @@ from minillm_assets._util import check_result, need, to_metadata, user_errors
 from minillm_assets.configs import dagster_config
 from minillm_assets.resources import MiniLLMResource
 from minillm_core.artifacts import read_json, sha256_tree
-from minillm_core.hf_export import ExportConfig, export_hf
+from minillm_core.export import ExportConfig, export_hf
 
 ExportRunConfig = dagster_config(ExportConfig, "ExportRunConfig")
 

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from minillm_assets.resources import STAGES, MiniLLMResource
-from minillm_core.checkpoint import load_checkpoint
-from minillm_core.evaluate import print_latest
+from minillm_cli.train import train_overrides
+from minillm_core.eval import print_latest
 from minillm_core.profiles import PROFILES
-from minillm_core.train import train_overrides
+from minillm_core.train.checkpointer import load_checkpoint
 
 
 def run_config(profile: str, stage_args: dict[str, str]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import dagster as dg
 from minillm_assets.jobs import training_run_tags
 from minillm_assets.resources import MiniLLMResource
 from minillm_core.artifacts import sha256_file
-from minillm_core.mix import MixConfig, MixError, resolve_files
+from minillm_core.data import MixConfig, MixError, resolve_files
 
 
 def fingerprint(cfg: MixConfig, previous: dict[str, list] | None = None

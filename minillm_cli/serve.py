@@ -397,7 +397,7 @@ def load_engine(checkpoint_dir: Path | str, tokenizer_dir: Path | str,
                 cfg: ServeConfig | None = None) -> Engine:
     """Load a checkpoint and its tokenizer for serving; refuses a mismatched tokenizer."""
     from minillm_core.artifacts import sha256_file
-    from minillm_core.checkpoint import WEIGHTS
+    from minillm_core.train.checkpointer import WEIGHTS
 
     cfg = cfg or ServeConfig()
     ckpt = require(checkpoint_dir, "checkpoint directory")

@@ -223,7 +223,7 @@ def _check_file(path: Path) -> None:
 def _check_dir(path: Path) -> None:
     """Directory artifacts as a whole: a token directory and a tokenizer must load."""
     if (path / "index.json").exists() and (path.parent.name == "tokens"):
-        from minillm_core.tensors import check_tokens
+        from minillm_core.tokens import check_tokens
 
         problems = check_tokens(path)
         assert not problems, f"{path}: {problems[:3]}"
@@ -232,7 +232,7 @@ def _check_dir(path: Path) -> None:
 
         load_tokenizer(path)
     if (path / "model.json").exists() and (path / "model.safetensors").exists():
-        from minillm_core.checkpoint import load_checkpoint
+        from minillm_core.train.checkpointer import load_checkpoint
 
         load_checkpoint(path)
 

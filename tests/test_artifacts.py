@@ -88,7 +88,7 @@ def test_concurrent_directory_swaps_always_leave_one_whole_version(tmp_path):
 
 
 def test_two_concurrent_runs_of_the_same_assets_leave_valid_artifacts(tmp_path):
-    from minillm_core.mix import check_mix
+    from minillm_core.data import check_mix
     from minillm_core.tokenizer import check_tokenizer
 
     config = {"resources": {"minillm": {"config": {

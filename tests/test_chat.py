@@ -162,7 +162,7 @@ def test_one_shot_prompt_prints_only_the_answer():
 
 
 def _checkpoint(tmp_path, tok):
-    from minillm_core.checkpoint import save_checkpoint
+    from minillm_core.train.checkpointer import save_checkpoint
     from minillm_core.model import MiniLLM, ModelConfig
 
     torch.manual_seed(0)

@@ -54,7 +54,7 @@ SITE = textwrap.dedent('''
             return _rename(src, dst, *a, **k)
         os.replace, os.rename = replace, rename
         if os.environ.get("RANK"):
-            from minillm_core import tensors
+            from minillm_core import tokens as tensors
             _get = tensors.TokenDataset.__getitem__
             def getitem(self, i):
                 _note("row", int(i))
@@ -66,7 +66,7 @@ SITE = textwrap.dedent('''
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A project root with out/tokenizer and out/tokens/pretrain (what the assets expect)."""
-    from minillm_core.tensors import TensorConfig, export_tokens
+    from minillm_core.tokens import TensorConfig, export_tokens
     from minillm_core.tokenizer import TokenizerConfig, train_tokenizer
 
     root = tmp_path_factory.mktemp("ddp")
@@ -173,7 +173,7 @@ def test_two_gloo_ranks_follow_the_single_process_trajectory(project, tmp_path):
 def test_uneven_tail_and_resume_on_another_world_size(project, tmp_path):
     """A stream that ends mid-round (13 samples: the last step has 1 sample, rank 1 none) and a run
     interrupted in one process, then finished by two: same losses as one uninterrupted process."""
-    from minillm_core.tensors import TokenDataset
+    from minillm_core.tokens import TokenDataset
 
     model = _model(project)
     n = len(TokenDataset(_tokens(project)))

@@ -511,7 +511,7 @@ def test_run_eval_dpo_needs_a_reference_and_scores_pairs(tmp_path):
 
 
 def _tiny_checkpoint(tmp_path: Path, tok: Tokenizer, name: str, seed: int) -> Path:
-    from minillm_core.checkpoint import save_checkpoint
+    from minillm_core.train.checkpointer import save_checkpoint
     from minillm_core.model import MiniLLM, ModelConfig
 
     torch.manual_seed(seed)
@@ -647,8 +647,8 @@ def _stream_text(ds, tok) -> str:
 
 
 def test_heldout_split_is_disjoint_from_every_training_tensor(tmp_path):
-    from minillm_core.mix import MixConfig, build_mix
-    from minillm_core.tensors import TensorConfig, TokenDataset, encode_record, export_tokens
+    from minillm_core.data import MixConfig, build_mix
+    from minillm_core.tokens import TensorConfig, TokenDataset, encode_record, export_tokens
     src = _sources(tmp_path)
     (tmp_path / "samples").mkdir()
     # Capped like the smoke profile (the default quotas would repeat 40 records 460,000 times).
@@ -717,7 +717,7 @@ def test_bfloat16_autocast_scores_close_to_float32():
 
 def test_smoke_pipeline_heldout_is_disjoint_from_its_tensors(smoke_graph):
     """The same property on what the smoke graph built from the shipped samples."""
-    from minillm_core.tensors import TensorConfig, TokenDataset, encode_record
+    from minillm_core.tokens import TensorConfig, TokenDataset, encode_record
     from minillm_core.tokenizer import load_tokenizer
 
     res = smoke_graph.resource

@@ -21,7 +21,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from minillm_cli import export as export_cli  # noqa: E402
 from minillm_core import export as hf_export  # noqa: E402
-from minillm_core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from minillm_core.train.checkpointer import load_checkpoint, save_checkpoint  # noqa: E402
 from minillm_core.errors import MiniLLMError  # noqa: E402
 from minillm_core.export import ExportConfig, ExportError, export_hf, verify  # noqa: E402
 from minillm_core.inference import SamplingParams, complete  # noqa: E402
@@ -48,8 +48,8 @@ def smoke_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Smoke:
     """Build the smoke artifacts once per test session (shared with tests/test_serve.py)."""
     if "smoke" in _BUILT:
         return _BUILT["smoke"]
-    from minillm_core.mix import MixConfig, build_mix
-    from minillm_core.tensors import TensorConfig, export_tokens
+    from minillm_core.data import MixConfig, build_mix
+    from minillm_core.tokens import TensorConfig, export_tokens
     from minillm_core.tokenizer import TokenizerConfig, train_tokenizer
     from minillm_core.train import TrainConfig, train
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minillm_core.checkpoint import load_checkpoint, require_same_model, save_checkpoint
+from minillm_core.train.checkpointer import load_checkpoint, require_same_model, save_checkpoint
 from minillm_core.config import ConfigError
 from minillm_core.inference import SamplingParams, complete
 from minillm_core.model import MiniLLM, ModelConfig

@@ -7,8 +7,8 @@ import json
 import dagster as dg
 import torch
 
-from minillm_core.checkpoint import load_checkpoint
-from minillm_core.tensors import TokenDataset
+from minillm_core.train.checkpointer import load_checkpoint
+from minillm_core.tokens import TokenDataset
 from minillm_core.tokenizer import load_tokenizer
 
 STAGES = ("pretrain", "sft", "dpo")

@@ -51,7 +51,7 @@ def test_bad_run_config_value_names_field_and_rule(tmp_path):
 
 
 def test_profile_preset_layers_under_run_config(tmp_path):
-    from minillm_core.mix import MixConfig
+    from minillm_core.data import MixConfig
 
     res = smoke_resource(tmp_path)
     cfg = res.settings(MixConfig, "mix", {"max_records": {"sft": 10}})

@@ -308,7 +308,7 @@ def test_manual_commands_on_token_tensors_and_a_jsonl_mix(tmp_path, capsys):
     import random
 
     from minillm_cli.train import main_pretrain, main_sft
-    from minillm_core.tensors import TensorConfig, export_tokens
+    from minillm_core.tokens import TensorConfig, export_tokens
     from minillm_core.tokenizer import TokenizerConfig, train_tokenizer
 
     rnd = random.Random(0)

@@ -46,7 +46,7 @@ def _messages(record: Mapping[str, Any]) -> list[dict[str, str]] | None:
 def encode_rows(stage: str, records: Iterable[Mapping[str, Any]], tokenizer: Any,
                 max_seq_len: int, limit: int) -> list[dict[str, torch.Tensor]]:
     """Records -> token rows exactly as the training tensors build them (same cuts, masks)."""
-    from minillm_core import tensors
+    from minillm_core import tokens as tensors
 
     cfg = tensors.TensorConfig(max_length=max_seq_len)
     rows = []

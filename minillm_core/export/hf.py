@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from safetensors.torch import save_file
 
 from minillm_core.artifacts import atomic_path, require, sha256_file
-from minillm_core.checkpoint import WEIGHTS, load_checkpoint, weights_state
+from minillm_core.train.checkpointer import WEIGHTS, load_checkpoint, weights_state
 from minillm_core.config import CoreConfig
 from minillm_core.export.tokenizer_files import END, ExportError, tokenizer_config, tokenizer_json
 from minillm_core.export import verify as checks

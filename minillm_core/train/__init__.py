@@ -18,12 +18,3 @@ from minillm_core.train.loop import train
 
 __all__ = ["PARENT", "STAGE_DEFAULTS", "TrainConfig", "TrainReport", "train"]
 
-
-def __getattr__(name: str) -> Any:
-    # Temporary re-export for the restructure; removed at merge (minillm_assets.pipeline still
-    # imports train_overrides from here; it lives in the front end now).
-    if name == "train_overrides":
-        from minillm_cli.train import train_overrides
-
-        return train_overrides
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

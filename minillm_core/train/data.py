@@ -168,7 +168,7 @@ def open_data(cfg: TrainConfig, model_cfg: ModelConfig, dataset: Any | None = No
 
 def _open_path(cfg: TrainConfig, context: int) -> TrainingData:
     path = require(cfg.required_path("data_path"), f"{cfg.stage} data (token tensors dir or JSONL mix)")
-    from minillm_core import tensors
+    from minillm_core import tokens as tensors
 
     if path.is_file():
         if not cfg.tokenizer_dir:
