@@ -11,8 +11,6 @@
     ddp.py           DDP collectives, the rank config file and the rank entry point
 """
 
-from typing import Any
-
 from minillm_core.train.config import PARENT, STAGE_DEFAULTS, TrainConfig, TrainReport
 from minillm_core.train.loop import train
 
