@@ -10,3 +10,5 @@ UV="${UV:-$(command -v uv || echo .venv/bin/uv)}"
 compile=("$UV" pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes -q)
 "${compile[@]}" -o requirements.lock
 "${compile[@]}" --extra dev -o requirements-dev.lock
+# dagster-graphql asks for gql[requests]: pip's hash mode wants the extra pinned on the line itself.
+sed -i 's/^gql==/gql[requests]==/' requirements.lock requirements-dev.lock
