@@ -6,8 +6,8 @@ from minillm_assets._util import check_result, image_md, need, to_metadata, user
 from minillm_assets.configs import dagster_config
 from minillm_assets.resources import STAGES, MiniLLMResource
 from minillm_core.artifacts import read_json, sha256_tree
-from minillm_core.tokens import TensorConfig, check_tokens, export_tokens, plot_length_histogram
 from minillm_core.tokenizer import TokenizerConfig, check_tokenizer, load_tokenizer, train_tokenizer
+from minillm_core.tokens import TensorConfig, check_tokens, export_tokens, plot_length_histogram
 
 TokenizerRunConfig = dagster_config(TokenizerConfig, "TokenizerRunConfig")
 TensorRunConfig = dagster_config(TensorConfig, "TensorRunConfig")

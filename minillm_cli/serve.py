@@ -64,8 +64,13 @@ from minillm_cli.serve_request import ChatRequest, validation_message
 from minillm_core.artifacts import require
 from minillm_core.config import CoreConfig
 from minillm_core.errors import ArtifactError, ConfigError
-from minillm_core.inference import (SEED_MAX, SamplingParams, load_model, resolve_device,
-                                    resolve_dtype)
+from minillm_core.inference import (
+    SEED_MAX,
+    SamplingParams,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+)
 from minillm_core.tokenizer import TokenizerError
 
 

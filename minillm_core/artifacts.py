@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-
 from minillm_core.errors import ArtifactError, DiskFullError, MissingArtifactError
 
 

@@ -379,8 +379,8 @@ def load_model(checkpoint: Path | str, tokenizer_dir: Path | str, device: torch.
     """A checkpoint in eval mode, its tokenizer and its metadata; refuses a tokenizer other than
     the one it was trained with (MissingArtifactError for a missing folder)."""
     from minillm_core.artifacts import require
-    from minillm_core.train.checkpointer import load_checkpoint
     from minillm_core.tokenizer import load_tokenizer
+    from minillm_core.train.checkpointer import load_checkpoint
 
     ckpt = require(checkpoint, "checkpoint")
     tokenizer = load_tokenizer(require(tokenizer_dir, "tokenizer"))

@@ -10,8 +10,8 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minillm_core.tokenizer import reference as ref
 from minillm_core.tokenizer import HELDOUT_EN, HELDOUT_ZH, TRICKY_TEXT, Tokenizer
+from minillm_core.tokenizer import reference as ref
 
 rb = pytest.importorskip("minillm_rustbpe", reason="minillm_rustbpe not built (pip install ./rustbpe)")
 

@@ -162,8 +162,8 @@ def test_one_shot_prompt_prints_only_the_answer():
 
 
 def _checkpoint(tmp_path, tok):
-    from minillm_core.train.checkpointer import save_checkpoint
     from minillm_core.model import MiniLLM, ModelConfig
+    from minillm_core.train.checkpointer import save_checkpoint
 
     torch.manual_seed(0)
     model = MiniLLM(ModelConfig(vocab_size=tok.get_vocab_size(), hidden_size=16,

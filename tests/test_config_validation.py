@@ -11,12 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minillm_core.config import ConfigError, CoreConfig, check_within_roots, validate_device
-from minillm_core.eval import EvalConfig
 from minillm_core.data import MixConfig
+from minillm_core.eval import EvalConfig
 from minillm_core.model import ModelConfig
 from minillm_core.profiles import preset
-from minillm_core.tokens import TensorConfig
 from minillm_core.tokenizer import TokenizerConfig
+from minillm_core.tokens import TensorConfig
 from minillm_core.train.config import TrainConfig
 from tests.faults_helpers import count
 

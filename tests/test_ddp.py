@@ -66,8 +66,8 @@ SITE = textwrap.dedent('''
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A project root with out/tokenizer and out/tokens/pretrain (what the assets expect)."""
-    from minillm_core.tokens import TensorConfig, export_tokens
     from minillm_core.tokenizer import TokenizerConfig, train_tokenizer
+    from minillm_core.tokens import TensorConfig, export_tokens
 
     root = tmp_path_factory.mktemp("ddp")
     mix = root / "mix.jsonl"

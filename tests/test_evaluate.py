@@ -511,8 +511,8 @@ def test_run_eval_dpo_needs_a_reference_and_scores_pairs(tmp_path):
 
 
 def _tiny_checkpoint(tmp_path: Path, tok: Tokenizer, name: str, seed: int) -> Path:
-    from minillm_core.train.checkpointer import save_checkpoint
     from minillm_core.model import MiniLLM, ModelConfig
+    from minillm_core.train.checkpointer import save_checkpoint
 
     torch.manual_seed(seed)
     model = MiniLLM(ModelConfig(vocab_size=tok.get_vocab_size(), hidden_size=16,
@@ -717,8 +717,8 @@ def test_bfloat16_autocast_scores_close_to_float32():
 
 def test_smoke_pipeline_heldout_is_disjoint_from_its_tensors(smoke_graph):
     """The same property on what the smoke graph built from the shipped samples."""
-    from minillm_core.tokens import TensorConfig, TokenDataset, encode_record
     from minillm_core.tokenizer import load_tokenizer
+    from minillm_core.tokens import TensorConfig, TokenDataset, encode_record
 
     res = smoke_graph.resource
     tok = load_tokenizer(res.tokenizer_dir)

@@ -31,8 +31,17 @@ from pathlib import Path
 import pytest
 
 from minillm_core.artifacts import sha256_tree
-from tests.faults_helpers import (Run, compare_weights, count, materialize, normalized_digest,
-                                  reference_run, roots, scan_artifacts, weights)
+from tests.faults_helpers import (
+    Run,
+    compare_weights,
+    count,
+    materialize,
+    normalized_digest,
+    reference_run,
+    roots,
+    scan_artifacts,
+    weights,
+)
 
 pytestmark = pytest.mark.faults
 

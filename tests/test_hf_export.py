@@ -21,12 +21,12 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from minillm_cli import export as export_cli  # noqa: E402
 from minillm_core import export as hf_export  # noqa: E402
-from minillm_core.train.checkpointer import load_checkpoint, save_checkpoint  # noqa: E402
 from minillm_core.errors import MiniLLMError  # noqa: E402
 from minillm_core.export import ExportConfig, ExportError, export_hf, verify  # noqa: E402
 from minillm_core.inference import SamplingParams, complete  # noqa: E402
 from minillm_core.model import MiniLLM, ModelConfig  # noqa: E402
 from minillm_core.tokenizer import TRICKY_TEXT, Tokenizer, load_tokenizer  # noqa: E402
+from minillm_core.train.checkpointer import load_checkpoint, save_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_SHAPE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -49,8 +49,8 @@ def smoke_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Smoke:
     if "smoke" in _BUILT:
         return _BUILT["smoke"]
     from minillm_core.data import MixConfig, build_mix
-    from minillm_core.tokens import TensorConfig, export_tokens
     from minillm_core.tokenizer import TokenizerConfig, train_tokenizer
+    from minillm_core.tokens import TensorConfig, export_tokens
     from minillm_core.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("hf_smoke")

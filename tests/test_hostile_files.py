@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from minillm_core.artifacts import ArtifactError
-from minillm_core.train.checkpointer import load_checkpoint, load_resume, save_checkpoint
 from minillm_core.model import MiniLLM, ModelConfig
-from minillm_core.tokens import TensorConfig, TokenDataset, check_tokens, export_tokens
 from minillm_core.tokenizer import Tokenizer, check_tokenizer, load_tokenizer
+from minillm_core.tokens import TensorConfig, TokenDataset, check_tokens, export_tokens
+from minillm_core.train.checkpointer import load_checkpoint, load_resume, save_checkpoint
 from tests.faults_helpers import REPO, Payload, count, payload_bytes
 
 pytestmark = pytest.mark.faults

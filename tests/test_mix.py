@@ -13,8 +13,15 @@ from minillm_cli.main import main as minillm_main
 from minillm_cli.mix import main as mix_main
 from minillm_core.artifacts import sidecar_path
 from minillm_core.config import ConfigError
-from minillm_core.data import (OUTPUTS, CategoryConfig, MixConfig, MixError, build_mix, check_mix,
-                               quotas)
+from minillm_core.data import (
+    OUTPUTS,
+    CategoryConfig,
+    MixConfig,
+    MixError,
+    build_mix,
+    check_mix,
+    quotas,
+)
 from minillm_core.data.sampling import sample_sorted
 from minillm_core.data.spool import Spool
 from minillm_core.errors import DataError

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minillm_core.train.checkpointer import load_checkpoint, require_same_model, save_checkpoint
 from minillm_core.config import ConfigError
 from minillm_core.inference import SamplingParams, complete
 from minillm_core.model import MiniLLM, ModelConfig
+from minillm_core.train.checkpointer import load_checkpoint, require_same_model, save_checkpoint
 
 TINY = dict(vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2)

@@ -7,9 +7,9 @@ import json
 import dagster as dg
 import torch
 
-from minillm_core.train.checkpointer import load_checkpoint
-from minillm_core.tokens import TokenDataset
 from minillm_core.tokenizer import load_tokenizer
+from minillm_core.tokens import TokenDataset
+from minillm_core.train.checkpointer import load_checkpoint
 
 STAGES = ("pretrain", "sft", "dpo")
 

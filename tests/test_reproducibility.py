@@ -19,8 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults_helpers import compare_weights, count, normalized_digest, reference_run, roots, \
-    weights
+from tests.faults_helpers import (
+    compare_weights,
+    count,
+    normalized_digest,
+    reference_run,
+    roots,
+    weights,
+)
 
 STAGES = ("pretrain", "sft", "dpo")
 # Wall-clock content: the only files allowed to differ between two runs (docs/reliability.md).

@@ -23,9 +23,9 @@ httpx = pytest.importorskip("httpx")
 
 from minillm_cli import serve, serve_engine  # noqa: E402
 from minillm_cli.serve import Engine, ServeConfig, create_app, load_engine  # noqa: E402
-from minillm_core.train.checkpointer import load_checkpoint  # noqa: E402
 from minillm_core.inference import SamplingParams, complete  # noqa: E402
 from minillm_core.tokenizer import Tokenizer  # noqa: E402
+from minillm_core.train.checkpointer import load_checkpoint  # noqa: E402
 from tests.test_hf_export import Smoke, smoke_artifacts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,13 +12,19 @@ from hypothesis import strategies as st
 
 from minillm_cli import tokenizer as tokenizer_cli
 from minillm_core import tokenizer as tk
-from minillm_core.tokenizer import reference as ref
-from minillm_core.tokenizer import trainers
 from minillm_core.config import ConfigError
 from minillm_core.tokenizer import (
-    SPECIAL_TOKENS, TRICKY_TEXT, Tokenizer, TokenizerConfig, TokenizerError, check_tokenizer,
-    load_tokenizer, train_tokenizer,
+    SPECIAL_TOKENS,
+    TRICKY_TEXT,
+    Tokenizer,
+    TokenizerConfig,
+    TokenizerError,
+    check_tokenizer,
+    load_tokenizer,
+    train_tokenizer,
+    trainers,
 )
+from minillm_core.tokenizer import reference as ref
 
 ZH = ("今天天气很好，我们一起去公园散步吧。公园里有很多人，有的在跑步，有的在下棋。"
       "我喜欢读书，也喜欢写字。学习中文需要耐心和时间。机器学习模型需要大量的数据来训练。")

@@ -308,8 +308,8 @@ def test_manual_commands_on_token_tensors_and_a_jsonl_mix(tmp_path, capsys):
     import random
 
     from minillm_cli.train import main_pretrain, main_sft
-    from minillm_core.tokens import TensorConfig, export_tokens
     from minillm_core.tokenizer import TokenizerConfig, train_tokenizer
+    from minillm_core.tokens import TensorConfig, export_tokens
 
     rnd = random.Random(0)
     words = "我们 今天 天气 很好 学习 模型 语言 中文 数据 训练 你好 世界".split()

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from minillm_core.layout import Layout
 
+
 def append_jsonl(path: Path | str, record: Mapping[str, Any]) -> str:
     """Append `record` as one JSON line; safe against concurrent appenders. Returns the line.
 

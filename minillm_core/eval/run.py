@@ -23,10 +23,18 @@ from minillm_core.errors import ConfigError
 from minillm_core.eval.config import EvalConfig, EvalReport
 from minillm_core.eval.data import category, encode_rows, mc_items, read_jsonl
 from minillm_core.eval.metrics import identity_scores, token_byte_lengths
-from minillm_core.eval.results import (append_jsonl, metrics_table, samples_markdown,
-                                       write_tensorboard)
-from minillm_core.eval.scoring import (generate_samples, score_loss, score_multiple_choice,
-                                       score_preferences)
+from minillm_core.eval.results import (
+    append_jsonl,
+    metrics_table,
+    samples_markdown,
+    write_tensorboard,
+)
+from minillm_core.eval.scoring import (
+    generate_samples,
+    score_loss,
+    score_multiple_choice,
+    score_preferences,
+)
 from minillm_core.inference import model_context, resolve_device, resolve_dtype
 from minillm_core.model import ModelConfig
 from minillm_core.progress import LogFn, emit

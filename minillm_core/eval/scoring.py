@@ -9,8 +9,13 @@ from typing import Any
 
 import torch
 
-from minillm_core.eval.metrics import (LossTotals, mc_pick, preference_metrics, sequence_logps,
-                                       token_nll)
+from minillm_core.eval.metrics import (
+    LossTotals,
+    mc_pick,
+    preference_metrics,
+    sequence_logps,
+    token_nll,
+)
 from minillm_core.inference import SamplingParams, autocast, generate, stop_ids
 from minillm_core.schema import IGNORE_INDEX
 from minillm_core.tokens.collate import collate

@@ -14,14 +14,14 @@ from pydantic import BaseModel, Field
 from safetensors.torch import save_file
 
 from minillm_core.artifacts import atomic_path, require, sha256_file
-from minillm_core.train.checkpointer import WEIGHTS, load_checkpoint, weights_state
 from minillm_core.config import CoreConfig
-from minillm_core.export.tokenizer_files import END, ExportError, tokenizer_config, tokenizer_json
 from minillm_core.export import verify as checks
+from minillm_core.export.tokenizer_files import END, ExportError, tokenizer_config, tokenizer_json
 from minillm_core.inference import stop_ids
 from minillm_core.model import MiniLLM
 from minillm_core.progress import LogFn, emit
 from minillm_core.tokenizer import BOS, Tokenizer, load_tokenizer
+from minillm_core.train.checkpointer import WEIGHTS, load_checkpoint, weights_state
 
 EXPORT_META = "minillm_export.json"
 FORMAT_VERSION = 1
