@@ -51,26 +51,42 @@ def _record(rng: random.Random, kind: str, s: list[str], i: int) -> dict:
     if kind == "belle":
         return {"instruction": q, "input": "", "output": a}
     if kind == "sharegpt":
-        return {"id": f"s{i}", "conversations": [{"from": "human", "value": q},
-                                                 {"from": "gpt", "value": a},
-                                                 {"from": "human", "value": para(1, 2)},
-                                                 {"from": "gpt", "value": para(2, 5)}]}
+        return {
+            "id": f"s{i}",
+            "conversations": [
+                {"from": "human", "value": q},
+                {"from": "gpt", "value": a},
+                {"from": "human", "value": para(1, 2)},
+                {"from": "gpt", "value": para(2, 5)},
+            ],
+        }
     if kind == "messages":
-        return {"conversations": [{"role": "user", "content": q},
-                                  {"role": "assistant", "content": a}]}
+        return {
+            "conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        }
     if kind == "mcq":
-        return {"question": q, "A": para(1, 1), "B": para(1, 1), "C": para(1, 1),
-                "D": para(1, 1), "answer": rng.choice("ABCD")}
+        return {
+            "question": q,
+            "A": para(1, 1),
+            "B": para(1, 1),
+            "C": para(1, 1),
+            "D": para(1, 1),
+            "answer": rng.choice("ABCD"),
+        }
     if kind == "math":
         n = rng.randint(2, 999)
         return {"question": q, "answer": f"{a}\n{n}-1=<<{n}-1={n - 1}>>{n - 1}\n#### {n - 1}"}
     if kind == "identity":
-        return [{"role": "user", "content": q},
-                {"role": "assistant", "content": "我是{{name}}。" + a}]
+        return [
+            {"role": "user", "content": q},
+            {"role": "assistant", "content": "我是{{name}}。" + a},
+        ]
     if kind == "dpo_messages":
         u = {"role": "user", "content": q}
-        return {"chosen": [u, {"role": "assistant", "content": a}],
-                "rejected": [u, {"role": "assistant", "content": para(1, 3)}]}
+        return {
+            "chosen": [u, {"role": "assistant", "content": a}],
+            "rejected": [u, {"role": "assistant", "content": para(1, 3)}],
+        }
     return {"prompt": q, "chosen": a, "rejected": para(1, 3)}
 
 
@@ -121,26 +137,34 @@ def generate(root: Path, total_mb: float, seed: int = 0) -> int:
 def run_one(src: Path, out: Path) -> dict:
     """Build the three outputs from `src` (called in a fresh subprocess); print one JSON line."""
     from minillm_core.data import MixConfig, build_mix
+
     cfg = MixConfig(sources_dir=src, samples_dir=src / "no-samples")
     t0 = time.monotonic()
     per = {}
     for output in ("pretrain", "sft", "dpo"):
         t = time.monotonic()
         r = build_mix(cfg, output, out, log=lambda _m: None)
-        per[output] = {"seconds": round(time.monotonic() - t, 2),
-                       "source_bytes": r.metadata["source_bytes"], "records": r.records,
-                       "out_bytes": r.metadata["bytes"],
-                       "scan_seconds": r.metadata["scan_seconds"],
-                       "scan_cpu_seconds": r.metadata["scan_cpu_seconds"]}
+        per[output] = {
+            "seconds": round(time.monotonic() - t, 2),
+            "source_bytes": r.metadata["source_bytes"],
+            "records": r.records,
+            "out_bytes": r.metadata["bytes"],
+            "scan_seconds": r.metadata["scan_seconds"],
+            "scan_cpu_seconds": r.metadata["scan_cpu_seconds"],
+        }
     seconds = time.monotonic() - t0
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cpu = resource.getrusage(resource.RUSAGE_SELF)
-    return {"seconds": seconds, "cpu_seconds": cpu.ru_utime + cpu.ru_stime,
-            "source_bytes": sum(p["source_bytes"] for p in per.values()),
-            "scan_seconds": sum(p["scan_seconds"] for p in per.values()),
-            "scan_cpu_seconds": sum(p["scan_cpu_seconds"] for p in per.values()),
-            "out_bytes": sum(p["out_bytes"] for p in per.values()),
-            "peak_rss_mb": rss_kb / 1024, "outputs": per}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu.ru_utime + cpu.ru_stime,
+        "source_bytes": sum(p["source_bytes"] for p in per.values()),
+        "scan_seconds": sum(p["scan_seconds"] for p in per.values()),
+        "scan_cpu_seconds": sum(p["scan_cpu_seconds"] for p in per.values()),
+        "out_bytes": sum(p["out_bytes"] for p in per.values()),
+        "peak_rss_mb": rss_kb / 1024,
+        "outputs": per,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scales", type=float, nargs="+", default=[0.1, 1.0, 10.0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/minillm-bench"))
     ap.add_argument("--keep-outputs", action="store_true")
-    ap.add_argument("--write-doc", action="store_true",
-                    help="replace the table in docs/mix.md with this run's")
+    ap.add_argument(
+        "--write-doc", action="store_true", help="replace the table in docs/mix.md with this run's"
+    )
     ap.add_argument("--run", type=Path, help=argparse.SUPPRESS)  # internal: one measurement
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -163,13 +188,21 @@ def main(argv: list[str] | None = None) -> int:
         src = args.work / f"src-{mb:g}MB"
         t = time.monotonic()
         size = generate(src, mb)
-        print(f"sources {scale:g}x: {size / 1e6:.0f} MB in {src} "
-              f"({time.monotonic() - t:.0f}s to generate or check)", file=sys.stderr, flush=True)
+        print(
+            f"sources {scale:g}x: {size / 1e6:.0f} MB in {src} "
+            f"({time.monotonic() - t:.0f}s to generate or check)",
+            file=sys.stderr,
+            flush=True,
+        )
         out = args.work / f"out-{mb:g}MB"
         shutil.rmtree(out, ignore_errors=True)
         load0 = os.getloadavg()[0]
-        proc = subprocess.run([sys.executable, __file__, "--run", str(src), "--out", str(out)],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--run", str(src), "--out", str(out)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0:
             print(proc.stderr, file=sys.stderr)
             return proc.returncode
@@ -195,21 +228,28 @@ DOC_BEGIN, DOC_END = "<!-- bench_mix:begin -->", "<!-- bench_mix:end -->"
 
 def _table(rows: list[dict]) -> str:
     base = next((r for r in rows if r["scale"] == 1.0), rows[0])
-    out = [f"Measured {time.strftime('%Y-%m-%d')}: all three outputs at the seed's quotas; "
-           f"{os.cpu_count()} CPUs (shared), one process, python {sys.version.split()[0]}.", ""]
-    out.append("| scale | sources (MB) | source read (MB) | written (MB) | wall (s) | CPU (s) "
-               "| scan MB/s (wall) | scan MB/s (CPU) | end-to-end MB/s (wall) "
-               "| end-to-end MB/s (CPU) | peak RSS (MB) | RSS / 1x | load avg (start, end) |")
+    out = [
+        f"Measured {time.strftime('%Y-%m-%d')}: all three outputs at the seed's quotas; "
+        f"{os.cpu_count()} CPUs (shared), one process, python {sys.version.split()[0]}.",
+        "",
+    ]
+    out.append(
+        "| scale | sources (MB) | source read (MB) | written (MB) | wall (s) | CPU (s) "
+        "| scan MB/s (wall) | scan MB/s (CPU) | end-to-end MB/s (wall) "
+        "| end-to-end MB/s (CPU) | peak RSS (MB) | RSS / 1x | load avg (start, end) |"
+    )
     out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         read = r["source_bytes"] / 1e6
-        out.append(f"| {r['scale']:g}x | {r['input_mb']:.0f} | {read:.0f} | "
-                   f"{r['out_bytes'] / 1e6:.0f} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | "
-                   f"{read / r['scan_seconds']:.1f} | {read / r['scan_cpu_seconds']:.1f} | "
-                   f"{read / r['seconds']:.1f} | "
-                   f"{read / r['cpu_seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
-                   f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f} | "
-                   f"{r['load'][0]:.2f}, {r['load'][1]:.2f} |")
+        out.append(
+            f"| {r['scale']:g}x | {r['input_mb']:.0f} | {read:.0f} | "
+            f"{r['out_bytes'] / 1e6:.0f} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | "
+            f"{read / r['scan_seconds']:.1f} | {read / r['scan_cpu_seconds']:.1f} | "
+            f"{read / r['seconds']:.1f} | "
+            f"{read / r['cpu_seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f} | "
+            f"{r['load'][0]:.2f}, {r['load'][1]:.2f} |"
+        )
     return "\n".join(out)
 
 

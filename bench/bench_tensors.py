@@ -73,6 +73,7 @@ def proc_status_mib(key: str) -> float:
 
 # ----------------------------------------------------------------------------- child processes
 
+
 def child(mode: str, mix: Path, tok_dir: Path, out: Path, threads: int) -> dict:
     """Run in a fresh interpreter so ru_maxrss is this job's peak alone."""
     from minillm_core.tokenizer import load_tokenizer
@@ -81,8 +82,14 @@ def child(mode: str, mix: Path, tok_dir: Path, out: Path, threads: int) -> dict:
     base = proc_status_mib("VmRSS")  # after the imports (torch, tiktoken, numpy)
     t0 = time.perf_counter()
     if mode == "export":
-        rep = export_tokens(TensorConfig(max_length=2048, num_threads=threads), "pretrain", mix,
-                            tok_dir, out, log=lambda m: None)
+        rep = export_tokens(
+            TensorConfig(max_length=2048, num_threads=threads),
+            "pretrain",
+            mix,
+            tok_dir,
+            out,
+            log=lambda m: None,
+        )
         tokens = rep.tokens
     else:  # the seed: every text tokenized into memory before training starts
         tok = load_tokenizer(tok_dir)
@@ -90,18 +97,37 @@ def child(mode: str, mix: Path, tok_dir: Path, out: Path, threads: int) -> dict:
         texts = [json.loads(line)["text"] for line in open(mix, encoding="utf-8")]
         rows = tok.encode(texts, prepend=bos, num_threads=threads)
         tokens = sum(map(len, rows))
-    return {"mode": mode, "peak_rss_mib": round(proc_status_mib("VmHWM"), 1), "start_rss_mib": round(base, 1),
-            "tokens": tokens, "seconds": round(time.perf_counter() - t0, 2), "load": load()}
+    return {
+        "mode": mode,
+        "peak_rss_mib": round(proc_status_mib("VmHWM"), 1),
+        "start_rss_mib": round(base, 1),
+        "tokens": tokens,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "load": load(),
+    }
 
 
 def run_child(mode: str, mix: Path, tok_dir: Path, out: Path, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", mode, "--mix", str(mix), "--tokenizer", str(tok_dir),
-           "--child-out", str(out), "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--mix",
+        str(mix),
+        "--tokenizer",
+        str(tok_dir),
+        "--child-out",
+        str(out),
+        "--threads",
+        str(threads),
+    ]
     res = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- measurements
+
 
 def throughput(mix: Path, tok_dir: Path, work: Path, threads: int, repeats: int) -> dict:
     from minillm_core.tokenizer import load_tokenizer
@@ -120,18 +146,31 @@ def throughput(mix: Path, tok_dir: Path, work: Path, threads: int, repeats: int)
         del ids
         base.append({"seconds": dt, "tokens_per_s": text_tokens / dt, "load": la})
         la = load()
-        rep = export_tokens(TensorConfig(max_length=2048, num_threads=threads), "pretrain", mix,
-                            tok_dir, work / "pretrain_packed_2048", log=lambda m: None)
+        rep = export_tokens(
+            TensorConfig(max_length=2048, num_threads=threads),
+            "pretrain",
+            mix,
+            tok_dir,
+            work / "pretrain_packed_2048",
+            log=lambda m: None,
+        )
         dt = rep.metadata["seconds"]
         docs = rep.metadata["samples"] - rep.metadata["dropped_samples"]
         assert rep.tokens - docs == text_tokens, "export and tiktoken must see the same text tokens"
         ours.append({"seconds": dt, "tokens_per_s": text_tokens / dt, "load": la})
     med = lambda xs, k: statistics.median(x[k] for x in xs)  # noqa: E731
-    return {"docs": len(texts), "text_bytes": nbytes, "text_tokens": text_tokens, "threads": threads,
-            "tiktoken": base, "export": ours,
-            "tiktoken_tokens_per_s": med(base, "tokens_per_s"), "export_tokens_per_s": med(ours, "tokens_per_s"),
-            "ratio": med(ours, "tokens_per_s") / med(base, "tokens_per_s"),
-            "load": [x["load"] for x in base + ours]}
+    return {
+        "docs": len(texts),
+        "text_bytes": nbytes,
+        "text_tokens": text_tokens,
+        "threads": threads,
+        "tiktoken": base,
+        "export": ours,
+        "tiktoken_tokens_per_s": med(base, "tokens_per_s"),
+        "export_tokens_per_s": med(ours, "tokens_per_s"),
+        "ratio": med(ours, "tokens_per_s") / med(base, "tokens_per_s"),
+        "load": [x["load"] for x in base + ours],
+    }
 
 
 def padding(mix: Path, tok_dir: Path, work: Path, threads: int) -> dict:
@@ -140,8 +179,14 @@ def padding(mix: Path, tok_dir: Path, work: Path, threads: int) -> dict:
     out = {}
     for L in (512, 2048):
         la = load()
-        rep = export_tokens(TensorConfig(max_length=L, layout="padded", num_threads=threads), "pretrain",
-                            mix, tok_dir, work / f"pretrain_padded_{L}", log=lambda m: None)
+        rep = export_tokens(
+            TensorConfig(max_length=L, layout="padded", num_threads=threads),
+            "pretrain",
+            mix,
+            tok_dir,
+            work / f"pretrain_padded_{L}",
+            log=lambda m: None,
+        )
         md = rep.metadata
         # The collator pads a batch to its longest row, not to max_length: simulate shuffled
         # batches of 4 over the stored row lengths.
@@ -153,13 +198,19 @@ def padding(mix: Path, tok_dir: Path, work: Path, threads: int) -> dict:
         random.Random(0).shuffle(lengths)
         real = padded = 0
         for i in range(0, len(lengths) - 3, 4):
-            b = lengths[i:i + 4]
+            b = lengths[i : i + 4]
             real += sum(b)
             padded += 4 * max(b)
-        out[L] = {"packed": md["padding_fraction_packed"], "padded": md["padding_fraction_padded"],
-                  "padded_batch4_longest": 1 - real / padded, "truncated_padded": md["truncated_samples"],
-                  "truncated_tokens_padded": md["truncated_tokens"], "longest": md["longest_sample"],
-                  "histogram": md["length_histogram"], "load": la}
+        out[L] = {
+            "packed": md["padding_fraction_packed"],
+            "padded": md["padding_fraction_padded"],
+            "padded_batch4_longest": 1 - real / padded,
+            "truncated_padded": md["truncated_samples"],
+            "truncated_tokens_padded": md["truncated_tokens"],
+            "longest": md["longest_sample"],
+            "histogram": md["length_histogram"],
+            "load": la,
+        }
     return out
 
 
@@ -168,12 +219,19 @@ def loader_vs_step(mix: Path, tok_dir: Path, work: Path, threads: int, batches: 
 
     from minillm_core.tokens import TensorConfig, TokenDataset, export_tokens
 
-    rep = export_tokens(TensorConfig(max_length=512, num_threads=threads), "pretrain", mix, tok_dir,
-                        work / "pretrain_packed_512", log=lambda m: None)
+    rep = export_tokens(
+        TensorConfig(max_length=512, num_threads=threads),
+        "pretrain",
+        mix,
+        tok_dir,
+        work / "pretrain_packed_512",
+        log=lambda m: None,
+    )
     ds = TokenDataset(rep.path)
     g = torch.Generator().manual_seed(0)
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True, generator=g,
-                                         collate_fn=ds.collate_fn, num_workers=0)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=4, shuffle=True, generator=g, collate_fn=ds.collate_fn, num_workers=0
+    )
     la = load()
     it = iter(loader)
     t0 = time.perf_counter()
@@ -191,7 +249,9 @@ def loader_vs_step(mix: Path, tok_dir: Path, work: Path, threads: int, batches: 
     def step() -> float:
         t = time.perf_counter()
         logits = model(batch["input_ids"])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+        loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100
+        )
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -201,21 +261,31 @@ def loader_vs_step(mix: Path, tok_dir: Path, work: Path, threads: int, batches: 
     sla = load()
     steps = [step() for _ in range(2)]
     step_s = statistics.median(steps)
-    return {"loader_ms_per_batch": per_batch * 1e3, "loader_load": la, "step_s": step_s, "step_load": sla,
-            "ratio": per_batch / step_s, "params": model.num_parameters(), "torch_threads": torch.get_num_threads()}
+    return {
+        "loader_ms_per_batch": per_batch * 1e3,
+        "loader_load": la,
+        "step_s": step_s,
+        "step_load": sla,
+        "ratio": per_batch / step_s,
+        "params": model.num_parameters(),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def rss(mix: Path, tok_dir: Path, work: Path, threads: int, scale: int) -> dict:
     big = shuffled_mix(mix, work / f"mix_x{scale}.jsonl", scale) if scale > 1 else mix
     out = {}
     for name, m in (("x1", mix), (f"x{scale}", big)):
-        out[name] = {"bytes": m.stat().st_size,
-                     "export": run_child("export", m, tok_dir, work / f"rss_{name}", threads),
-                     "seed_in_memory": run_child("seed", m, tok_dir, work / f"rss_{name}", threads)}
+        out[name] = {
+            "bytes": m.stat().st_size,
+            "export": run_child("export", m, tok_dir, work / f"rss_{name}", threads),
+            "seed_in_memory": run_child("seed", m, tok_dir, work / f"rss_{name}", threads),
+        }
     return out
 
 
 # ----------------------------------------------------------------------------- report
+
 
 def table(r: dict) -> str:
     t, p, s, m = r["throughput"], r["padding"], r["rss"], r["loader"]
@@ -232,18 +302,27 @@ def table(r: dict) -> str:
         f"{t['export_tokens_per_s'] / 1e6:.2f} M tokens/s = **{t['ratio']:.0%} of tiktoken** | "
         f"{la([x['load'] for x in t['export']])} |",
     ]
-    for key, what in (("export", "`export_tokens`"), ("seed_in_memory", "seed-style, whole JSONL tokenized in memory")):
+    for key, what in (
+        ("export", "`export_tokens`"),
+        ("seed_in_memory", "seed-style, whole JSONL tokenized in memory"),
+    ):
         for name, v in s.items():
             c = v[key]
-            lines.append(f"| peak RSS, {what}, mix {name} ({v['bytes'] / 1e6:.0f} MB) | "
-                         f"{c['peak_rss_mib']:.0f} MiB ({c['peak_rss_mib'] - c['start_rss_mib']:.0f} MiB "
-                         f"above the {c['start_rss_mib']:.0f} MiB after imports) | {c['load']:.2f} |")
+            lines.append(
+                f"| peak RSS, {what}, mix {name} ({v['bytes'] / 1e6:.0f} MB) | "
+                f"{c['peak_rss_mib']:.0f} MiB ({c['peak_rss_mib'] - c['start_rss_mib']:.0f} MiB "
+                f"above the {c['start_rss_mib']:.0f} MiB after imports) | {c['load']:.2f} |"
+            )
     for L, v in p.items():
-        lines.append(f"| padding at max_length {L}: packed / padded (to max_length) / padded, batch of 4 "
-                     f"padded to its longest | {v['packed']:.2%} / {v['padded']:.1%} / "
-                     f"{v['padded_batch4_longest']:.1%} | {v['load']:.2f} |")
-        lines.append(f"| truncated by the padded layout at {L} | {v['truncated_padded']:,} documents, "
-                     f"{v['truncated_tokens_padded']:,} tokens (longest {v['longest']:,}) | {v['load']:.2f} |")
+        lines.append(
+            f"| padding at max_length {L}: packed / padded (to max_length) / padded, batch of 4 "
+            f"padded to its longest | {v['packed']:.2%} / {v['padded']:.1%} / "
+            f"{v['padded_batch4_longest']:.1%} | {v['load']:.2f} |"
+        )
+        lines.append(
+            f"| truncated by the padded layout at {L} | {v['truncated_padded']:,} documents, "
+            f"{v['truncated_tokens_padded']:,} tokens (longest {v['longest']:,}) | {v['load']:.2f} |"
+        )
     lines += [
         f"| data loader, batch 4 x 512, shuffled, main process | {m['loader_ms_per_batch']:.2f} ms/batch | "
         f"{m['loader_load']:.2f} |",
@@ -258,17 +337,30 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", type=Path, default=Path("/tmp/minillm-corpus"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/minillm-bench-tensors"))
-    ap.add_argument("--tokenizer", type=Path, help="an existing tokenizer directory (else one is trained)")
+    ap.add_argument(
+        "--tokenizer", type=Path, help="an existing tokenizer directory (else one is trained)"
+    )
     ap.add_argument("--vocab-size", type=int, default=4096)
-    ap.add_argument("--tokenizer-chars", type=int, default=600_000,
-                    help="characters to train the tokenizer on (the pure-Python trainer is slow)")
+    ap.add_argument(
+        "--tokenizer-chars",
+        type=int,
+        default=600_000,
+        help="characters to train the tokenizer on (the pure-Python trainer is slow)",
+    )
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--scale", type=int, default=4, help="the RSS run repeats the mix this many times")
+    ap.add_argument(
+        "--scale", type=int, default=4, help="the RSS run repeats the mix this many times"
+    )
     ap.add_argument("--batches", type=int, default=200)
     ap.add_argument("--json", type=Path, default=Path("bench/results/tensors.json"))
-    ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
-                    help="measure only these; the others are kept from an existing --json file")
+    ap.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        default=list(SECTIONS),
+        help="measure only these; the others are kept from an existing --json file",
+    )
     ap.add_argument("--child", choices=("export", "seed"), help=argparse.SUPPRESS)
     ap.add_argument("--mix", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
@@ -285,16 +377,27 @@ def main(argv: list[str] | None = None) -> int:
 
         tok_dir = a.work / f"tok{a.vocab_size}"
         if not (tok_dir / "tokenizer_meta.json").exists():
-            train_tokenizer(TokenizerConfig(vocab_size=a.vocab_size, max_chars_total=a.tokenizer_chars,
-                                            heldout_paths=[]), [mix], tok_dir)
+            train_tokenizer(
+                TokenizerConfig(
+                    vocab_size=a.vocab_size, max_chars_total=a.tokenizer_chars, heldout_paths=[]
+                ),
+                [mix],
+                tok_dir,
+            )
     from minillm_core.tokenizer import load_tokenizer
 
-    r = json.loads(a.json.read_text()) if a.json.exists() and set(a.sections) != set(SECTIONS) else {}
+    r = (
+        json.loads(a.json.read_text())
+        if a.json.exists() and set(a.sections) != set(SECTIONS)
+        else {}
+    )
     r.update({"vocab_size": load_tokenizer(tok_dir).get_vocab_size(), "started_load": load()})
-    jobs = {"throughput": lambda: throughput(mix, tok_dir, a.work, a.threads, a.repeats),
-            "padding": lambda: padding(mix, tok_dir, a.work, a.threads),
-            "rss": lambda: rss(mix, tok_dir, a.work, a.threads, a.scale),
-            "loader": lambda: loader_vs_step(mix, tok_dir, a.work, a.threads, a.batches)}
+    jobs = {
+        "throughput": lambda: throughput(mix, tok_dir, a.work, a.threads, a.repeats),
+        "padding": lambda: padding(mix, tok_dir, a.work, a.threads),
+        "rss": lambda: rss(mix, tok_dir, a.work, a.threads, a.scale),
+        "loader": lambda: loader_vs_step(mix, tok_dir, a.work, a.threads, a.batches),
+    }
     for name in SECTIONS:
         if name in a.sections:
             print(f"{name} ...", file=sys.stderr)

@@ -34,8 +34,11 @@ import time
 from pathlib import Path
 
 TRAINERS = ("minillm_rustbpe", "nanochat_rustbpe", "hf_tokenizers")
-MODULES = {"minillm_rustbpe": "minillm_rustbpe", "nanochat_rustbpe": "rustbpe",
-           "hf_tokenizers": "tokenizers"}
+MODULES = {
+    "minillm_rustbpe": "minillm_rustbpe",
+    "nanochat_rustbpe": "rustbpe",
+    "hf_tokenizers": "tokenizers",
+}
 
 # The project's split pattern (nanochat's GPT-4 variant), given explicitly to every trainer.
 PATTERN = (
@@ -61,6 +64,7 @@ def peak_rss_mb() -> float:
 
 def current_rss_mb() -> float:
     import psutil
+
     return psutil.Process().memory_info().rss / 2**20
 
 
@@ -73,25 +77,34 @@ def train(trainer: str, texts: list[str], vocab: int) -> int:
     """Train and return the vocabulary size reached."""
     if trainer == "minillm_rustbpe":
         import minillm_rustbpe
+
         tok = minillm_rustbpe.Tokenizer()
         tok.train_from_iterator(iter(texts), vocab, pattern=PATTERN)
         return tok.vocab_size
     if trainer == "nanochat_rustbpe":
         import rustbpe
+
         tok = rustbpe.Tokenizer()
         tok.train_from_iterator(iter(texts), vocab, pattern=PATTERN)
         return len(tok.get_mergeable_ranks())
     if trainer == "hf_tokenizers":
         from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
         tok = Tokenizer(models.BPE(byte_fallback=False))
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(pattern=Regex(PATTERN), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(pattern=Regex(PATTERN), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
         tok.decoder = decoders.ByteLevel()
-        trainer_ = trainers.BpeTrainer(vocab_size=vocab, show_progress=False, min_frequency=0,
-                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                       special_tokens=[])
+        trainer_ = trainers.BpeTrainer(
+            vocab_size=vocab,
+            show_progress=False,
+            min_frequency=0,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            special_tokens=[],
+        )
         tok.train_from_iterator(iter(texts), trainer_)
         return tok.get_vocab_size()
     raise ValueError(f"unknown trainer {trainer!r}")
@@ -105,15 +118,32 @@ def worker(trainer: str, corpus: Path, vocab: int, max_docs: int | None) -> dict
     c0, t0 = cpu_seconds(), time.perf_counter()
     reached = train(trainer, texts, vocab)
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-    return {"trainer": trainer, "vocab": vocab, "reached": reached, "wall_s": wall, "cpu_s": cpu,
-            "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base, "docs": len(texts),
-            "chars": sum(map(len, texts)),
-            "load_before": load0, "load_after": os.getloadavg()[0]}
+    return {
+        "trainer": trainer,
+        "vocab": vocab,
+        "reached": reached,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "peak_rss_mb": peak_rss_mb(),
+        "base_rss_mb": base,
+        "docs": len(texts),
+        "chars": sum(map(len, texts)),
+        "load_before": load0,
+        "load_after": os.getloadavg()[0],
+    }
 
 
 def run_one(trainer: str, corpus: Path, vocab: int, max_docs: int | None) -> dict:
-    cmd = [sys.executable, __file__, "--worker", trainer, "--corpus", str(corpus),
-           "--vocab", str(vocab)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        trainer,
+        "--corpus",
+        str(corpus),
+        "--vocab",
+        str(vocab),
+    ]
     if max_docs:
         cmd += ["--max-docs", str(max_docs)]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -126,8 +156,10 @@ def summarize(runs: list[dict]) -> dict:
     ok = [r for r in runs if "error" not in r]
     if not ok:
         return runs[0]
-    med = {k: statistics.median(r[k] for r in ok)
-           for k in ("wall_s", "cpu_s", "peak_rss_mb", "base_rss_mb", "load_before", "load_after")}
+    med = {
+        k: statistics.median(r[k] for r in ok)
+        for k in ("wall_s", "cpu_s", "peak_rss_mb", "base_rss_mb", "load_before", "load_after")
+    }
     return {**ok[0], **med, "runs": len(ok)}
 
 
@@ -139,17 +171,22 @@ def table(results: list[dict]) -> str:
     ]
     for vocab in sorted({r["vocab"] for r in results}):
         rows = [r for r in results if r["vocab"] == vocab]
-        ours = next((r for r in rows if r["trainer"] == "minillm_rustbpe" and "error" not in r), None)
+        ours = next(
+            (r for r in rows if r["trainer"] == "minillm_rustbpe" and "error" not in r), None
+        )
         for r in rows:
             if "error" in r:
                 lines.append(f"| {vocab} | {r['trainer']} | error: {r['error'][:80]} |||||||| ")
                 continue
-            ratio = (lambda k: f"{r[k] / ours[k]:.2f}x") if ours else (lambda k: "-")
+            ratio = (
+                (lambda k, r=r, ours=ours: f"{r[k] / ours[k]:.2f}x") if ours else (lambda k: "-")
+            )
             lines.append(
                 f"| {vocab} | {r['trainer']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | "
                 f"{r['peak_rss_mb']:.0f} | {r['base_rss_mb']:.0f} | {ratio('wall_s')} | "
                 f"{ratio('cpu_s')} | {ratio('peak_rss_mb')} | "
-                f"{r['load_before']:.2f} → {r['load_after']:.2f} |")
+                f"{r['load_before']:.2f} → {r['load_after']:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -169,8 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(args.worker, args.corpus, args.vocab[0], args.max_docs)))
         return 0
     if not args.corpus.exists():
-        print(f"corpus {args.corpus} not found: build it with "
-              "`bash /work/shared/corpus/build_corpus.sh /tmp/corpus`", file=sys.stderr)
+        print(
+            f"corpus {args.corpus} not found: build it with "
+            "`bash /work/shared/corpus/build_corpus.sh /tmp/corpus`",
+            file=sys.stderr,
+        )
         return 2
     results, raw = [], []
     for vocab in args.vocab:
@@ -180,13 +220,17 @@ def main(argv: list[str] | None = None) -> int:
             s = summarize(runs)
             results.append(s)
             if not args.markdown:
-                msg = s.get("error") or (f"wall {s['wall_s']:.2f}s cpu {s['cpu_s']:.2f}s "
-                                         f"peak {s['peak_rss_mb']:.0f} MB "
-                                         f"(load {s['load_before']:.2f})")
+                msg = s.get("error") or (
+                    f"wall {s['wall_s']:.2f}s cpu {s['cpu_s']:.2f}s "
+                    f"peak {s['peak_rss_mb']:.0f} MB "
+                    f"(load {s['load_before']:.2f})"
+                )
                 print(f"vocab {vocab:>6} {trainer:<18} {msg}", file=sys.stderr, flush=True)
     first = next((r for r in results if "docs" in r), {})
-    print(f"corpus: {args.corpus} ({first.get('docs', '?')} docs, {first.get('chars', 0):,} chars); "
-          f"{os.cpu_count()} CPUs; python {sys.version.split()[0]}")
+    print(
+        f"corpus: {args.corpus} ({first.get('docs', '?')} docs, {first.get('chars', 0):,} chars); "
+        f"{os.cpu_count()} CPUs; python {sys.version.split()[0]}"
+    )
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(raw, indent=2))

@@ -87,19 +87,27 @@ def make_rows(stage: str, n: int, vocab: int, seed: int = 0) -> list[dict]:
         elif stage == "sft":
             seq = torch.randint(1, vocab, (SEQ + 1,), generator=g)
             mask = torch.zeros(SEQ + 1, dtype=torch.long)
-            mask[SEQ // 4:] = 1  # a user turn, then the assistant's answer
+            mask[SEQ // 4 :] = 1  # a user turn, then the assistant's answer
             labels = torch.where(mask[1:] == 1, seq[1:], torch.full((SEQ,), -100))
             rows.append({"input_ids": seq[:-1], "labels": labels, "loss_mask": mask[1:]})
         else:
-            length = int(min(SEQ, max(32, math.exp(math.log(200) + 0.6 * float(torch.randn(1, generator=g))))))
+            length = int(
+                min(
+                    SEQ, max(32, math.exp(math.log(200) + 0.6 * float(torch.randn(1, generator=g))))
+                )
+            )
             prompt = torch.randint(1, vocab, (int(length * 0.4),), generator=g)
             row = {}
             for side in ("chosen", "rejected"):
-                seq = torch.cat([prompt, torch.randint(1, vocab, (length - len(prompt) + 1,), generator=g)])
+                seq = torch.cat(
+                    [prompt, torch.randint(1, vocab, (length - len(prompt) + 1,), generator=g)]
+                )
                 mask = torch.zeros(len(seq), dtype=torch.long)
-                mask[len(prompt):] = 1
+                mask[len(prompt) :] = 1
                 row[f"{side}_input_ids"] = seq[:-1]
-                row[f"{side}_labels"] = torch.where(mask[1:] == 1, seq[1:], torch.full((len(seq) - 1,), -100))
+                row[f"{side}_labels"] = torch.where(
+                    mask[1:] == 1, seq[1:], torch.full((len(seq) - 1,), -100)
+                )
             rows.append(row)
     return rows
 
@@ -107,8 +115,13 @@ def make_rows(stage: str, n: int, vocab: int, seed: int = 0) -> list[dict]:
 class Rows(torch.utils.data.Dataset):
     def __init__(self, rows, stage, vocab):
         self.rows = rows
-        self.meta = {"stage": stage, "vocab_size": vocab, "pad_id": 0, "tokenizer_hash": "bench",
-                     "data_hash": "bench"}
+        self.meta = {
+            "stage": stage,
+            "vocab_size": vocab,
+            "pad_id": 0,
+            "tokenizer_hash": "bench",
+            "data_hash": "bench",
+        }
 
     def __len__(self):
         return len(self.rows)
@@ -118,6 +131,7 @@ class Rows(torch.utils.data.Dataset):
 
 
 # ---------------------------------------------------------------------------------------------- child
+
 
 def child(impl: str, stage: str, steps: int, work: Path) -> dict:
     from minillm_core.model import MiniLLM, ModelConfig
@@ -129,42 +143,69 @@ def child(impl: str, stage: str, steps: int, work: Path) -> dict:
     n_rows = (1 + steps) * BATCH
     rows = make_rows(stage, n_rows, model_cfg.vocab_size)
     epochs = 2 if (stage == "dpo" and impl == "ours") else 1
-    cfg = TrainConfig(stage=stage, data_path="bench", out_dir=str(work / f"{impl}-{stage}"), batch_size=BATCH,
-                      accumulation_steps=1, epochs=epochs, learning_rate=LR[stage], warmup_steps=0,
-                      adam_beta2=0.999, weight_decay=0.01, log_interval=1, save_interval=10**9,
-                      resume=False, seed=0, dtype=DTYPE,
-                      pretrained_path=str(work / "init") if stage != "pretrain" else None)
-    result: dict = {"impl": impl, "stage": stage, "threads": torch.get_num_threads(),
-                    "load_start": os.getloadavg()[0]}
+    cfg = TrainConfig(
+        stage=stage,
+        data_path="bench",
+        out_dir=str(work / f"{impl}-{stage}"),
+        batch_size=BATCH,
+        accumulation_steps=1,
+        epochs=epochs,
+        learning_rate=LR[stage],
+        warmup_steps=0,
+        adam_beta2=0.999,
+        weight_decay=0.01,
+        log_interval=1,
+        save_interval=10**9,
+        resume=False,
+        seed=0,
+        dtype=DTYPE,
+        pretrained_path=str(work / "init") if stage != "pretrain" else None,
+    )
+    result: dict = {
+        "impl": impl,
+        "stage": stage,
+        "threads": torch.get_num_threads(),
+        "load_start": os.getloadavg()[0],
+    }
     if impl == "ours":
         ds = Rows(rows, stage, model_cfg.vocab_size)
         if stage == "dpo":
             # DPO batches differ in length (grouped by length, padded to their longest), so no
             # step can be left out as warm-up without bias: warm up with a separate one-step run,
             # then time every step of the measured run from its start.
-            train(cfg.model_copy(update={"out_dir": str(work / "warm"), "max_steps": 1}), model_cfg,
-                  log=lambda line: None, dataset=ds)
+            train(
+                cfg.model_copy(update={"out_dir": str(work / "warm"), "max_steps": 1}),
+                model_cfg,
+                log=lambda line: None,
+                dataset=ds,
+            )
         stamps: list[tuple[float, str]] = []
-        rep = train(cfg, model_cfg, log=lambda line: stamps.append((time.perf_counter(), line)), dataset=ds)
+        rep = train(
+            cfg, model_cfg, log=lambda line: stamps.append((time.perf_counter(), line)), dataset=ds
+        )
         meta = json.loads((Path(cfg.out_dir) / "model.json").read_text())
         t0 = next(t for t, line in stamps if "starting at step" in line)  # set-up done
         steps_t = [t for t, line in stamps if re.search(r" step \d+/\d+ ", line)]
         times = [b - a for a, b in zip([t0] + steps_t, steps_t)]
         result.update(losses=meta["losses"], num_parameters=rep.num_parameters)
         if stage == "dpo":
-            result["step_times"] = times[: 1 + steps]          # epoch 1: reference computed
-            result["cached_step_times"] = times[1 + steps:]    # epoch 2: reference log-probs cached
+            result["step_times"] = times[: 1 + steps]  # epoch 1: reference computed
+            result["cached_step_times"] = times[1 + steps :]  # epoch 2: reference log-probs cached
         else:
-            result["step_times"] = times[1:]                 # the first step is the warm-up
+            result["step_times"] = times[1:]  # the first step is the warm-up
     else:
         import minimind_ref as mm
 
         from minillm_core.train.checkpointer import load_checkpoint
 
         mcfg = mm.MiniMindConfig(
-            vocab_size=model_cfg.vocab_size, hidden_size=model_cfg.hidden_size,
-            num_hidden_layers=model_cfg.num_hidden_layers, num_attention_heads=model_cfg.num_attention_heads,
-            num_key_value_heads=model_cfg.kv_heads, rope_theta=model_cfg.rope_theta)
+            vocab_size=model_cfg.vocab_size,
+            hidden_size=model_cfg.hidden_size,
+            num_hidden_layers=model_cfg.num_hidden_layers,
+            num_attention_heads=model_cfg.num_attention_heads,
+            num_key_value_heads=model_cfg.kv_heads,
+            rope_theta=model_cfg.rope_theta,
+        )
         model = mm.MiniMindForCausalLM(mcfg)
         if stage == "pretrain":
             torch.manual_seed(cfg.seed)  # the same initial weights as ours
@@ -182,22 +223,27 @@ def child(impl: str, stage: str, steps: int, work: Path) -> dict:
         order = SampleStream(cfg.seed, n_rows).indices(0, n_rows)
         losses, times = [], []
         for s in range(1 + steps):
-            batch = [rows[i] for i in order[s * BATCH:(s + 1) * BATCH]]
+            batch = [rows[i] for i in order[s * BATCH : (s + 1) * BATCH]]
             lr = lr_at(s, 1 + steps, cfg)
             t = time.perf_counter()
             with torch.autocast("cpu", dtype=getattr(torch, DTYPE), enabled=DTYPE != "float32"):
                 loss = step_minimind(mm, stage, model, ref, opt, batch, lr, cfg.beta)
             losses.append(loss)
             times.append(time.perf_counter() - t)
-        result.update(losses=losses, step_times=times[1:],
-                      num_parameters=sum(p.numel() for p in model.parameters()))
+        result.update(
+            losses=losses,
+            step_times=times[1:],
+            num_parameters=sum(p.numel() for p in model.parameters()),
+        )
     result["tokens_per_step"] = tokens_per_step(stage, rows, impl)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["load_end"] = os.getloadavg()[0]
     return result
 
 
-def step_minimind(mm, stage: str, model, ref, opt, batch: list[dict], lr: float, beta: float) -> float:
+def step_minimind(
+    mm, stage: str, model, ref, opt, batch: list[dict], lr: float, beta: float
+) -> float:
     if stage == "dpo":
         x, y, m = mm.pad_dpo_rows(batch, SEQ)
         return mm.dpo_step(model, ref, opt, x, y, m, lr, beta=beta)
@@ -216,6 +262,7 @@ def tokens_per_step(stage: str, rows: list[dict], impl: str) -> float:
 
 # ---------------------------------------------------------------------------------------------- breakdown
 
+
 def breakdown(steps: int) -> str:
     """Profile `steps` pretrain steps of the product loop and split each step's time by kind."""
     from torch.profiler import ProfilerActivity, profile, schedule
@@ -227,61 +274,115 @@ def breakdown(steps: int) -> str:
     rows = make_rows("pretrain", (1 + steps) * BATCH, model_cfg.vocab_size)
     peak_before = measure_peak()
     walls: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp, profile(
-            activities=[ProfilerActivity.CPU], schedule=schedule(wait=0, warmup=1, active=steps, repeat=1)) as prof:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        profile(
+            activities=[ProfilerActivity.CPU],
+            schedule=schedule(wait=0, warmup=1, active=steps, repeat=1),
+        ) as prof,
+    ):
+
         def on_log(line: str) -> None:
             # The loop logs each step (log_interval=1): the profiler's step boundary is the same.
             if re.search(r" step \d+/\d+ ", line):
                 walls.append(time.perf_counter())
                 prof.step()
-        cfg = TrainConfig(stage="pretrain", data_path="bench", out_dir=tmp, batch_size=BATCH,
-                          accumulation_steps=1, epochs=1, learning_rate=LR["pretrain"], warmup_steps=0,
-                          log_interval=1, save_interval=10**9, resume=False, seed=0, dtype=DTYPE)
-        rep = train(cfg, model_cfg, log=on_log, dataset=Rows(rows, "pretrain", model_cfg.vocab_size))
+
+        cfg = TrainConfig(
+            stage="pretrain",
+            data_path="bench",
+            out_dir=tmp,
+            batch_size=BATCH,
+            accumulation_steps=1,
+            epochs=1,
+            learning_rate=LR["pretrain"],
+            warmup_steps=0,
+            log_interval=1,
+            save_interval=10**9,
+            resume=False,
+            seed=0,
+            dtype=DTYPE,
+        )
+        rep = train(
+            cfg, model_cfg, log=on_log, dataset=Rows(rows, "pretrain", model_cfg.vocab_size)
+        )
     peak = max(peak_before, measure_peak())
     wall = (walls[-1] - walls[0]) / (len(walls) - 1)  # the profiled steps, warm-up left out
-    parts = {"matmuls (the work 6N counts)": 0.0, "attention kernel (SDPA, fwd + bwd)": 0.0,
-             "other ops (norms, RoPE, SwiGLU, softmax/CE, AdamW, clipping, ...)": 0.0}
+    parts = {
+        "matmuls (the work 6N counts)": 0.0,
+        "attention kernel (SDPA, fwd + bwd)": 0.0,
+        "other ops (norms, RoPE, SwiGLU, softmax/CE, AdamW, clipping, ...)": 0.0,
+    }
     names = list(parts)
     for ev in prof.key_averages():
-        kind = (names[0] if ev.key in ("aten::mm", "aten::addmm", "aten::bmm")
-                else names[1] if "scaled_dot_product" in ev.key else names[2])
+        kind = (
+            names[0]
+            if ev.key in ("aten::mm", "aten::addmm", "aten::bmm")
+            else names[1]
+            if "scaled_dot_product" in ev.key
+            else names[2]
+        )
         parts[kind] += ev.self_cpu_time_total / 1e6 / steps
     parts["outside ops (Python, the loop itself)"] = max(0.0, wall - sum(parts.values()))
     work = 6 * rep.num_parameters * BATCH * SEQ
     mm = parts[names[0]]
-    lines = [f"pretrain step, {rep.num_parameters / 1e6:.2f}M parameters, batch {BATCH} x {SEQ}, "
-             f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}; {DTYPE} matmul peak "
-             f"{peak / 1e9:.1f} GFLOP/s; 6N work {work / 1e9:.0f} GFLOP per step", "",
-             "| part of the step | ms/step | share |", "| --- | --- | --- |"]
+    lines = [
+        f"pretrain step, {rep.num_parameters / 1e6:.2f}M parameters, batch {BATCH} x {SEQ}, "
+        f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}; {DTYPE} matmul peak "
+        f"{peak / 1e9:.1f} GFLOP/s; 6N work {work / 1e9:.0f} GFLOP per step",
+        "",
+        "| part of the step | ms/step | share |",
+        "| --- | --- | --- |",
+    ]
     lines += [f"| {k} | {v * 1e3:.1f} | {v / wall:.0%} |" for k, v in parts.items()]
-    lines += [f"| whole step (wall) | {wall * 1e3:.1f} | 100% |", "",
-              f"MFU of this step: {work / wall / peak:.0%}. The matmuls alone run at "
-              f"{work / mm / 1e9:.0f} GFLOP/s = {work / mm / peak:.0%} of the peak: the MFU if nothing else "
-              f"took any time. With the attention kernel as it is and everything else free: "
-              f"{work / (mm + parts[names[1]]) / peak:.0%}."]
+    lines += [
+        f"| whole step (wall) | {wall * 1e3:.1f} | 100% |",
+        "",
+        f"MFU of this step: {work / wall / peak:.0%}. The matmuls alone run at "
+        f"{work / mm / 1e9:.0f} GFLOP/s = {work / mm / peak:.0%} of the peak: the MFU if nothing else "
+        f"took any time. With the attention kernel as it is and everything else free: "
+        f"{work / (mm + parts[names[1]]) / peak:.0%}.",
+    ]
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- parent
 
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per trial (after one warm-up)")
+    ap.add_argument(
+        "--steps", type=int, default=3, help="timed steps per trial (after one warm-up)"
+    )
     ap.add_argument("--stages", default="pretrain,sft,dpo")
     ap.add_argument("--impls", default="minimind,ours")
-    ap.add_argument("--rounds", type=int, default=2,
-                    help="alternate the implementations this many times per stage (ABAB...): load from "
-                         "other jobs then hits both alike, and the best round shows the quiet speed")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="alternate the implementations this many times per stage (ABAB...): load from "
+        "other jobs then hits both alike, and the best round shows the quiet speed",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", default=str(HERE / "results" / "train.json"))
-    ap.add_argument("--quick", action="store_true", help="tiny model, 64-token rows: checks the script")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                    help="train under this autocast dtype (both implementations) and measure the "
-                         "peak in it: bfloat16 pays off on CPUs with AVX512-BF16 or AMX")
-    ap.add_argument("--breakdown", action="store_true",
-                    help="profile the loop's pretrain step and print where its time goes")
-    ap.add_argument("--child", nargs=3, metavar=("IMPL", "STAGE", "WORKDIR"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--quick", action="store_true", help="tiny model, 64-token rows: checks the script"
+    )
+    ap.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="train under this autocast dtype (both implementations) and measure the "
+        "peak in it: bfloat16 pays off on CPUs with AVX512-BF16 or AMX",
+    )
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="profile the loop's pretrain step and print where its time goes",
+    )
+    ap.add_argument(
+        "--child", nargs=3, metavar=("IMPL", "STAGE", "WORKDIR"), help=argparse.SUPPRESS
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -302,30 +403,56 @@ def main() -> int:
     from minillm_core.model import MiniLLM, ModelConfig
     from minillm_core.train.checkpointer import save_checkpoint
 
-    results = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
-                           "threads": torch.get_num_threads()}, "dtype": DTYPE, "trials": []}
+    results = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "dtype": DTYPE,
+        "trials": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         torch.manual_seed(1)
-        save_checkpoint(work / "init", MiniLLM(ModelConfig(**MODEL)), {"stage": "pretrain", "tokenizer_hash": "bench"})
+        save_checkpoint(
+            work / "init",
+            MiniLLM(ModelConfig(**MODEL)),
+            {"stage": "pretrain", "tokenizer_hash": "bench"},
+        )
         peaks = [(measure_peak(), os.getloadavg()[0])]
         for stage in args.stages.split(","):
             for impl in args.impls.split(",") * args.rounds:
-                cmd = [sys.executable, __file__, "--steps", str(args.steps), "--child", impl, stage, str(work)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--steps",
+                    str(args.steps),
+                    "--child",
+                    impl,
+                    stage,
+                    str(work),
+                ]
                 if args.threads:
                     cmd[2:2] = ["--threads", str(args.threads)]
                 if args.quick:
                     cmd[2:2] = ["--quick"]
                 cmd[2:2] = ["--dtype", DTYPE]
-                out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"})
+                out = subprocess.run(
+                    cmd, capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"}
+                )
                 line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
                 if line is None:
                     print(out.stderr[-3000:], file=sys.stderr)
                     return 1
                 r = json.loads(line[7:])
                 results["trials"].append(r)
-                print(f"{impl:8s} {stage:8s} {_rate(r):7.2f} s/step "
-                      f"load {r['load_start']:.1f}-{r['load_end']:.1f}", file=sys.stderr, flush=True)
+                print(
+                    f"{impl:8s} {stage:8s} {_rate(r):7.2f} s/step "
+                    f"load {r['load_start']:.1f}-{r['load_end']:.1f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         peaks.append((measure_peak(), os.getloadavg()[0]))
     results["peak_flops"] = max(p for p, _ in peaks)
     results["peaks"] = peaks
@@ -345,11 +472,15 @@ def _rate(trial: dict, cached: bool = False) -> float:
 def table(res: dict) -> str:
     """One row per (stage, impl): the best trial (least disturbed by other jobs) and the median."""
     peak = res["peak_flops"]
-    lines = [f"{res.get('dtype', 'float32')} matmul peak: {peak / 1e9:.1f} GFLOP/s (best 2048^3 matmul; measurements: "
-             + ", ".join(f"{p / 1e9:.1f} at load {l:.1f}" for p, l in res["peaks"]) + ")", "",
-             "| stage | impl | s/step best (median of trials) | tokens/s | pairs/s | MFU | peak RSS MB "
-             "| max loss diff | load avg during trials |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"{res.get('dtype', 'float32')} matmul peak: {peak / 1e9:.1f} GFLOP/s (best 2048^3 matmul; measurements: "
+        + ", ".join(f"{p / 1e9:.1f} at load {load:.1f}" for p, load in res["peaks"])
+        + ")",
+        "",
+        "| stage | impl | s/step best (median of trials) | tokens/s | pairs/s | MFU | peak RSS MB "
+        "| max loss diff | load avg during trials |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     groups: dict[tuple[str, str], list[dict]] = {}
     for t in res["trials"]:
         groups.setdefault((t["stage"], t["impl"]), []).append(t)
@@ -366,12 +497,16 @@ def table(res: dict) -> str:
             diff = f"{max(abs(a - b) for a, b in zip(t['losses'][:k], other[0]['losses'][:k])):.1e}"
         pairs = f"{BATCH / best:.3f}" if stage == "dpo" else ""
         loads = ", ".join(f"{x['load_start']:.1f}-{x['load_end']:.1f}" for x in trials)
-        lines.append(f"| {stage} | {impl} | {best:.2f} ({statistics.median(rates):.2f}) | {tps:.0f} | {pairs} | "
-                     f"{mfu} | {max(x['peak_rss_mb'] for x in trials):.0f} | {diff} | {loads} |")
+        lines.append(
+            f"| {stage} | {impl} | {best:.2f} ({statistics.median(rates):.2f}) | {tps:.0f} | {pairs} | "
+            f"{mfu} | {max(x['peak_rss_mb'] for x in trials):.0f} | {diff} | {loads} |"
+        )
         if stage == "dpo" and t.get("cached_step_times"):
             c = min(_rate(x, cached=True) for x in trials)
-            lines.append(f"| dpo, epoch 2 (cached reference) | {impl} | {c:.2f} | "
-                         f"{t['tokens_per_step'] / c:.0f} | {BATCH / c:.3f} | | | | |")
+            lines.append(
+                f"| dpo, epoch 2 (cached reference) | {impl} | {c:.2f} | "
+                f"{t['tokens_per_step'] / c:.0f} | {BATCH / c:.3f} | | | | |"
+            )
     return "\n".join(lines)
 
 

@@ -53,7 +53,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        return self.weight * (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+        return self.weight * (
+            x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        ).type_as(x)
 
 
 def precompute_freqs(dim: int, end: int, theta: float):
@@ -67,7 +69,8 @@ def precompute_freqs(dim: int, end: int, theta: float):
 
 def apply_rotary(q, k, cos, sin):
     def rotate_half(x):
-        return torch.cat((-x[..., x.shape[-1] // 2:], x[..., : x.shape[-1] // 2]), dim=-1)
+        return torch.cat((-x[..., x.shape[-1] // 2 :], x[..., : x.shape[-1] // 2]), dim=-1)
+
     q_embed = (q * cos.unsqueeze(1)) + (rotate_half(q) * sin.unsqueeze(1))
     k_embed = (k * cos.unsqueeze(1)) + (rotate_half(k) * sin.unsqueeze(1))
     return q_embed, k_embed
@@ -100,10 +103,14 @@ class Attention(nn.Module):
         xk = self.k_proj(x).view(bsz, seq_len, self.n_kv, self.head_dim)
         xv = self.v_proj(x).view(bsz, seq_len, self.n_kv, self.head_dim)
         xq, xk = apply_rotary(xq, xk, cos[:seq_len], sin[:seq_len])
-        xq, xk, xv = (xq.transpose(1, 2), repeat_kv(xk, self.n_rep).transpose(1, 2),
-                      repeat_kv(xv, self.n_rep).transpose(1, 2))
-        out = F.scaled_dot_product_attention(xq, xk, xv, dropout_p=self.dropout if self.training else 0.0,
-                                             is_causal=True)
+        xq, xk, xv = (
+            xq.transpose(1, 2),
+            repeat_kv(xk, self.n_rep).transpose(1, 2),
+            repeat_kv(xv, self.n_rep).transpose(1, 2),
+        )
+        out = F.scaled_dot_product_attention(
+            xq, xk, xv, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )
         out = out.transpose(1, 2).reshape(bsz, seq_len, -1)
         return self.resid_dropout(self.o_proj(out))
 
@@ -141,7 +148,9 @@ class Inner(nn.Module):
         self.dropout = nn.Dropout(c.dropout)
         self.layers = nn.ModuleList(Block(c) for _ in range(c.num_hidden_layers))
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-        cos, sin = precompute_freqs(c.hidden_size // c.num_attention_heads, c.max_position_embeddings, c.rope_theta)
+        cos, sin = precompute_freqs(
+            c.hidden_size // c.num_attention_heads, c.max_position_embeddings, c.rope_theta
+        )
         self.register_buffer("freqs_cos", cos, persistent=False)
         self.register_buffer("freqs_sin", sin, persistent=False)
 
@@ -197,9 +206,14 @@ def lm_step(model, optimizer, X, Y, M, lr, accumulation_steps=1, grad_clip=1.0):
 
 def pad_dpo_rows(rows, max_len: int, pad_id: int = 0):
     """minimind's DPODataset: chosen and rejected each padded to max_len, with a loss mask."""
+
     def side(key):
-        return pad_lm_rows([{"input_ids": r[f"{key}_input_ids"], "labels": r[f"{key}_labels"]} for r in rows],
-                           max_len, pad_id)
+        return pad_lm_rows(
+            [{"input_ids": r[f"{key}_input_ids"], "labels": r[f"{key}_labels"]} for r in rows],
+            max_len,
+            pad_id,
+        )
+
     xc, yc, mc = side("chosen")
     xr, yr, mr = side("rejected")
     return torch.cat([xc, xr]), torch.cat([yc, yr]), torch.cat([mc, mr])

@@ -32,9 +32,16 @@ def code_version(*modules: str) -> str:
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None:
             raise ImportError(f"code_version: no module {name!r}")
-        files = ([Path(spec.origin)] if not spec.submodule_search_locations else
-                 sorted(f for d in spec.submodule_search_locations for f in Path(d).rglob("*")
-                        if f.suffix in (".py", ".jinja")))
+        files = (
+            [Path(spec.origin)]
+            if not spec.submodule_search_locations
+            else sorted(
+                f
+                for d in spec.submodule_search_locations
+                for f in Path(d).rglob("*")
+                if f.suffix in (".py", ".jinja")
+            )
+        )
         for f in files:
             digest.update(f.relative_to(CHECKOUT).as_posix().encode() + b"\0" + f.read_bytes())
     return digest.hexdigest()[:16]
@@ -65,22 +72,28 @@ def user_errors(asset: str) -> Iterator[None]:
     except MissingArtifactError as exc:
         raise dg.Failure(
             description=f"{asset}: {exc}. Build what it needs with: {build_command(asset)}",
-            allow_retries=False) from exc
+            allow_retries=False,
+        ) from exc
     except MiniLLMError as exc:
         advice = getattr(exc, "advice", None)
-        raise dg.Failure(description=f"{asset}: {exc}", allow_retries=is_retryable(exc),
-                         metadata={"advice": advice} if advice else None) from exc
+        raise dg.Failure(
+            description=f"{asset}: {exc}",
+            allow_retries=is_retryable(exc),
+            metadata={"advice": advice} if advice else None,
+        ) from exc
     except (ValueError, FileNotFoundError) as exc:
         raise dg.Failure(description=f"{asset}: {exc}", allow_retries=False) from exc
     except Exception as exc:
-        raise dg.Failure(description=f"{asset}: {type(exc).__name__}: {exc}",
-                         allow_retries=False) from exc
+        raise dg.Failure(
+            description=f"{asset}: {type(exc).__name__}: {exc}", allow_retries=False
+        ) from exc
 
 
 def check_result(problems: list[str]) -> dg.AssetCheckResult:
     """An asset check's result from a core check function's list of problems (empty = pass)."""
-    return dg.AssetCheckResult(passed=not problems,
-                               metadata={"problems": dg.MetadataValue.json(problems[:20])})
+    return dg.AssetCheckResult(
+        passed=not problems, metadata={"problems": dg.MetadataValue.json(problems[:20])}
+    )
 
 
 def image_md(png: Path | str, title: str) -> dg.MetadataValue:
@@ -104,8 +117,9 @@ def to_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
         elif isinstance(value, Path):
             out[key] = dg.MetadataValue.path(str(value))
         elif isinstance(value, str):
-            out[key] = dg.MetadataValue.md(value) if key.endswith("_md") else \
-                dg.MetadataValue.text(value)
+            out[key] = (
+                dg.MetadataValue.md(value) if key.endswith("_md") else dg.MetadataValue.text(value)
+            )
         elif value is None:
             continue
         else:

@@ -57,14 +57,17 @@ def _literal_args(ann: object) -> tuple:
     return ()
 
 
-def dagster_config(core: type[BaseModel], name: str, exclude: tuple[str, ...] = (),
-                   **extra: tuple[object, object]) -> type[dg.Config]:
+def dagster_config(
+    core: type[BaseModel], name: str, exclude: tuple[str, ...] = (), **extra: tuple[object, object]
+) -> type[dg.Config]:
     """A `dg.Config` subclass with every field of `core` (minus `exclude`) optional."""
     fields: dict[str, tuple[object, object]] = {}
     for fname, f in core.model_fields.items():
         if fname in exclude:
             continue
-        fields[fname] = (Optional[_dagster_type(f.annotation)],
-                         Field(default=None, description=_describe(fname, f)))
+        fields[fname] = (
+            Optional[_dagster_type(f.annotation)],
+            Field(default=None, description=_describe(fname, f)),
+        )
     fields.update(extra)
     return create_model(name, __base__=dg.Config, **fields)  # type: ignore[call-overload]

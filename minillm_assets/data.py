@@ -20,24 +20,43 @@ _DESCRIPTIONS = {
 def mix_asset(output: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinition]:
     name = f"{output}_mix"
 
-    @dg.asset(name=name, group_name="data", description=_DESCRIPTIONS[output],
-              code_version="mix-1", kinds={"jsonl"}, deps=["chinese_sources"])
-    def _mix(context: dg.AssetExecutionContext, config: MixRunConfig,
-             minillm: MiniLLMResource) -> dg.MaterializeResult:
+    @dg.asset(
+        name=name,
+        group_name="data",
+        description=_DESCRIPTIONS[output],
+        code_version="mix-1",
+        kinds={"jsonl"},
+        deps=["chinese_sources"],
+    )
+    def _mix(
+        context: dg.AssetExecutionContext, config: MixRunConfig, minillm: MiniLLMResource
+    ) -> dg.MaterializeResult:
         with user_errors(name):
-            cfg = minillm.settings(MixConfig, "mix", config, base={
-                "sources_dir": str(minillm.sources), "samples_dir": str(minillm.samples)})
+            cfg = minillm.settings(
+                MixConfig,
+                "mix",
+                config,
+                base={"sources_dir": str(minillm.sources), "samples_dir": str(minillm.samples)},
+            )
             report = build_mix(cfg, output, minillm.processed, log=context.log.info)
         return dg.MaterializeResult(
-            metadata={**to_metadata(report.metadata),
-                      "path": dg.MetadataValue.path(str(report.path)),
-                      "heldout_path": dg.MetadataValue.path(str(report.heldout_path)),
-                      "records": report.records, "heldout_records": report.heldout_records},
-            data_version=dg.DataVersion(sha256_file(report.path)[:16]))
+            metadata={
+                **to_metadata(report.metadata),
+                "path": dg.MetadataValue.path(str(report.path)),
+                "heldout_path": dg.MetadataValue.path(str(report.heldout_path)),
+                "records": report.records,
+                "heldout_records": report.heldout_records,
+            },
+            data_version=dg.DataVersion(sha256_file(report.path)[:16]),
+        )
 
-    @dg.asset_check(asset=name, name=f"{name}_consistent", blocking=True,
-                    description="Counts match the quotas, no empty text, every record has a "
-                                "source, DPO pairs share the prompt and differ.")
+    @dg.asset_check(
+        asset=name,
+        name=f"{name}_consistent",
+        blocking=True,
+        description="Counts match the quotas, no empty text, every record has a "
+        "source, DPO pairs share the prompt and differ.",
+    )
     def _check(minillm: MiniLLMResource) -> dg.AssetCheckResult:
         problems = check_mix(minillm.mix_path(output), output)
         return check_result(problems)

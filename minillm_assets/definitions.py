@@ -12,10 +12,21 @@ from minillm_assets.resources import MiniLLMResource
 # Every stage is a link in one chain and training must not share its device, so steps run one
 # after another in the run's own process: the multiprocess executor would only add a ~3 s
 # process start per step (13 steps) without any parallelism to gain.
-all_assets = [*sensors.source_assets, *data.assets, *tokenization.assets, *training.assets, *evaluation.assets,
-              *export.assets]
-all_checks = [*data.checks, *tokenization.checks, *training.checks, *evaluation.checks,
-              *export.checks]
+all_assets = [
+    *sensors.source_assets,
+    *data.assets,
+    *tokenization.assets,
+    *training.assets,
+    *evaluation.assets,
+    *export.assets,
+]
+all_checks = [
+    *data.checks,
+    *tokenization.checks,
+    *training.checks,
+    *evaluation.checks,
+    *export.checks,
+]
 
 defs = dg.Definitions(
     assets=all_assets,

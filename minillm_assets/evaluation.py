@@ -14,7 +14,7 @@ EvalRunConfig = dagster_config(EvalConfig, "EvalRunConfig", exclude=("stage",))
 
 _DESCRIPTIONS = {
     "pretrain": "Held-out loss, perplexity and bits per byte of the pretrain checkpoint, plus "
-                "fixed text continuations.",
+    "fixed text continuations.",
     "sft": "Held-out masked loss, identity probes and multiple-choice accuracy after SFT.",
     "dpo": "Preference accuracy and reward margin against the SFT reference after DPO.",
 }
@@ -37,13 +37,21 @@ def _trained_length(minillm: MiniLLMResource, stage: str) -> dict[str, Any]:
 
 def eval_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinition]:
     name = f"{stage}_eval"
-    deps = [f"{stage}_checkpoint", f"{stage}_mix", "tokenizer"] + \
-        (["sft_checkpoint"] if stage == "dpo" else [])
+    deps = [f"{stage}_checkpoint", f"{stage}_mix", "tokenizer"] + (
+        ["sft_checkpoint"] if stage == "dpo" else []
+    )
 
-    @dg.asset(name=name, group_name="eval", description=_DESCRIPTIONS[stage], deps=deps,
-              code_version="eval-1", kinds={"pytorch"})
-    def _eval(context: dg.AssetExecutionContext, config: EvalRunConfig,
-              minillm: MiniLLMResource) -> dg.MaterializeResult:
+    @dg.asset(
+        name=name,
+        group_name="eval",
+        description=_DESCRIPTIONS[stage],
+        deps=deps,
+        code_version="eval-1",
+        kinds={"pytorch"},
+    )
+    def _eval(
+        context: dg.AssetExecutionContext, config: EvalRunConfig, minillm: MiniLLMResource
+    ) -> dg.MaterializeResult:
         base: dict[str, Any] = {
             "stage": stage,
             "checkpoint": str(need(minillm.checkpoint_dir(stage), f"{stage}_checkpoint", name)),
@@ -56,23 +64,32 @@ def eval_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinitio
         }
         if stage == "dpo":
             base["reference_checkpoint"] = str(
-                need(minillm.checkpoint_dir("sft"), "sft_checkpoint", name))
+                need(minillm.checkpoint_dir("sft"), "sft_checkpoint", name)
+            )
         with user_errors(name):
             cfg = minillm.settings(EvalConfig, "eval", config, base)
             report = evaluate(cfg, log=context.log.info)
-        return dg.MaterializeResult(metadata={
-            **to_metadata(report.metadata), **to_metadata(report.metrics),
-            # The results line stores NaN as null, so a blown-up loss fails the check visibly.
-            "metrics": dg.MetadataValue.json(report.results_line["metrics"]),
-            "scores_md": dg.MetadataValue.md(report.table_markdown),
-            "samples": dg.MetadataValue.json(report.samples),
-            "results_file": dg.MetadataValue.path(str(minillm.results_file))})
+        return dg.MaterializeResult(
+            metadata={
+                **to_metadata(report.metadata),
+                **to_metadata(report.metrics),
+                # The results line stores NaN as null, so a blown-up loss fails the check visibly.
+                "metrics": dg.MetadataValue.json(report.results_line["metrics"]),
+                "scores_md": dg.MetadataValue.md(report.table_markdown),
+                "samples": dg.MetadataValue.json(report.samples),
+                "results_file": dg.MetadataValue.path(str(minillm.results_file)),
+            }
+        )
 
-    @dg.asset_check(asset=name, name=f"{name}_in_range",
-                    description="Smoke: every score finite and in range. GPU: also the quality "
-                                "thresholds of the profile (e.g. the identity probe passes).")
-    def _check(context: dg.AssetCheckExecutionContext,
-               minillm: MiniLLMResource) -> dg.AssetCheckResult:
+    @dg.asset_check(
+        asset=name,
+        name=f"{name}_in_range",
+        description="Smoke: every score finite and in range. GPU: also the quality "
+        "thresholds of the profile (e.g. the identity probe passes).",
+    )
+    def _check(
+        context: dg.AssetCheckExecutionContext, minillm: MiniLLMResource
+    ) -> dg.AssetCheckResult:
         event = context.instance.get_latest_materialization_event(dg.AssetKey(name))
         entry = event.asset_materialization.metadata.get("metrics") if event else None
         metrics = dict(entry.value) if entry is not None else {}

@@ -11,33 +11,42 @@ from minillm_core.export import ExportConfig, export_hf
 ExportRunConfig = dagster_config(ExportConfig, "ExportRunConfig")
 
 
-@dg.asset(group_name="export", code_version="hf-export-1", kinds={"huggingface"},
-          deps=["dpo_checkpoint", "tokenizer"],
-          description="The DPO checkpoint as a HuggingFace folder (Llama config.json, "
-                      "safetensors, tokenizer.json, chat template), verified against the native "
-                      "model when transformers is installed.")
-def hf_export(context: dg.AssetExecutionContext, config: ExportRunConfig,
-              minillm: MiniLLMResource) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="export",
+    code_version="hf-export-1",
+    kinds={"huggingface"},
+    deps=["dpo_checkpoint", "tokenizer"],
+    description="The DPO checkpoint as a HuggingFace folder (Llama config.json, "
+    "safetensors, tokenizer.json, chat template), verified against the native "
+    "model when transformers is installed.",
+)
+def hf_export(
+    context: dg.AssetExecutionContext, config: ExportRunConfig, minillm: MiniLLMResource
+) -> dg.MaterializeResult:
     ckpt = need(minillm.checkpoint_dir("dpo"), "dpo_checkpoint", "hf_export")
     tok = need(minillm.tokenizer_dir, "tokenizer", "hf_export")
     with user_errors("hf_export"):
         cfg = minillm.settings(ExportConfig, "export", config)
         report = export_hf(ckpt, tok, minillm.out / "hf", cfg, log=context.log.info)
     return dg.MaterializeResult(
-        metadata={**to_metadata(report.metadata),
-                  "path": dg.MetadataValue.path(str(report.path))},
-        data_version=dg.DataVersion(sha256_tree(report.path)[:16]))
+        metadata={**to_metadata(report.metadata), "path": dg.MetadataValue.path(str(report.path))},
+        data_version=dg.DataVersion(sha256_tree(report.path)[:16]),
+    )
 
 
-@dg.asset_check(asset=hf_export, description="transformers loaded the export and its logits "
-                "matched the native model's within the tolerance, greedy tokens equal.")
+@dg.asset_check(
+    asset=hf_export,
+    description="transformers loaded the export and its logits "
+    "matched the native model's within the tolerance, greedy tokens equal.",
+)
 def hf_export_matches_native(minillm: MiniLLMResource) -> dg.AssetCheckResult:
     record = read_json(minillm.out / "hf" / "minillm_export.json").get("verification") or {}
     problems = []
     if not record.get("verified"):
         problems.append("not verified (is transformers installed?)")
-    elif not record.get("greedy_equal") or \
-            record.get("max_abs_logit_diff", float("inf")) > record.get("atol", 1e-4):
+    elif not record.get("greedy_equal") or record.get(
+        "max_abs_logit_diff", float("inf")
+    ) > record.get("atol", 1e-4):
         problems.append(f"export differs from the native model: {record}")
     return check_result(problems)
 

@@ -32,35 +32,50 @@ def training_run_tags() -> dict[str, str]:
     if gpus:
         gpu = {"nvidia.com/gpu": gpus}
         # a JSON string: run tags are strings, and dagster-k8s parses this one
-        tags["dagster-k8s/config"] = json.dumps({
-            "pod_spec_config": {
-                "node_selector": {DEVICE_POOL_NODE_LABEL: pool},
-                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
-                                 "effect": "NoSchedule"}]},
-            "container_config": {"resources": {"limits": gpu, "requests": gpu}}})
+        tags["dagster-k8s/config"] = json.dumps(
+            {
+                "pod_spec_config": {
+                    "node_selector": {DEVICE_POOL_NODE_LABEL: pool},
+                    "tolerations": [
+                        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                    ],
+                },
+                "container_config": {"resources": {"limits": gpu, "requests": gpu}},
+            }
+        )
     return tags
 
 
 retrain_job = dg.define_asset_job(
-    "retrain", selection=dg.AssetSelection.all(), tags=training_run_tags(),
-    description="The whole graph: mixes, tokenizer, tensors, pretrain, SFT, DPO and evals.")
+    "retrain",
+    selection=dg.AssetSelection.all(),
+    tags=training_run_tags(),
+    description="The whole graph: mixes, tokenizer, tensors, pretrain, SFT, DPO and evals.",
+)
 
 data_job = dg.define_asset_job(
-    "data_and_tokenizer", selection=dg.AssetSelection.groups("data", "tokenizer"),
-    description="Mixes, tokenizer and token tensors, without training.")
+    "data_and_tokenizer",
+    selection=dg.AssetSelection.groups("data", "tokenizer"),
+    description="Mixes, tokenizer and token tensors, without training.",
+)
 
 stage_jobs = [
-    dg.define_asset_job(f"{stage}_stage",
-                        selection=dg.AssetSelection.assets(f"{stage}_checkpoint", f"{stage}_eval"),
-                        tags=training_run_tags(),
-                        description=f"Train and evaluate the {stage} stage from existing inputs.")
+    dg.define_asset_job(
+        f"{stage}_stage",
+        selection=dg.AssetSelection.assets(f"{stage}_checkpoint", f"{stage}_eval"),
+        tags=training_run_tags(),
+        description=f"Train and evaluate the {stage} stage from existing inputs.",
+    )
     for stage in ("pretrain", "sft", "dpo")
 ]
 
 weekly_retrain = dg.ScheduleDefinition(
-    name="weekly_retrain", job=retrain_job, cron_schedule="0 3 * * 1",
+    name="weekly_retrain",
+    job=retrain_job,
+    cron_schedule="0 3 * * 1",
     default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Retrain everything on Mondays at 03:00 (stopped until you turn it on).")
+    description="Retrain everything on Mondays at 03:00 (stopped until you turn it on).",
+)
 
 jobs = [retrain_job, data_job, *stage_jobs]
 schedules = [weekly_retrain]

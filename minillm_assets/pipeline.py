@@ -33,8 +33,10 @@ def run_config(profile: str, stage_args: dict[str, str]) -> dict[str, Any]:
             continue
         train, model = train_overrides(stage, shlex.split(argstr))
         if model and stage != "pretrain":
-            raise SystemExit(f"{stage.upper()}_ARGS: {', '.join(model)} set the model shape, "
-                             "which only pretraining chooses (SFT and DPO inherit it)")
+            raise SystemExit(
+                f"{stage.upper()}_ARGS: {', '.join(model)} set the model shape, "
+                "which only pretraining chooses (SFT and DPO inherit it)"
+            )
         ops[f"{stage}_checkpoint"] = {"config": {**train, **({"model": model} if model else {})}}
     return {"resources": {"minillm": {"config": {"profile": profile}}}, "ops": ops}
 
@@ -45,8 +47,10 @@ def summary(res: MiniLLMResource) -> None:
         ckpt = res.checkpoint_dir(stage)
         if (ckpt / "model.json").exists():
             model, meta = load_checkpoint(ckpt)
-            print(f"  {stage:<8} checkpoint: {ckpt}  (step {meta.get('step')}, "
-                  f"{model.num_parameters():,} parameters)")
+            print(
+                f"  {stage:<8} checkpoint: {ckpt}  (step {meta.get('step')}, "
+                f"{model.num_parameters():,} parameters)"
+            )
     print(f"  tokenizer:          {res.tokenizer_dir}")
     print(f"  eval results:       {res.results_file}")
     print(f"  TensorBoard:        tensorboard --logdir {res.tf}")
@@ -57,23 +61,39 @@ def summary(res: MiniLLMResource) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m minillm_assets.pipeline", description=__doc__)
-    p.add_argument("--profile", default=os.environ.get("MINILLM_PROFILE", "smoke"),
-                   choices=sorted(PROFILES))
+    p.add_argument(
+        "--profile", default=os.environ.get("MINILLM_PROFILE", "smoke"), choices=sorted(PROFILES)
+    )
     p.add_argument("--select", default="*", help="Dagster asset selection (default: everything)")
     for stage in STAGES:
-        p.add_argument(f"--{stage}-args", default="", metavar="ARGS",
-                       help=f"extra options for {stage} training, as one string")
+        p.add_argument(
+            f"--{stage}-args",
+            default="",
+            metavar="ARGS",
+            help=f"extra options for {stage} training, as one string",
+        )
     args = p.parse_args(argv)
     config = run_config(args.profile, {s: getattr(args, f"{s}_args") for s in STAGES})
     dagster = str(Path(sys.executable).with_name("dagster"))
-    cmd = [dagster, "asset", "materialize", "-m", "minillm_assets", "--select", args.select,
-           "--config-json", json.dumps(config)]
+    cmd = [
+        dagster,
+        "asset",
+        "materialize",
+        "-m",
+        "minillm_assets",
+        "--select",
+        args.select,
+        "--config-json",
+        json.dumps(config),
+    ]
     print("+ " + shlex.join(["dagster", *cmd[1:]]), flush=True)
     t0 = time.monotonic()
     rc = subprocess.call(cmd, env={**os.environ, "MINILLM_PROFILE": args.profile})
     if rc != 0:
-        print(f"\nMiniLLM pipeline failed (exit {rc}); the failing step's message is above.",
-              file=sys.stderr)
+        print(
+            f"\nMiniLLM pipeline failed (exit {rc}); the failing step's message is above.",
+            file=sys.stderr,
+        )
         return rc
     summary(MiniLLMResource(profile=args.profile))
     print(f"\n  wall time: {time.monotonic() - t0:.0f} s (profile {args.profile})")

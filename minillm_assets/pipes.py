@@ -51,20 +51,30 @@ def checkpoint_metadata(report: Any, tensorboard: Path | None) -> dict[str, Any]
     meta = to_metadata(report.metadata)
     if report.loss_curve_png:
         meta["loss_curve"] = image_md(report.loss_curve_png, f"{report.metadata['stage']} loss")
-    meta = {**meta, "final_loss": report.final_loss, "steps": report.steps,
-            "tokens_seen": report.tokens_seen, "tokens_per_s": report.tokens_per_s,
-            "num_parameters": report.num_parameters,
-            "path": dg.MetadataValue.path(str(report.checkpoint_dir))}
+    meta = {
+        **meta,
+        "final_loss": report.final_loss,
+        "steps": report.steps,
+        "tokens_seen": report.tokens_seen,
+        "tokens_per_s": report.tokens_per_s,
+        "num_parameters": report.num_parameters,
+        "path": dg.MetadataValue.path(str(report.checkpoint_dir)),
+    }
     if tensorboard is not None:
         meta["tensorboard"] = dg.MetadataValue.path(str(tensorboard))
     return meta
 
 
 # MetadataValue class -> the type name of the Pipes protocol ({"raw_value": ..., "type": ...}).
-_PIPES_TYPES = {dg.TextMetadataValue: "text", dg.MarkdownMetadataValue: "md",
-                dg.PathMetadataValue: "path", dg.FloatMetadataValue: "float",
-                dg.IntMetadataValue: "int", dg.BoolMetadataValue: "bool",
-                dg.JsonMetadataValue: "json"}
+_PIPES_TYPES = {
+    dg.TextMetadataValue: "text",
+    dg.MarkdownMetadataValue: "md",
+    dg.PathMetadataValue: "path",
+    dg.FloatMetadataValue: "float",
+    dg.IntMetadataValue: "int",
+    dg.BoolMetadataValue: "bool",
+    dg.JsonMetadataValue: "json",
+}
 
 
 def to_pipes_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,8 +96,11 @@ def to_pipes_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
         elif isinstance(value, int):
             out[key] = {"raw_value": value, "type": "int"}
         elif isinstance(value, float):
-            out[key] = {"raw_value": value, "type": "float"} if math.isfinite(value) \
+            out[key] = (
+                {"raw_value": value, "type": "float"}
+                if math.isfinite(value)
                 else {"raw_value": None, "type": "null"}
+            )
         else:
             out[key] = {"raw_value": value, "type": "infer"}
     return out
@@ -97,8 +110,13 @@ def to_pipes_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
 # Asset side
 # ---------------------------------------------------------------------------------------------
 
-def torchrun_command(config_file: Path, dist_cfg: DistributedConfig, run_id: str | None,
-                     failure_file: Path | None = None) -> list[str]:
+
+def torchrun_command(
+    config_file: Path,
+    dist_cfg: DistributedConfig,
+    run_id: str | None,
+    failure_file: Path | None = None,
+) -> list[str]:
     """The whole command line: torchrun (with the failure report) running this module per rank."""
     head = [sys.executable, "-m", LAUNCHER, "launch"]
     if failure_file is not None:
@@ -106,9 +124,15 @@ def torchrun_command(config_file: Path, dist_cfg: DistributedConfig, run_id: str
     return [*head, *dist_cfg.torchrun_args(run_id), "-m", RANK_ENTRY, str(config_file)]
 
 
-def run_torchrun(context: dg.AssetExecutionContext, asset: str, stage: str, cfg: Any,
-                 model_cfg: Any, dist_cfg: DistributedConfig,
-                 env: Mapping[str, str] | None = None) -> dg.MaterializeResult:
+def run_torchrun(
+    context: dg.AssetExecutionContext,
+    asset: str,
+    stage: str,
+    cfg: Any,
+    model_cfg: Any,
+    dist_cfg: DistributedConfig,
+    env: Mapping[str, str] | None = None,
+) -> dg.MaterializeResult:
     """Run the stage as a torchrun job through Pipes; rank 0's report becomes the result.
 
     A failed job raises a Failure that names the rank that failed first and its error (the
@@ -117,11 +141,14 @@ def run_torchrun(context: dg.AssetExecutionContext, asset: str, stage: str, cfg:
         config = write_rank_config(Path(tmp) / f"{stage}.json", cfg, model_cfg, dist_cfg)
         failure = Path(tmp) / "failure.json"
         command = torchrun_command(config, dist_cfg, context.run.run_id, failure)
-        context.log.info(f"{asset}: {dist_cfg.world_size} processes ({dist_cfg.nnodes} node(s) x "
-                         f"{dist_cfg.nproc_per_node}); command: {' '.join(command)}")
+        context.log.info(
+            f"{asset}: {dist_cfg.world_size} processes ({dist_cfg.nnodes} node(s) x "
+            f"{dist_cfg.nproc_per_node}); command: {' '.join(command)}"
+        )
         try:
-            invocation = dg.PipesSubprocessClient().run(command=command, context=context,
-                                                        env=dict(env or {}))
+            invocation = dg.PipesSubprocessClient().run(
+                command=command, context=context, env=dict(env or {})
+            )
         except Exception as exc:
             # The client says only "failed with code 1" (its error class is not public API);
             # the launcher's failure file says which rank failed and how. Without that file
@@ -132,8 +159,11 @@ def run_torchrun(context: dg.AssetExecutionContext, asset: str, stage: str, cfg:
             raise dg.Failure(description=f"{asset}: {why}") from exc
     results = invocation.get_results()
     if not results:
-        raise dg.Failure(description=f"{asset}: the torchrun job ended without rank 0 reporting "
-                                     "a materialization", allow_retries=False)
+        raise dg.Failure(
+            description=f"{asset}: the torchrun job ended without rank 0 reporting "
+            "a materialization",
+            allow_retries=False,
+        )
     return invocation.get_materialize_result()
 
 
@@ -150,6 +180,7 @@ def failure_of(path: Path) -> str | None:
 # Rank side
 # ---------------------------------------------------------------------------------------------
 
+
 def rank_main(argv: Sequence[str] | None = None) -> int:
     """What each torchrun process runs: train; on rank 0 also log and report through Pipes."""
     from dagster_pipes import open_dagster_pipes
@@ -165,7 +196,8 @@ def rank_main(argv: Sequence[str] | None = None) -> int:
         report = run_rank(args[0], log=pipes.log.info)
         tb = read_rank_config(args[0])[0].tensorboard_dir
         pipes.report_asset_materialization(
-            metadata=to_pipes_metadata(checkpoint_metadata(report, Path(tb) if tb else None)))
+            metadata=to_pipes_metadata(checkpoint_metadata(report, Path(tb) if tb else None))
+        )
     return 0
 
 

@@ -33,14 +33,24 @@ class MiniLLMResource(dg.ConfigurableResource):
     profile: str = Field(default="smoke", description=f"One of: {', '.join(PROFILES)}.")
     root: str = Field(default="", description="Project root; empty = MINILLM_ROOT or the checkout.")
     sources_dir: str = Field(default="data/chinese", description="Your source JSONL/CSV files.")
-    samples_dir: str = Field(default="dataset", description="Shipped samples, used per category "
-                             "when sources_dir has none for it (relative: to the checkout).")
+    samples_dir: str = Field(
+        default="dataset",
+        description="Shipped samples, used per category "
+        "when sources_dir has none for it (relative: to the checkout).",
+    )
     processed_dir: str = Field(default="data/processed", description="Where the mixes go.")
     out_dir: str = Field(default="out", description="Tokenizer, token tensors, checkpoints.")
-    tf_dir: str = Field(default="", description="TensorBoard logs and eval_results.jsonl; "
-                        "empty = $TF_DIR or ../tf_dir (one level above the project).")
-    seq_len: int = Field(default=0, ge=0, description="The model's context: token tensors pack "
-                         "rows of this length and every stage trains at it; 0 = the profile's.")
+    tf_dir: str = Field(
+        default="",
+        description="TensorBoard logs and eval_results.jsonl; "
+        "empty = $TF_DIR or ../tf_dir (one level above the project).",
+    )
+    seq_len: int = Field(
+        default=0,
+        ge=0,
+        description="The model's context: token tensors pack "
+        "rows of this length and every stage trains at it; 0 = the profile's.",
+    )
 
     @field_validator("profile")
     @classmethod
@@ -108,16 +118,26 @@ class MiniLLMResource(dg.ConfigurableResource):
         """The one sequence length of this graph (tensors and training derive from it)."""
         return ModelConfig.resolve(self.preset("model")).max_position_embeddings
 
-    def settings(self, cls: type[C], concern: str, user: dg.Config | dict | None,
-                 base: dict[str, Any] | None = None) -> C:
+    def settings(
+        self,
+        cls: type[C],
+        concern: str,
+        user: dg.Config | dict | None,
+        base: dict[str, Any] | None = None,
+    ) -> C:
         """Field defaults < `base` (paths the asset derives) < the profile preset < run config.
         Output paths must resolve inside the artifact roots (out, processed, tf)."""
         if isinstance(user, dg.Config):
             user = user.model_dump(exclude_none=True)
         try:
             cfg = cls.resolve(base, self.preset(concern), user)
-            check_within_roots(cfg.model_dump(), [self.out, self.processed, self.tf],
-                               [f for f in OUTPUT_FIELDS if f in cls.model_fields])
+            check_within_roots(
+                cfg.model_dump(),
+                [self.out, self.processed, self.tf],
+                [f for f in OUTPUT_FIELDS if f in cls.model_fields],
+            )
             return cfg
         except ConfigError as exc:
-            raise dg.Failure(description=f"{exc}\n(set it under ops.<asset>.config in run config)")
+            raise dg.Failure(
+                description=f"{exc}\n(set it under ops.<asset>.config in run config)"
+            ) from exc

@@ -21,8 +21,9 @@ from minillm_core.artifacts import sha256_file
 from minillm_core.data import MixConfig, MixError, resolve_files
 
 
-def fingerprint(cfg: MixConfig, previous: dict[str, list] | None = None
-                ) -> tuple[dict[str, list], dict[str, str]]:
+def fingerprint(
+    cfg: MixConfig, previous: dict[str, list] | None = None
+) -> tuple[dict[str, list], dict[str, str]]:
     """({file: [size, mtime_ns, sha256]}, {output: hash of its category files})."""
     previous = previous or {}
     files: dict[str, list] = {}
@@ -49,8 +50,12 @@ def sources_version(outputs: dict[str, str]) -> str:
 
 
 def _mix_config(minillm: MiniLLMResource) -> MixConfig:
-    return minillm.settings(MixConfig, "mix", None, base={
-        "sources_dir": str(minillm.sources), "samples_dir": str(minillm.samples)})
+    return minillm.settings(
+        MixConfig,
+        "mix",
+        None,
+        base={"sources_dir": str(minillm.sources), "samples_dir": str(minillm.samples)},
+    )
 
 
 def _observe_sources(minillm: MiniLLMResource) -> dg.DataVersion:
@@ -61,25 +66,35 @@ with warnings.catch_warnings():
     # Observable source assets are marked beta; they are still the way to version external data.
     warnings.simplefilter("ignore", dg.BetaWarning)
     chinese_sources = dg.observable_source_asset(
-        name="chinese_sources", group_name="data",
+        name="chinese_sources",
+        group_name="data",
         description="The source files the mixes read: data/chinese, or the shipped samples a "
         "category falls back to. Its data version is their content hash, so an edit marks the "
-        "mixes (and all below them) stale.")(_observe_sources)
+        "mixes (and all below them) stale.",
+    )(_observe_sources)
 
 
-@dg.sensor(name="source_data_changed", minimum_interval_seconds=60,
-           default_status=dg.DefaultSensorStatus.STOPPED, asset_selection=dg.AssetSelection.all(),
-           description="Retrain what depends on data/chinese when its files' contents change.")
-def source_data_changed(context: dg.SensorEvaluationContext,
-                        minillm: MiniLLMResource) -> dg.SensorResult | dg.SkipReason:
+@dg.sensor(
+    name="source_data_changed",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    asset_selection=dg.AssetSelection.all(),
+    description="Retrain what depends on data/chinese when its files' contents change.",
+)
+def source_data_changed(
+    context: dg.SensorEvaluationContext, minillm: MiniLLMResource
+) -> dg.SensorResult | dg.SkipReason:
     state = json.loads(context.cursor) if context.cursor else None
     files, outputs = fingerprint(_mix_config(minillm), state["files"] if state else None)
     cursor = json.dumps({"files": files, "outputs": outputs}, sort_keys=True)
     if state is None:
-        return dg.SensorResult(skip_reason=dg.SkipReason(
-            f"baseline recorded for {len(files)} source files"), cursor=cursor)
-    changed = sorted(o for o in set(outputs) | set(state["outputs"])
-                     if outputs.get(o) != state["outputs"].get(o))
+        return dg.SensorResult(
+            skip_reason=dg.SkipReason(f"baseline recorded for {len(files)} source files"),
+            cursor=cursor,
+        )
+    changed = sorted(
+        o for o in set(outputs) | set(state["outputs"]) if outputs.get(o) != state["outputs"].get(o)
+    )
     if not changed:
         return dg.SensorResult(skip_reason=dg.SkipReason("no source file changed"), cursor=cursor)
     selection = dg.AssetSelection.assets(*(f"{o}_mix" for o in changed)).downstream()
@@ -87,13 +102,21 @@ def source_data_changed(context: dg.SensorEvaluationContext,
     version = sources_version(outputs)
     context.log.info(f"sources changed for {', '.join(changed)}: requesting {len(keys)} assets")
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=version, asset_selection=keys,
-                                    tags={**training_run_tags(),
-                                          "minillm/changed_outputs": ",".join(changed)})],
+        run_requests=[
+            dg.RunRequest(
+                run_key=version,
+                asset_selection=keys,
+                tags={**training_run_tags(), "minillm/changed_outputs": ",".join(changed)},
+            )
+        ],
         # Recording the new version marks the mixes stale in the UI until the run lands.
-        asset_events=[dg.AssetObservation(asset_key=chinese_sources.key,
-                                           tags={"dagster/data_version": version})],
-        cursor=cursor)
+        asset_events=[
+            dg.AssetObservation(
+                asset_key=chinese_sources.key, tags={"dagster/data_version": version}
+            )
+        ],
+        cursor=cursor,
+    )
 
 
 sensors = [source_data_changed]

@@ -32,8 +32,9 @@ from minillm_cli.common import add_model_arguments, model_paths
 from minillm_core.inference import SamplingParams, TextStreamer, generate, stop_ids
 
 
-def fit_conversation(tokenizer: Any, conv: list[dict[str, str]], budget: int,
-                     system: str | None = None) -> list[int]:
+def fit_conversation(
+    tokenizer: Any, conv: list[dict[str, str]], budget: int, system: str | None = None
+) -> list[int]:
     """Prompt ids for `conv` (after the `system` message, which always stays), dropping the
     oldest turns until it fits in `budget` tokens."""
     head = [{"role": "system", "content": system}] if system else []
@@ -65,8 +66,15 @@ def _lines(stdin: TextIO, stdout: TextIO, interactive: bool) -> Iterator[str]:
         yield line
 
 
-def _answer(model: torch.nn.Module, tokenizer: Any, ids: list[int], params: SamplingParams,
-            max_new_tokens: int, max_context: int, stdout: TextIO) -> str:
+def _answer(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    ids: list[int],
+    params: SamplingParams,
+    max_new_tokens: int,
+    max_context: int,
+    stdout: TextIO,
+) -> str:
     """Stream one answer to `stdout`; returns its text. Ctrl-C stops the answer, not the chat."""
     streamer = TextStreamer(tokenizer)
     try:
@@ -81,8 +89,10 @@ def _answer(model: torch.nn.Module, tokenizer: Any, ids: list[int], params: Samp
     return streamer.text
 
 
-HELP = "MiniLLM chat. /clear (or /reset) starts over, /system TEXT sets the system message, " \
-       "/quit leaves; Ctrl-C stops an answer."
+HELP = (
+    "MiniLLM chat. /clear (or /reset) starts over, /system TEXT sets the system message, "
+    "/quit leaves; Ctrl-C stops an answer."
+)
 
 
 @dataclass
@@ -99,18 +109,31 @@ def _command(text: str, chat: Chat, stdout: TextIO) -> bool:
         chat.turns = []
         print("(conversation cleared)", file=stdout, flush=True)
     elif text == "/system" or text.startswith("/system "):
-        chat.system, chat.turns = text[len("/system"):].strip() or None, []
-        print(f"(system message {'set' if chat.system else 'removed'}; conversation cleared)",
-              file=stdout, flush=True)
+        chat.system, chat.turns = text[len("/system") :].strip() or None, []
+        print(
+            f"(system message {'set' if chat.system else 'removed'}; conversation cleared)",
+            file=stdout,
+            flush=True,
+        )
     else:
         return False
     return True
 
 
-def chat_loop(model: torch.nn.Module, tokenizer: Any, *, temperature: float = 0.6,
-              top_k: int | None = 50, max_new_tokens: int = 256, max_context: int = 2048,
-              seed: int = 42, stdin: TextIO | None = None, stdout: TextIO | None = None,
-              prompt: str | None = None, system: str | None = None) -> list[dict[str, str]]:
+def chat_loop(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    *,
+    temperature: float = 0.6,
+    top_k: int | None = 50,
+    max_new_tokens: int = 256,
+    max_context: int = 2048,
+    seed: int = 42,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    prompt: str | None = None,
+    system: str | None = None,
+) -> list[dict[str, str]]:
     """Read user lines, stream answers; returns the final conversation (for tests).
 
     With `prompt`, answers that one prompt (only the answer is printed) and returns.
@@ -131,29 +154,44 @@ def chat_loop(model: torch.nn.Module, tokenizer: Any, *, temperature: float = 0.
         if text.startswith("/") and _command(text, chat, stdout):
             continue
         chat.turns.append({"role": "user", "content": text})
-        ids = fit_conversation(tokenizer, chat.turns, max(1, max_context - max_new_tokens),
-                               system=chat.system)
+        ids = fit_conversation(
+            tokenizer, chat.turns, max(1, max_context - max_new_tokens), system=chat.system
+        )
         if prompt is None:
             print("assistant: ", end="", file=stdout, flush=True)
-        params = SamplingParams(temperature=temperature, top_k=top_k, stop_ids=stops,
-                                seed=seed + turn)
+        params = SamplingParams(
+            temperature=temperature, top_k=top_k, stop_ids=stops, seed=seed + turn
+        )
         answer = _answer(model, tokenizer, ids, params, max_new_tokens, max_context, stdout)
         chat.turns.append({"role": "assistant", "content": answer})
     return chat.turns
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="minillm chat",
-                                description="Talk to a checkpoint in the terminal.")
+    p = argparse.ArgumentParser(
+        prog="minillm chat", description="Talk to a checkpoint in the terminal."
+    )
     add_model_arguments(p)
     p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
-    p.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=50,
-                   help="sample among the k likeliest tokens; 0 = all")
-    p.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int,
-                   default=256)
-    p.add_argument("--max-context", dest="max_context", type=int, default=None,
-                   help="tokens of conversation kept (default: the model's context, "
-                        "max_position_embeddings in the checkpoint)")
+    p.add_argument(
+        "--top-k",
+        "--top_k",
+        dest="top_k",
+        type=int,
+        default=50,
+        help="sample among the k likeliest tokens; 0 = all",
+    )
+    p.add_argument(
+        "--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=256
+    )
+    p.add_argument(
+        "--max-context",
+        dest="max_context",
+        type=int,
+        default=None,
+        help="tokens of conversation kept (default: the model's context, "
+        "max_position_embeddings in the checkpoint)",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:0, auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--seed", type=int, default=42)
@@ -176,11 +214,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with autocast(device, dtype):
-            chat_loop(model, tokenizer, temperature=args.temperature,
-                      top_k=args.top_k if args.top_k and args.top_k > 0 else None,
-                      max_new_tokens=args.max_new_tokens,
-                      max_context=args.max_context or model.config.max_position_embeddings,
-                      seed=args.seed, prompt=args.prompt, system=args.system)
+            chat_loop(
+                model,
+                tokenizer,
+                temperature=args.temperature,
+                top_k=args.top_k if args.top_k and args.top_k > 0 else None,
+                max_new_tokens=args.max_new_tokens,
+                max_context=args.max_context or model.config.max_position_embeddings,
+                seed=args.seed,
+                prompt=args.prompt,
+                system=args.system,
+            )
     except KeyboardInterrupt:  # Ctrl-C at the prompt leaves, without a traceback
         print(file=sys.stderr)
         return 130

@@ -14,8 +14,11 @@ from minillm_core.profiles import preset
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="minillm eval", description="Evaluate a checkpoint on its stage's held-out data; "
-        "print the scores and append one JSON line to eval_results.jsonl.")
+        prog="minillm eval",
+        description="Evaluate a checkpoint on its stage's held-out data; "
+        "print the scores and append one JSON line to eval_results.jsonl.",
+    )
+
     # Each flag also answers to the seed's underscore spelling (--data_path, --batch_size, ...).
     def flag(name: str, **kw: Any) -> None:
         names = [f"--{name}"] + ([f"--{name.replace('-', '_')}"] if "-" in name else [])
@@ -24,8 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     flag("stage", choices=["pretrain", "sft", "dpo"], help="which checkpoint kind")
     flag("checkpoint", type=Path, help="checkpoint dir (default out/<stage>)")
     flag("reference-checkpoint", type=Path, help="dpo: the SFT checkpoint (default out/sft)")
-    flag("data-path", type=Path, help="held-out JSONL (default "
-         "data/processed/<stage>_chinese_heldout.jsonl)")
+    flag(
+        "data-path",
+        type=Path,
+        help="held-out JSONL (default data/processed/<stage>_chinese_heldout.jsonl)",
+    )
     flag("tokenizer-dir", type=Path, help="tokenizer dir (default out/tokenizer)")
     flag("max-seq-len", type=int, help="longest row scored (default: the checkpoint's context)")
     flag("max-samples", type=int)
@@ -38,10 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     flag("model-name", help="name the identity probe expects")
     flag("model-author", help="author the identity probe expects")
     flag("seed", type=int)
-    flag("profile", help="layer a profile preset (smoke, gpu) under the flags and apply its "
-         "thresholds; exit 1 when a check fails")
-    flag("summary", type=int, nargs="?", const=3, default=None,
-         help="print the last N results (default 3) and exit")
+    flag(
+        "profile",
+        help="layer a profile preset (smoke, gpu) under the flags and apply its "
+        "thresholds; exit 1 when a check fails",
+    )
+    flag(
+        "summary",
+        type=int,
+        nargs="?",
+        const=3,
+        default=None,
+        help="print the last N results (default 3) and exit",
+    )
     return p
 
 

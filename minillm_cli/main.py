@@ -19,7 +19,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "dpo": ("minillm_cli.train", "main_dpo", "DPO from the latest SFT weights"),
     "eval": ("minillm_cli.eval", "main", "evaluate a checkpoint; append to eval_results.jsonl"),
     "chat": ("minillm_cli.chat", "main", "talk to a checkpoint in the terminal"),
-    "export-hf": ("minillm_cli.export", "main", "export a checkpoint as a HuggingFace Llama folder"),
+    "export-hf": (
+        "minillm_cli.export",
+        "main",
+        "export a checkpoint as a HuggingFace Llama folder",
+    ),
     "serve": ("minillm_cli.serve", "main", "OpenAI-compatible chat server for a checkpoint"),
 }
 
@@ -27,8 +31,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 def usage() -> str:
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {name:<{width}}  {summary}" for name, (_, _, summary) in COMMANDS.items())
-    return f"usage: minillm <command> [options]\n\ncommands:\n{rows}\n\n" \
-           "`minillm <command> --help` shows a command's options."
+    return (
+        f"usage: minillm <command> [options]\n\ncommands:\n{rows}\n\n"
+        "`minillm <command> --help` shows a command's options."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

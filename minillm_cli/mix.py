@@ -21,27 +21,37 @@ from minillm_core.profiles import PROFILES, preset
 def _kv(text: str) -> tuple[str, int]:
     k, sep, v = text.partition("=")
     if not sep or k not in OUTPUTS or not v.isdigit():
-        raise argparse.ArgumentTypeError(f"expected OUTPUT=N with OUTPUT in "
-                                         f"{'/'.join(OUTPUTS)} (got {text!r})")
+        raise argparse.ArgumentTypeError(
+            f"expected OUTPUT=N with OUTPUT in {'/'.join(OUTPUTS)} (got {text!r})"
+        )
     return k, int(v)
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="minillm mix", description=__doc__.split("\n")[0])
-    ap.add_argument("--output-dir", "--output_dir", type=user_path,
-                    help="default: <root>/data/processed")
+    ap.add_argument(
+        "--output-dir", "--output_dir", type=user_path, help="default: <root>/data/processed"
+    )
     ap.add_argument("--outputs", nargs="+", choices=OUTPUTS, default=list(OUTPUTS))
     ap.add_argument("--config", type=user_path, help="JSON or YAML file of MixConfig fields")
     ap.add_argument("--profile", choices=sorted(PROFILES), help="apply a profile's mix preset")
-    ap.add_argument("--sources-dir", "--data_path", dest="sources_dir", type=user_path,
-                    help="default: <root>/data/chinese")
+    ap.add_argument(
+        "--sources-dir",
+        "--data_path",
+        dest="sources_dir",
+        type=user_path,
+        help="default: <root>/data/chinese",
+    )
     ap.add_argument("--samples-dir", type=user_path, help="default: the checkout's dataset/")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--max-records", nargs="+", type=_kv, metavar="OUTPUT=N")
     ap.add_argument("--model-name")
     ap.add_argument("--model-author")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="print detected formats, counts and samples; write nothing")
+    ap.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print detected formats, counts and samples; write nothing",
+    )
     ap.add_argument("--show", type=int, default=2, help="samples per file in --dry-run")
     return ap
 
@@ -50,13 +60,20 @@ def _config(args: argparse.Namespace, layout: Layout) -> MixConfig:
     """Layers, lowest first: the layout's folders, the profile, the config file, the flags."""
     layers: list[dict[str, Any] | None] = [
         {"sources_dir": str(layout.sources), "samples_dir": str(layout.samples)},
-        preset(args.profile, "mix") if args.profile else None]
+        preset(args.profile, "mix") if args.profile else None,
+    ]
     if args.config:
         layers.append(MixConfig.load_layer(args.config))
-    layers.append({"sources_dir": args.sources_dir, "samples_dir": args.samples_dir,
-                   "seed": args.seed, "model_name": args.model_name,
-                   "model_author": args.model_author,
-                   "max_records": dict(args.max_records) if args.max_records else None})
+    layers.append(
+        {
+            "sources_dir": args.sources_dir,
+            "samples_dir": args.samples_dir,
+            "seed": args.seed,
+            "model_name": args.model_name,
+            "model_author": args.model_author,
+            "max_records": dict(args.max_records) if args.max_records else None,
+        }
+    )
     return MixConfig.resolve(*layers)
 
 
@@ -71,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         out_dir: Path = args.output_dir or layout.processed
         for output in args.outputs:
             r = build_mix(cfg, output, out_dir)
-            print(f"{output}: {r.records} records -> {r.path}; {r.heldout_records} held out "
-                  f"-> {r.heldout_path}")
+            print(
+                f"{output}: {r.records} records -> {r.path}; {r.heldout_records} held out "
+                f"-> {r.heldout_path}"
+            )
     except (MixError, ConfigError) as exc:
         print(f"minillm mix: error: {exc}", file=sys.stderr)
         return 1

@@ -42,8 +42,12 @@ from typing import Any
 from minillm_core.errors import ConfigError, MiniLLMError, ResourceError
 from minillm_core.layout import CHECKOUT
 
-PG_DEFAULTS = {"DAGSTER_PG_HOST": "localhost", "DAGSTER_PG_PORT": "5432",
-               "DAGSTER_PG_DB": "dagster", "DAGSTER_PG_USERNAME": "dagster"}
+PG_DEFAULTS = {
+    "DAGSTER_PG_HOST": "localhost",
+    "DAGSTER_PG_PORT": "5432",
+    "DAGSTER_PG_DB": "dagster",
+    "DAGSTER_PG_USERNAME": "dagster",
+}
 PROCESSES = ("webserver", "daemon")
 DAEMON_HEALTH = """query { instance { daemonHealth { allDaemonStatuses {
   daemonType required healthy } } } }"""
@@ -82,14 +86,18 @@ def pg_settings(home: Path) -> dict[str, Any]:
     block = (config.get("storage") or {}).get("postgres") or {}
     db = block.get("postgres_db")
     if not db:
-        raise ConfigError(f"{home / 'dagster.yaml'} has no storage.postgres.postgres_db block "
-                          f"(see deploy/dagster.yaml)")
+        raise ConfigError(
+            f"{home / 'dagster.yaml'} has no storage.postgres.postgres_db block "
+            f"(see deploy/dagster.yaml)"
+        )
     return {k: _resolve(v, f"storage.postgres.postgres_db.{k}") for k, v in db.items()}
 
 
 def _where(db: Mapping[str, Any]) -> str:
-    return (f"PostgreSQL at {db.get('hostname')}:{db.get('port', 5432)}, database "
-            f"{db.get('db_name')!r} (user {db.get('username')!r})")
+    return (
+        f"PostgreSQL at {db.get('hostname')}:{db.get('port', 5432)}, database "
+        f"{db.get('db_name')!r} (user {db.get('username')!r})"
+    )
 
 
 def probe(db: Mapping[str, Any], timeout_s: int = 5) -> None:
@@ -97,17 +105,23 @@ def probe(db: Mapping[str, Any], timeout_s: int = 5) -> None:
     import psycopg2
 
     try:
-        conn = psycopg2.connect(host=db.get("hostname"), port=int(db.get("port", 5432)),
-                                dbname=db.get("db_name"), user=db.get("username"),
-                                password=db.get("password") or None, connect_timeout=timeout_s)
+        conn = psycopg2.connect(
+            host=db.get("hostname"),
+            port=int(db.get("port", 5432)),
+            dbname=db.get("db_name"),
+            user=db.get("username"),
+            password=db.get("password") or None,
+            connect_timeout=timeout_s,
+        )
     except psycopg2.Error as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         reason = lines[0] if lines else type(exc).__name__
         # psycopg2 prefixes "connection to server at "h" (ip), port p failed:"; we name it once
         reason = reason.split(" failed: ", 1)[-1]
-        raise ResourceError(f"cannot open the Dagster instance: {_where(db)}: {reason}",
-                            "start the server, or fix DAGSTER_PG_HOST/PORT/DB/USERNAME/PASSWORD"
-                            ) from None
+        raise ResourceError(
+            f"cannot open the Dagster instance: {_where(db)}: {reason}",
+            "start the server, or fix DAGSTER_PG_HOST/PORT/DB/USERNAME/PASSWORD",
+        ) from None
     conn.close()
 
 
@@ -122,17 +136,29 @@ def open_instance(home: Path):
         return DagsterInstance.from_config(str(home))
     except Exception as exc:  # noqa: BLE001 (Dagster's errors here have no common type)
         first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-        raise ResourceError(f"cannot open the Dagster instance in {home}: {_where(db)}: {first}",
-                            "see the message above; `dagster instance migrate` after an "
-                            "upgrade") from None
+        raise ResourceError(
+            f"cannot open the Dagster instance in {home}: {_where(db)}: {first}",
+            "see the message above; `dagster instance migrate` after an upgrade",
+        ) from None
 
 
 # -- processes ---------------------------------------------------------------------------------
 def _commands(workspace: Path, host: str, port: int) -> dict[str, list[str]]:
     py = sys.executable
-    return {"webserver": [py, "-m", "dagster_webserver", "-w", str(workspace), "-h", host,
-                          "-p", str(port)],
-            "daemon": [py, "-m", "dagster._daemon", "run", "-w", str(workspace)]}
+    return {
+        "webserver": [
+            py,
+            "-m",
+            "dagster_webserver",
+            "-w",
+            str(workspace),
+            "-h",
+            host,
+            "-p",
+            str(port),
+        ],
+        "daemon": [py, "-m", "dagster._daemon", "run", "-w", str(workspace)],
+    }
 
 
 def _default_signals() -> None:
@@ -168,12 +194,14 @@ def _read_pid(home: Path, name: str) -> int | None:
     return None
 
 
-def graphql(url: str, query: str, variables: Mapping[str, Any] | None = None,
-            timeout_s: float = 30) -> dict[str, Any]:
+def graphql(
+    url: str, query: str, variables: Mapping[str, Any] | None = None, timeout_s: float = 30
+) -> dict[str, Any]:
     """POST a query to the webserver's /graphql; the whole answer (`data`, maybe `errors`)."""
     body = json.dumps({"query": query, "variables": dict(variables or {})}).encode()
-    req = urllib.request.Request(f"{url}/graphql", data=body,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{url}/graphql", data=body, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=timeout_s) as resp:
         return json.load(resp)
 
@@ -181,8 +209,9 @@ def graphql(url: str, query: str, variables: Mapping[str, Any] | None = None,
 def _ready(url: str) -> bool:
     """The webserver answers and every daemon the instance needs has a fresh heartbeat."""
     try:
-        statuses = graphql(url, DAEMON_HEALTH, timeout_s=10)["data"]["instance"][
-            "daemonHealth"]["allDaemonStatuses"]
+        statuses = graphql(url, DAEMON_HEALTH, timeout_s=10)["data"]["instance"]["daemonHealth"][
+            "allDaemonStatuses"
+        ]
     except (urllib.error.URLError, OSError, KeyError, TypeError, ValueError):
         return False
     return all(s["healthy"] for s in statuses if s["required"])
@@ -194,8 +223,13 @@ def _tail(path: Path, chars: int = 3000) -> str:
     return ""
 
 
-def start(home: Path, workspace: Path, host: str = "127.0.0.1", port: int = 3000,
-          ready_timeout_s: float = 240.0) -> str:
+def start(
+    home: Path,
+    workspace: Path,
+    host: str = "127.0.0.1",
+    port: int = 3000,
+    ready_timeout_s: float = 240.0,
+) -> str:
     """Start the webserver and the daemon against `home`; return the URL once both are up."""
     if any(status(home).values()):
         raise ConfigError(f"already running for {home} (`stop` first)")
@@ -207,11 +241,17 @@ def start(home: Path, workspace: Path, host: str = "127.0.0.1", port: int = 3000
     procs = {}
     for name, cmd in _commands(workspace, host, port).items():
         with open(home / "logs" / f"{name}.log", "ab") as log:
-            procs[name] = subprocess.Popen(cmd, cwd=workspace.parent, env=env,
-                                           stdin=subprocess.DEVNULL, stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True,
-                                           # this CLI has no threads: preexec_fn is safe
-                                           preexec_fn=_default_signals)  # noqa: PLW1509
+            procs[name] = subprocess.Popen(
+                cmd,
+                cwd=workspace.parent,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                # this CLI has no threads: preexec_fn is safe
+                preexec_fn=_default_signals,
+            )  # noqa: PLW1509
         _pidfile(home, name).write_text(f"{procs[name].pid}\n")
     url = f"http://{host}:{port}"
     deadline = time.monotonic() + ready_timeout_s
@@ -258,15 +298,20 @@ def stop(home: Path, grace_s: float = 30.0) -> list[str]:
 
 
 def status(home: Path) -> dict[str, int | None]:
-    return {n: (pid if (pid := _read_pid(home, n)) and _ours(pid) and _group_alive(pid) else None)
-            for n in PROCESSES}
+    return {
+        n: (pid if (pid := _read_pid(home, n)) and _ours(pid) and _group_alive(pid) else None)
+        for n in PROCESSES
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scripts/prod.sh", description=__doc__.splitlines()[0])
     p.add_argument("command", choices=("check", "start", "stop", "status"))
-    p.add_argument("--home", default=None, help="DAGSTER_HOME (default: $DAGSTER_HOME or "
-                   "<project>/.dagster-prod)")
+    p.add_argument(
+        "--home",
+        default=None,
+        help="DAGSTER_HOME (default: $DAGSTER_HOME or <project>/.dagster-prod)",
+    )
     p.add_argument("-w", "--workspace", default=str(CHECKOUT / "workspace.yaml"))
     p.add_argument("--host", default=os.environ.get("DAGSTER_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("DAGSTER_PORT", "3000")))
@@ -285,8 +330,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ok: {_where(pg_settings(home))}, instance {home}")
         elif args.command == "start":
             url = start(home, Path(args.workspace).resolve(), args.host, args.port)
-            print(f"webserver at {url} and daemon running (instance {home}, logs in "
-                  f"{home / 'logs'}); stop with: scripts/prod.sh stop")
+            print(
+                f"webserver at {url} and daemon running (instance {home}, logs in "
+                f"{home / 'logs'}); stop with: scripts/prod.sh stop"
+            )
         elif args.command == "stop":
             print(f"stopped: {', '.join(stop(home)) or 'nothing was running'}")
         else:

@@ -53,7 +53,7 @@ import uuid
 from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, ValidationError
@@ -82,13 +82,19 @@ class ServeConfig(CoreConfig):
     model_id: str = Field("minillm", min_length=1, description="the name clients pass as `model`")
     device: str = Field("auto", description="cpu, cuda, cuda:N, auto")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="weights dtype for serving; auto = bfloat16 on CUDA, float32 on CPU")
+        "auto", description="weights dtype for serving; auto = bfloat16 on CUDA, float32 on CPU"
+    )
     max_context: int | None = Field(
-        None, ge=2, description="prompt + completion tokens; None = the model's context "
-                                "(max_position_embeddings), which also caps it")
+        None,
+        ge=2,
+        description="prompt + completion tokens; None = the model's context "
+        "(max_position_embeddings), which also caps it",
+    )
     default_max_tokens: int = Field(
-        256, ge=1, description="completion length when the request sets none (cut to what the "
-                               "context leaves)")
+        256,
+        ge=1,
+        description="completion length when the request sets none (cut to what the context leaves)",
+    )
     max_concurrency: int = Field(1, ge=1, description="generations running at once")
     max_queue: int = Field(16, ge=0, description="requests waiting for a slot; beyond: 429")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
@@ -102,6 +108,7 @@ DISCONNECT_POLL_S = 0.1
 
 # ------------------------------------------------------------------------------------------ app
 
+
 @dataclass
 class Completion:
     """A validated chat request, ready to generate: prompt ids, token budget, sampling."""
@@ -114,8 +121,9 @@ class Completion:
     id: str
     created: int
 
-    def events(self, engine: Engine, cancel: threading.Event
-               ) -> Generator[tuple[Any, ...], None, None]:
+    def events(
+        self, engine: Engine, cancel: threading.Event
+    ) -> Generator[tuple[Any, ...], None, None]:
         """(choice index, *event) for each of the `n` choices in turn; with a seed, choice i
         samples with seed + i (reproducible, and the choices differ)."""
         for i in range(self.req.n):
@@ -123,21 +131,21 @@ class Completion:
             if seed is not None:
                 seed = seed + i if seed + i <= SEED_MAX else seed - i
             params = dataclasses.replace(self.params, seed=seed)
-            for event in engine.events(self.prompt, self.max_new, params, stops=self.stops,
-                                       cancel=cancel):
+            for event in engine.events(
+                self.prompt, self.max_new, params, stops=self.stops, cancel=cancel
+            ):
                 yield (i, *event)
             if cancel.is_set():
                 return
 
 
-def create_app(engine: Engine, cfg: Optional[ServeConfig] = None):
+def create_app(engine: Engine, cfg: ServeConfig | None = None):
     """The FastAPI application serving `engine` (separate from `main` so tests and other
     programs can mount or drive it)."""
     from fastapi import FastAPI
 
     cfg = cfg or ServeConfig()
-    app = FastAPI(title="MiniLLM", description="OpenAI-compatible chat completions",
-                  version="1")
+    app = FastAPI(title="MiniLLM", description="OpenAI-compatible chat completions", version="1")
     gate = Gate(cfg.max_concurrency, cfg.max_queue)
     app.state.engine, app.state.gate = engine, gate
     _add_error_handlers(app)
@@ -161,8 +169,9 @@ def _add_error_handlers(app: Any) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException):
-        return JSONResponse(APIError(exc.status_code, str(exc.detail)).body(),
-                            status_code=exc.status_code)
+        return JSONResponse(
+            APIError(exc.status_code, str(exc.detail)).body(), status_code=exc.status_code
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError):
@@ -171,8 +180,12 @@ def _add_error_handlers(app: Any) -> None:
 
     @app.exception_handler(Exception)
     async def _server_error(_: Request, exc: Exception):
-        return JSONResponse(APIError(500, f"internal error: {type(exc).__name__}: {exc}",
-                                     type="server_error").body(), status_code=500)
+        return JSONResponse(
+            APIError(
+                500, f"internal error: {type(exc).__name__}: {exc}", type="server_error"
+            ).body(),
+            status_code=500,
+        )
 
 
 def _auth_middleware(api_key: str):
@@ -183,28 +196,47 @@ def _auth_middleware(api_key: str):
         if request.url.path.startswith("/v1/"):
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return JSONResponse(APIError(401, "missing or wrong API key (Authorization: "
-                                                  "Bearer ...)", type="authentication_error",
-                                             code="invalid_api_key").body(), status_code=401)
+                return JSONResponse(
+                    APIError(
+                        401,
+                        "missing or wrong API key (Authorization: Bearer ...)",
+                        type="authentication_error",
+                        code="invalid_api_key",
+                    ).body(),
+                    status_code=401,
+                )
         return await call_next(request)
 
     return _auth
 
 
 def _unknown_model(engine: Engine, model_id: str) -> APIError:
-    return APIError(404, f"the model {model_id!r} does not exist; this server serves "
-                         f"{engine.model_id!r}", param="model", code="model_not_found")
+    return APIError(
+        404,
+        f"the model {model_id!r} does not exist; this server serves {engine.model_id!r}",
+        param="model",
+        code="model_not_found",
+    )
 
 
 def _add_info_routes(app: Any, engine: Engine, gate: Gate) -> None:
     def model_card() -> dict[str, Any]:
-        return {"id": engine.model_id, "object": "model", "created": engine.created,
-                "owned_by": "minillm", "max_context": engine.max_context}
+        return {
+            "id": engine.model_id,
+            "object": "model",
+            "created": engine.created,
+            "owned_by": "minillm",
+            "max_context": engine.max_context,
+        }
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": engine.model_id, "running": min(gate.inside, gate.running),
-                "waiting": max(gate.inside - gate.running, 0)}
+        return {
+            "status": "ok",
+            "model": engine.model_id,
+            "running": min(gate.inside, gate.running),
+            "waiting": max(gate.inside - gate.running, 0),
+        }
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -221,14 +253,18 @@ async def _read_request(request: Any, max_body_bytes: int) -> ChatRequest:
     """The body as a ChatRequest: 413 when too large, 400 when not JSON or not valid."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_body_bytes:
-        raise APIError(413, f"request body of {declared} bytes exceeds {max_body_bytes}",
-                       code="request_too_large")
+        raise APIError(
+            413,
+            f"request body of {declared} bytes exceeds {max_body_bytes}",
+            code="request_too_large",
+        )
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > max_body_bytes:
-            raise APIError(413, f"request body exceeds {max_body_bytes} bytes",
-                           code="request_too_large")
+            raise APIError(
+                413, f"request body exceeds {max_body_bytes} bytes", code="request_too_large"
+            )
     try:
         obj = json.loads(bytes(body))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -255,27 +291,44 @@ async def _prepare(engine: Engine, cfg: ServeConfig, req: ChatRequest) -> Comple
     prompt = await run_in_threadpool(engine.prompt_ids, messages)
     room = engine.max_context - len(prompt)
     if room < 1:
-        raise APIError(400, f"this model's maximum context length is {engine.max_context} "
-                            f"tokens; the messages are {len(prompt)} tokens",
-                       param="messages", code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"this model's maximum context length is {engine.max_context} "
+            f"tokens; the messages are {len(prompt)} tokens",
+            param="messages",
+            code="context_length_exceeded",
+        )
     asked = req.max_completion_tokens or req.max_tokens
     if asked is not None and asked > room:
-        raise APIError(400, f"this model's maximum context length is {engine.max_context} "
-                            f"tokens; you requested {len(prompt) + asked} ({len(prompt)} in "
-                            f"the messages, {asked} in the completion)",
-                       param="max_tokens", code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"this model's maximum context length is {engine.max_context} "
+            f"tokens; you requested {len(prompt) + asked} ({len(prompt)} in "
+            f"the messages, {asked} in the completion)",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
     top_k = cfg.top_k if req.top_k is None else req.top_k
     params = SamplingParams(
         temperature=cfg.temperature if req.temperature is None else req.temperature,
-        top_k=top_k if top_k else None, top_p=1.0 if req.top_p is None else req.top_p,
-        min_p=req.min_p or 0.0, repetition_penalty=req.repetition_penalty or 1.0,
+        top_k=top_k if top_k else None,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        min_p=req.min_p or 0.0,
+        repetition_penalty=req.repetition_penalty or 1.0,
         presence_penalty=req.presence_penalty or 0.0,
-        frequency_penalty=req.frequency_penalty or 0.0, seed=req.seed,
-        stop_ids=tuple(engine.stop_ids))
-    return Completion(req=req, prompt=prompt,
-                      max_new=asked if asked is not None else min(cfg.default_max_tokens, room),
-                      params=params, stops=list(req.stop or []), id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
-                      created=int(time.time()))
+        frequency_penalty=req.frequency_penalty or 0.0,
+        seed=req.seed,
+        stop_ids=tuple(engine.stop_ids),
+    )
+    return Completion(
+        req=req,
+        prompt=prompt,
+        max_new=asked if asked is not None else min(cfg.default_max_tokens, room),
+        params=params,
+        stops=list(req.stop or []),
+        id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        created=int(time.time()),
+    )
 
 
 def _add_chat_route(app: Any, engine: Engine, gate: Gate, cfg: ServeConfig) -> None:
@@ -291,8 +344,9 @@ def _add_chat_route(app: Any, engine: Engine, gate: Gate, cfg: ServeConfig) -> N
         return _gated_stream(_sse(engine, job, cancel), gate.leave)
 
 
-async def _complete(engine: Engine, gate: Gate, job: Completion, cancel: threading.Event,
-                    request: Any) -> dict[str, Any]:
+async def _complete(
+    engine: Engine, gate: Gate, job: Completion, cancel: threading.Event, request: Any
+) -> dict[str, Any]:
     """The whole answer as one `chat.completion`. A client that goes away meanwhile stops the
     generation within a decode step (checked every DISCONNECT_POLL_S) and frees the slot."""
     from starlette.concurrency import run_in_threadpool
@@ -312,26 +366,45 @@ async def _complete(engine: Engine, gate: Gate, job: Completion, cancel: threadi
     for i in range(job.req.n):
         mine = [e[1:] for e in events if e[0] == i]
         _, finish, count = mine[-1]
-        choices.append({"index": i, "logprobs": None, "finish_reason": finish, "tokens": count,
-                        "message": {"role": "assistant",
-                                    "content": "".join(e[1] for e in mine if e[0] == "text")}})
+        choices.append(
+            {
+                "index": i,
+                "logprobs": None,
+                "finish_reason": finish,
+                "tokens": count,
+                "message": {
+                    "role": "assistant",
+                    "content": "".join(e[1] for e in mine if e[0] == "text"),
+                },
+            }
+        )
     tokens = sum(c.pop("tokens") for c in choices)
-    return {"id": job.id, "object": "chat.completion", "created": job.created,
-            "model": engine.model_id, "system_fingerprint": engine.fingerprint,
-            "choices": choices, "usage": _usage(len(job.prompt), tokens)}
+    return {
+        "id": job.id,
+        "object": "chat.completion",
+        "created": job.created,
+        "model": engine.model_id,
+        "system_fingerprint": engine.fingerprint,
+        "choices": choices,
+        "usage": _usage(len(job.prompt), tokens),
+    }
 
 
-def _chunk(engine: Engine, job: Completion, index: int, delta: dict[str, Any],
-           finish: Optional[str]) -> str:
-    body = {"id": job.id, "object": "chat.completion.chunk", "created": job.created,
-            "model": engine.model_id, "system_fingerprint": engine.fingerprint,
-            "choices": [{"index": index, "delta": delta, "logprobs": None,
-                         "finish_reason": finish}]}
+def _chunk(
+    engine: Engine, job: Completion, index: int, delta: dict[str, Any], finish: str | None
+) -> str:
+    body = {
+        "id": job.id,
+        "object": "chat.completion.chunk",
+        "created": job.created,
+        "model": engine.model_id,
+        "system_fingerprint": engine.fingerprint,
+        "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
-async def _sse(engine: Engine, job: Completion, cancel: threading.Event
-               ) -> AsyncIterator[str]:
+async def _sse(engine: Engine, job: Completion, cancel: threading.Event) -> AsyncIterator[str]:
     """The answer as server-sent `chat.completion.chunk`s, ending with `data: [DONE]`."""
     from starlette.concurrency import run_in_threadpool
 
@@ -353,9 +426,14 @@ async def _sse(engine: Engine, job: Completion, cancel: threading.Event
             tokens += rest[1]
             yield _chunk(engine, job, index, {}, rest[0])
         if job.req.stream_options and job.req.stream_options.include_usage:
-            usage = {"id": job.id, "object": "chat.completion.chunk", "created": job.created,
-                     "model": engine.model_id, "choices": [],
-                     "usage": _usage(len(job.prompt), tokens)}
+            usage = {
+                "id": job.id,
+                "object": "chat.completion.chunk",
+                "created": job.created,
+                "model": engine.model_id,
+                "choices": [],
+                "usage": _usage(len(job.prompt), tokens),
+            }
             yield f"data: {json.dumps(usage)}\n\n"
         yield "data: [DONE]\n\n"
     except Exception as exc:  # headers are sent: report in-band, as OpenAI does
@@ -387,19 +465,27 @@ def _gated_stream(content: Any, release: Any) -> Any:
                         pass  # still running: its own finally closes it
                 release()
 
-    return GatedStream(content, media_type="text/event-stream",
-                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return GatedStream(
+        content,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 # ---------------------------------------------------------------------------------------- loading
 
-def load_engine(checkpoint_dir: Path | str, tokenizer_dir: Path | str,
-                cfg: ServeConfig | None = None) -> Engine:
+
+def load_engine(
+    checkpoint_dir: Path | str, tokenizer_dir: Path | str, cfg: ServeConfig | None = None
+) -> Engine:
     """Load a checkpoint and its tokenizer for serving; refuses a mismatched tokenizer."""
     from minillm_core.artifacts import sha256_file
     from minillm_core.train.checkpointer import WEIGHTS
@@ -415,34 +501,76 @@ def load_engine(checkpoint_dir: Path | str, tokenizer_dir: Path | str,
         model.to(dtype)
     context = cfg.max_context or model.config.max_position_embeddings
     weights = Path(ckpt) / WEIGHTS
-    return Engine(model, tokenizer, model_id=cfg.model_id, max_context=context,
-                  created=int(weights.stat().st_mtime),
-                  fingerprint=f"fp_{sha256_file(weights)[:12]}")
+    return Engine(
+        model,
+        tokenizer,
+        model_id=cfg.model_id,
+        max_context=context,
+        created=int(weights.stat().st_mtime),
+        fingerprint=f"fp_{sha256_file(weights)[:12]}",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="minillm serve",
-                                description="Serve a checkpoint with an OpenAI-compatible API "
-                                            "(/v1/chat/completions, /v1/models).")
+    p = argparse.ArgumentParser(
+        prog="minillm serve",
+        description="Serve a checkpoint with an OpenAI-compatible API "
+        "(/v1/chat/completions, /v1/models).",
+    )
     add_model_arguments(p)
     p.add_argument("--host", default=None, help="interface (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
-    p.add_argument("--model-id", "--model_id", "--served-model-name", dest="model_id",
-                   default=None, help="name clients pass as `model` (default minillm)")
+    p.add_argument(
+        "--model-id",
+        "--model_id",
+        "--served-model-name",
+        dest="model_id",
+        default=None,
+        help="name clients pass as `model` (default minillm)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:0, auto")
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--max-context", "--max_context", dest="max_context", type=int, default=None)
-    p.add_argument("--max-tokens", "--max_tokens", dest="default_max_tokens", type=int,
-                   default=None, help="default completion length (256)")
-    p.add_argument("--max-concurrency", "--max_concurrency", dest="max_concurrency", type=int,
-                   default=None, help="generations at once (1)")
-    p.add_argument("--max-queue", "--max_queue", dest="max_queue", type=int, default=None,
-                   help="requests waiting beyond those (16); more get 429")
+    p.add_argument(
+        "--max-tokens",
+        "--max_tokens",
+        dest="default_max_tokens",
+        type=int,
+        default=None,
+        help="default completion length (256)",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        "--max_concurrency",
+        dest="max_concurrency",
+        type=int,
+        default=None,
+        help="generations at once (1)",
+    )
+    p.add_argument(
+        "--max-queue",
+        "--max_queue",
+        dest="max_queue",
+        type=int,
+        default=None,
+        help="requests waiting beyond those (16); more get 429",
+    )
     p.add_argument("--temperature", type=float, default=None, help="default temperature (0.6)")
-    p.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=None,
-                   help="default top-k (50; 0 = all)")
-    p.add_argument("--api-key", "--api_key", dest="api_key", default=None,
-                   help="require this bearer token (default: $MINILLM_API_KEY, else none)")
+    p.add_argument(
+        "--top-k",
+        "--top_k",
+        dest="top_k",
+        type=int,
+        default=None,
+        help="default top-k (50; 0 = all)",
+    )
+    p.add_argument(
+        "--api-key",
+        "--api_key",
+        dest="api_key",
+        default=None,
+        help="require this bearer token (default: $MINILLM_API_KEY, else none)",
+    )
     return p
 
 
@@ -451,12 +579,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvicorn
     except ImportError:
-        print("minillm serve: needs fastapi and uvicorn (pip install 'minillm[serve]')",
-              file=sys.stderr)
+        print(
+            "minillm serve: needs fastapi and uvicorn (pip install 'minillm[serve]')",
+            file=sys.stderr,
+        )
         return 2
-    layer = {k: getattr(args, k) for k in ("host", "port", "model_id", "device", "dtype",
-                                           "max_context", "default_max_tokens", "max_concurrency",
-                                           "max_queue", "temperature", "top_k", "api_key")}
+    layer = {
+        k: getattr(args, k)
+        for k in (
+            "host",
+            "port",
+            "model_id",
+            "device",
+            "dtype",
+            "max_context",
+            "default_max_tokens",
+            "max_concurrency",
+            "max_queue",
+            "temperature",
+            "top_k",
+            "api_key",
+        )
+    }
     layer["api_key"] = layer["api_key"] or os.environ.get("MINILLM_API_KEY") or None
     try:
         cfg = ServeConfig.resolve(layer)
@@ -466,8 +610,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minillm serve: {exc}", file=sys.stderr)
         return 2
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
-        print(f"minillm serve: WARNING: listening on {cfg.host} without --api-key: anyone who can "
-              "reach this port can use the model", file=sys.stderr)
+        print(
+            f"minillm serve: WARNING: listening on {cfg.host} without --api-key: anyone who can "
+            "reach this port can use the model",
+            file=sys.stderr,
+        )
     try:
         sock = bind(cfg.host, cfg.port)
     except OSError as exc:
@@ -476,8 +623,12 @@ def main(argv: list[str] | None = None) -> int:
     # The bound port, not the asked one: with --port 0 the system picks it.
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"minillm serve: model {engine.model_id!r}, context {engine.max_context} tokens, "
-          f"http://{shown}:{port}/v1", file=sys.stderr, flush=True)
+    print(
+        f"minillm serve: model {engine.model_id!r}, context {engine.max_context} tokens, "
+        f"http://{shown}:{port}/v1",
+        file=sys.stderr,
+        flush=True,
+    )
     with sock:
         uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
     return 0

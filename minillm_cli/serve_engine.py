@@ -19,23 +19,43 @@ from minillm_core.inference import SamplingParams, TextStreamer, generate, stop_
 class APIError(Exception):
     """An error answered in OpenAI's shape: status, message, type, param, code."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type = status, message, type
         self.param, self.code = param, code
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
 
 class Engine:
     """A loaded model and tokenizer plus the generation loop the server runs in worker threads."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, model_id: str = "minillm",
-                 max_context: int = 2048, created: int | None = None,
-                 fingerprint: str | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        model_id: str = "minillm",
+        max_context: int = 2048,
+        created: int | None = None,
+        fingerprint: str | None = None,
+    ):
         self.model, self.tokenizer, self.model_id = model, tokenizer, model_id
         cfg = getattr(model, "config", None)
         limit = getattr(cfg, "max_position_embeddings", max_context)
@@ -58,9 +78,15 @@ class Engine:
         except (ValueError, AttributeError, TypeError) as exc:
             raise APIError(400, f"messages: {exc}", param="messages") from None
 
-    def events(self, prompt: list[int], max_new_tokens: int, params: SamplingParams, *,
-               stops: Sequence[str] = (), cancel: threading.Event | None = None
-               ) -> Generator[tuple[Any, ...], None, None]:
+    def events(
+        self,
+        prompt: list[int],
+        max_new_tokens: int,
+        params: SamplingParams,
+        *,
+        stops: Sequence[str] = (),
+        cancel: threading.Event | None = None,
+    ) -> Generator[tuple[Any, ...], None, None]:
         """Yield ("text", piece) as text becomes final, then ("done", finish_reason, n_tokens).
 
         finish_reason: "stop" (end token or a stop string), "length" (max_new_tokens reached).
@@ -122,7 +148,7 @@ def _release(held: str, stops: Sequence[str], final: bool) -> tuple[str, str, bo
             if held.endswith(s[:k]):
                 keep = max(keep, k)
                 break
-    return held[:len(held) - keep], held[len(held) - keep:], False
+    return held[: len(held) - keep], held[len(held) - keep :], False
 
 
 class Gate:
@@ -135,9 +161,13 @@ class Gate:
 
     async def enter(self) -> None:
         if self.inside >= self.limit:
-            raise APIError(429, f"server busy: {self.running} generation(s) running and "
-                                f"{self.limit - self.running} waiting; retry later",
-                           type="rate_limit_error", code="server_busy")
+            raise APIError(
+                429,
+                f"server busy: {self.running} generation(s) running and "
+                f"{self.limit - self.running} waiting; retry later",
+                type="rate_limit_error",
+                code="server_busy",
+            )
         if self._sem is None:  # created inside the server's event loop
             self._sem = asyncio.Semaphore(self.running)
         self.inside += 1

@@ -33,8 +33,9 @@ class _Strict(BaseModel):
 
 
 # Content parts the model cannot read: refused, not silently dropped from the prompt.
-NON_TEXT_PARTS = frozenset({"image_url", "input_image", "image", "input_audio", "audio", "file",
-                            "input_file", "video_url"})
+NON_TEXT_PARTS = frozenset(
+    {"image_url", "input_image", "image", "input_audio", "audio", "file", "input_file", "video_url"}
+)
 
 
 class ChatMessage(_Strict):
@@ -47,8 +48,9 @@ class ChatMessage(_Strict):
     def _text_only(cls, v: str | list[dict[str, Any]] | None) -> Any:
         for part in v if isinstance(v, list) else []:
             if part.get("type") in NON_TEXT_PARTS:
-                raise ValueError(f"this model reads text only; a {part['type']!r} content part "
-                                 "cannot be used")
+                raise ValueError(
+                    f"this model reads text only; a {part['type']!r} content part cannot be used"
+                )
         return v
 
 

@@ -62,22 +62,39 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"minillm {stage}",
         description=f"{stage} stage. Unset options take the profile's preset, then the defaults "
-                    f"(stage defaults: {STAGE_DEFAULTS[stage]}; paths from the project layout).")
-    p.add_argument("--profile", choices=sorted(PROFILES), default=argparse.SUPPRESS,
-                   help="apply a profile preset under the flags")
+        f"(stage defaults: {STAGE_DEFAULTS[stage]}; paths from the project layout).",
+    )
+    p.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default=argparse.SUPPRESS,
+        help="apply a profile preset under the flags",
+    )
     for name, field in TrainConfig.model_fields.items():
         if name != "stage":
             _add_field(p, name, field)
     for name, field in ModelConfig.model_fields.items():
         _add_field(p, name, field)
-    p.add_argument("--max_seq_len", type=int, default=argparse.SUPPRESS,
-                   help="the model's context (max_position_embeddings): set by pretraining; SFT "
-                        "and DPO train at their parent checkpoint's")
+    p.add_argument(
+        "--max_seq_len",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="the model's context (max_position_embeddings): set by pretraining; SFT "
+        "and DPO train at their parent checkpoint's",
+    )
     dist = DistributedConfig.model_fields
-    p.add_argument("--dist_backend", choices=["auto", "nccl", "gloo"], default="auto",
-                   help="under torchrun: " + (dist["backend"].description or ""))
-    p.add_argument("--dist_timeout_s", type=float, default=dist["timeout_s"].default,
-                   help="under torchrun: " + (dist["timeout_s"].description or ""))
+    p.add_argument(
+        "--dist_backend",
+        choices=["auto", "nccl", "gloo"],
+        default="auto",
+        help="under torchrun: " + (dist["backend"].description or ""),
+    )
+    p.add_argument(
+        "--dist_timeout_s",
+        type=float,
+        default=dist["timeout_s"].default,
+        help="under torchrun: " + (dist["timeout_s"].description or ""),
+    )
     return p
 
 
@@ -88,15 +105,20 @@ def train_overrides(stage: str, argv: Sequence[str]) -> tuple[dict[str, Any], di
     if "max_seq_len" in ns:
         given = model.setdefault("max_position_embeddings", ns["max_seq_len"])
         if given != ns["max_seq_len"]:
-            raise ConfigError(f"--max_seq_len {ns['max_seq_len']} and --max_position_embeddings "
-                              f"{given} name the same length (the model's context); give one")
+            raise ConfigError(
+                f"--max_seq_len {ns['max_seq_len']} and --max_position_embeddings "
+                f"{given} name the same length (the model's context); give one"
+            )
     return {k: v for k, v in ns.items() if k in _TRAIN_FLAGS}, model
 
 
 def default_paths(stage: str, layout: Layout | None = None) -> dict[str, str]:
     """Where a stage reads and writes unless told: the project layout's folders."""
     layout = layout or Layout.at()
-    paths = {"data_path": str(layout.tokens_dir(stage)), "out_dir": str(layout.checkpoint_dir(stage))}
+    paths = {
+        "data_path": str(layout.tokens_dir(stage)),
+        "out_dir": str(layout.checkpoint_dir(stage)),
+    }
     parent = PARENT[stage]
     if parent:
         paths["pretrained_path"] = str(layout.checkpoint_dir(parent))
@@ -114,8 +136,9 @@ def parse_train_args(stage: str, argv: Sequence[str]) -> tuple[TrainConfig, Mode
     return cfg, ModelConfig.resolve(m_pre, model_over)
 
 
-def fill_model_from_upstream(cfg: TrainConfig, model_cfg: ModelConfig, explicit: Mapping[str, Any]
-                             ) -> ModelConfig:
+def fill_model_from_upstream(
+    cfg: TrainConfig, model_cfg: ModelConfig, explicit: Mapping[str, Any]
+) -> ModelConfig:
     """SFT/DPO take the shape of the checkpoint they start from, and every stage takes the data's
     vocabulary size, unless the user set those fields."""
     from minillm_core.train.checkpointer import META, read_meta
@@ -125,8 +148,10 @@ def fill_model_from_upstream(cfg: TrainConfig, model_cfg: ModelConfig, explicit:
         fill.update(read_meta(cfg.pretrained_path).get("model", {}))
         given, parent = explicit.get("max_position_embeddings"), fill.get("max_position_embeddings")
         if cfg.stage != "pretrain" and given is not None and given != parent:
-            raise ConfigError(f"--max_seq_len {given} differs from the context of {cfg.pretrained_path} "
-                              f"({parent}): {cfg.stage} trains at its parent's context")
+            raise ConfigError(
+                f"--max_seq_len {given} differs from the context of {cfg.pretrained_path} "
+                f"({parent}): {cfg.stage} trains at its parent's context"
+            )
     elif "vocab_size" not in explicit and cfg.data_path:
         # Missing inputs are left to train(), which names them; a corrupt one fails here, named.
         p = Path(cfg.data_path)
@@ -134,6 +159,7 @@ def fill_model_from_upstream(cfg: TrainConfig, model_cfg: ModelConfig, explicit:
             fill["vocab_size"] = read_json(p / "index.json")["vocab_size"]
         elif p.is_file() and cfg.tokenizer_dir and Path(cfg.tokenizer_dir).is_dir():
             from minillm_core.tokenizer import load_tokenizer
+
             fill["vocab_size"] = load_tokenizer(cfg.tokenizer_dir).vocab_size
     base = model_cfg.model_dump()
     base.update({k: v for k, v in fill.items() if k not in explicit})
@@ -182,7 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m minillm_cli.train {pretrain|sft|dpo} [flags]` (also as a torchrun rank)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] not in STAGES:
-        print(f"usage: python -m minillm_cli.train {{{'|'.join(STAGES)}}} [options]", file=sys.stderr)
+        print(
+            f"usage: python -m minillm_cli.train {{{'|'.join(STAGES)}}} [options]", file=sys.stderr
+        )
         return 2
     return _main(args[0], args[1:])
 

@@ -105,7 +105,8 @@ def _disk_full(exc: BaseException, path: Path, written: int = 0) -> DiskFullErro
     return DiskFullError(
         f"no space left on device while writing {path}: it needs more than {written} bytes "
         f"(written before the disk filled), {_free(path)} bytes free there",
-        "free some space and materialize again (the previous version was left untouched)")
+        "free some space and materialize again (the previous version was left untouched)",
+    )
 
 
 disk_full_error = _disk_full  # for writers outside atomic_path (the mix's spool)

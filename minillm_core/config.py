@@ -60,8 +60,9 @@ def validate_device(value: str, allow_auto: bool = False) -> str:
     raise ValueError(f"unknown device {value!r}; allowed: {allowed}")
 
 
-def check_within_roots(values: Mapping[str, Any], roots: Iterable[Path | str],
-                       fields: Iterable[str]) -> None:
+def check_within_roots(
+    values: Mapping[str, Any], roots: Iterable[Path | str], fields: Iterable[str]
+) -> None:
     """ConfigError naming each of `fields` in `values` whose path resolves outside every root
     (symlinks and `..` resolved): run config must not send outputs elsewhere on the machine."""
     bases = [Path(r).expanduser().resolve() for r in roots]
@@ -72,7 +73,9 @@ def check_within_roots(values: Mapping[str, Any], roots: Iterable[Path | str],
             continue
         path = Path(str(value)).expanduser().resolve()
         if not any(path == b or b in path.parents for b in bases):
-            bad.append(f"  {name}: {value!r} resolves to {path}, outside the configured roots "
-                       f"({', '.join(map(str, bases))})")
+            bad.append(
+                f"  {name}: {value!r} resolves to {path}, outside the configured roots "
+                f"({', '.join(map(str, bases))})"
+            )
     if bad:
         raise ConfigError("output paths must stay inside the artifact roots:\n" + "\n".join(bad))

@@ -26,8 +26,14 @@ class ConfigError(MiniLLMError, ValueError):
 class DataError(MiniLLMError, ValueError):
     """Bad input data, located: `file`, `line` (1-based) and `field`, each None where unknown."""
 
-    def __init__(self, message: str, *, file: object = None, line: int | None = None,
-                 field: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: object = None,
+        line: int | None = None,
+        field: str | None = None,
+    ):
         self.file = None if file is None else str(file)
         self.line = line
         self.field = field

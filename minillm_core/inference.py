@@ -82,14 +82,14 @@ class SamplingParams:
     """How the next token is chosen; every default is the neutral value (greedy, no filter)."""
 
     temperature: float = 0.0
-    top_k: int | None = None          # None or 0 = every token
-    top_p: float = 1.0                # nucleus: the smallest set whose probability reaches top_p
-    min_p: float = 0.0                # drop tokens below min_p x the top token's probability
+    top_k: int | None = None  # None or 0 = every token
+    top_p: float = 1.0  # nucleus: the smallest set whose probability reaches top_p
+    min_p: float = 0.0  # drop tokens below min_p x the top token's probability
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     stop_ids: tuple[int, ...] = ()
-    seed: int | None = None           # None = a fresh random seed (temperature > 0 only)
+    seed: int | None = None  # None = a fresh random seed (temperature > 0 only)
 
     def __post_init__(self) -> None:
         problems = []
@@ -111,23 +111,30 @@ class SamplingParams:
 
     @property
     def penalised(self) -> bool:
-        return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
-                or self.frequency_penalty != 0.0)
+        return (
+            self.repetition_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+        )
 
 
 class Sampler:
     """Chooses the next token of each row from logits [B, V]; holds the seeded generator and,
     when penalties are on, what each row has seen."""
 
-    def __init__(self, params: SamplingParams, device: torch.device | str = "cpu",
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        params: SamplingParams,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+    ):
         self.params = params
         self.generator = generator
         if generator is None and params.temperature > 0:
             self.generator = torch.Generator(device=device)
             self.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
-        self._seen: torch.Tensor | None = None     # [B, V] bool: prompt or output (repetition)
-        self._counts: torch.Tensor | None = None   # [B, V] output occurrences (presence/frequency)
+        self._seen: torch.Tensor | None = None  # [B, V] bool: prompt or output (repetition)
+        self._counts: torch.Tensor | None = None  # [B, V] output occurrences (presence/frequency)
 
     def observe_prompt(self, prompt: torch.Tensor, vocab: int) -> None:
         """Record the prompt rows [B, T] (only the repetition penalty reads them)."""
@@ -146,8 +153,11 @@ class Sampler:
         if p.temperature <= 0:
             nxt = logits.argmax(dim=-1)
         else:
-            nxt = torch.multinomial(torch.softmax(_filtered(logits / p.temperature, p), dim=-1),
-                                    1, generator=self.generator).squeeze(1)
+            nxt = torch.multinomial(
+                torch.softmax(_filtered(logits / p.temperature, p), dim=-1),
+                1,
+                generator=self.generator,
+            ).squeeze(1)
         if self._counts is not None and self._seen is not None:
             col = nxt.unsqueeze(1)
             self._counts.scatter_add_(1, col, torch.ones(col.shape, device=col.device))
@@ -158,8 +168,9 @@ class Sampler:
         p, seen, counts = self.params, self._seen, self._counts
         assert seen is not None and counts is not None
         if p.repetition_penalty != 1.0:
-            hit = torch.where(logits > 0, logits / p.repetition_penalty,
-                              logits * p.repetition_penalty)
+            hit = torch.where(
+                logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty
+            )
             logits = torch.where(seen, hit, logits)
         return logits - p.presence_penalty * (counts > 0) - p.frequency_penalty * counts
 
@@ -182,8 +193,9 @@ def _filtered(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
     return logits
 
 
-def sample(logits: torch.Tensor, params: SamplingParams,
-           generator: torch.Generator | None = None) -> int:
+def sample(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None
+) -> int:
     """One token from logits [V]. For one-off draws (penalties need a history, so they do not
     apply here); a generation keeps a `Sampler`."""
     sampler = Sampler(params, logits.device, generator)
@@ -227,9 +239,12 @@ class _Stepper:
 
 
 @torch.inference_mode()
-def generate_rows(model: torch.nn.Module, prompts: torch.Tensor | Sequence[int],
-                  max_new_tokens: int, params: SamplingParams | None = None
-                  ) -> Generator[torch.Tensor, None, None]:
+def generate_rows(
+    model: torch.nn.Module,
+    prompts: torch.Tensor | Sequence[int],
+    max_new_tokens: int,
+    params: SamplingParams | None = None,
+) -> Generator[torch.Tensor, None, None]:
     """Yield the next token of every row ([B] long tensor) until every row stopped.
 
     `prompts` is one prompt (ints or a 1-D tensor) or a batch [B, T] of equal-length prompts.
@@ -268,9 +283,15 @@ def generate_rows(model: torch.nn.Module, prompts: torch.Tensor | Sequence[int],
         model.train(was_training)
 
 
-def generate(model: torch.nn.Module, ids: Sequence[int], max_new_tokens: int,
-             params: SamplingParams | None = None, *, max_context: int | None = None,
-             include_stop: bool = False) -> Generator[int, None, None]:
+def generate(
+    model: torch.nn.Module,
+    ids: Sequence[int],
+    max_new_tokens: int,
+    params: SamplingParams | None = None,
+    *,
+    max_context: int | None = None,
+    include_stop: bool = False,
+) -> Generator[int, None, None]:
     """Stream the new token ids of one prompt, token by token.
 
     With `max_context`, the prompt keeps its last `max_context - 1` tokens and prompt + output
@@ -283,7 +304,7 @@ def generate(model: torch.nn.Module, ids: Sequence[int], max_new_tokens: int,
     budget = max_new_tokens
     if max_context is not None:
         if len(ids) > max_context - 1:
-            ids = ids[-(max_context - 1):]  # leave room for at least one new token
+            ids = ids[-(max_context - 1) :]  # leave room for at least one new token
         budget = min(max_new_tokens, max_context - len(ids))
     stops = set(params.stop_ids)
     rows = generate_rows(model, ids, budget, params)
@@ -299,8 +320,12 @@ def generate(model: torch.nn.Module, ids: Sequence[int], max_new_tokens: int,
         rows.close()  # frees the KV cache now, not at garbage collection
 
 
-def complete(model: torch.nn.Module, ids: Sequence[int] | torch.Tensor, max_new_tokens: int,
-             params: SamplingParams | None = None) -> list[int] | list[list[int]]:
+def complete(
+    model: torch.nn.Module,
+    ids: Sequence[int] | torch.Tensor,
+    max_new_tokens: int,
+    params: SamplingParams | None = None,
+) -> list[int] | list[list[int]]:
     """Every new token id after the prompt, the stop id included when one was produced.
 
     One prompt gives a list of ints; a batch [B, T] gives one list per row.
@@ -339,12 +364,12 @@ class TextStreamer:
         end = len(text)
         while end > self.printed and text[end - 1] == "\ufffd":
             end -= 1  # possibly a partial UTF-8 sequence: wait for the next token
-        piece, self.printed = text[self.printed:end], max(self.printed, end)
+        piece, self.printed = text[self.printed : end], max(self.printed, end)
         return piece
 
     def flush(self) -> str:
         text = self.tokenizer.decode(self.ids)
-        piece, self.printed = text[self.printed:], len(text)
+        piece, self.printed = text[self.printed :], len(text)
         return piece
 
     @property
@@ -371,11 +396,13 @@ def check_tokenizer(meta: dict[str, Any], tokenizer: Any, checkpoint: Any) -> No
     if want and have and want != have:
         raise TokenizerMismatchError(
             f"{checkpoint} was trained with another tokenizer ({str(want)[:12]} != "
-            f"{str(have)[:12]}); pass the matching --tokenizer")
+            f"{str(have)[:12]}); pass the matching --tokenizer"
+        )
 
 
-def load_model(checkpoint: Path | str, tokenizer_dir: Path | str, device: torch.device
-               ) -> tuple[MiniLLM, Any, dict[str, Any]]:
+def load_model(
+    checkpoint: Path | str, tokenizer_dir: Path | str, device: torch.device
+) -> tuple[MiniLLM, Any, dict[str, Any]]:
     """A checkpoint in eval mode, its tokenizer and its metadata; refuses a tokenizer other than
     the one it was trained with (MissingArtifactError for a missing folder)."""
     from minillm_core.artifacts import require

@@ -60,19 +60,35 @@ class Layout:
     tf: Path
 
     @classmethod
-    def at(cls, root: str | os.PathLike[str] | None = None, *, sources_dir: str = SOURCES_DIR,
-           samples_dir: str = SAMPLES_DIR, processed_dir: str = PROCESSED_DIR,
-           out_dir: str = OUT_DIR, tf_dir: str = "") -> Layout:
+    def at(
+        cls,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        sources_dir: str = SOURCES_DIR,
+        samples_dir: str = SAMPLES_DIR,
+        processed_dir: str = PROCESSED_DIR,
+        out_dir: str = OUT_DIR,
+        tf_dir: str = "",
+    ) -> Layout:
         """The layout under `root` (default: `project_root()`). Relative folders resolve against
         the root, except `samples_dir`, which ships with the code and resolves against the
         checkout. An empty `tf_dir` means `$TF_DIR` (relative to the root), else `../tf_dir`."""
         base = Path(root).expanduser().resolve() if root else project_root()
-        tf = (_under(base, tf_dir) if tf_dir
-              else _under(base, os.environ["TF_DIR"]) if os.environ.get("TF_DIR")
-              else base.parent / "tf_dir")
-        return cls(root=base, sources=_under(base, sources_dir),
-                   samples=_under(CHECKOUT, samples_dir), processed=_under(base, processed_dir),
-                   out=_under(base, out_dir), tf=tf.resolve())
+        tf = (
+            _under(base, tf_dir)
+            if tf_dir
+            else _under(base, os.environ["TF_DIR"])
+            if os.environ.get("TF_DIR")
+            else base.parent / "tf_dir"
+        )
+        return cls(
+            root=base,
+            sources=_under(base, sources_dir),
+            samples=_under(CHECKOUT, samples_dir),
+            processed=_under(base, processed_dir),
+            out=_under(base, out_dir),
+            tf=tf.resolve(),
+        )
 
     def resolve(self, path: str | os.PathLike[str]) -> Path:
         """A configured (not typed) path: absolute as given, else under the root."""

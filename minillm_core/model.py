@@ -45,26 +45,43 @@ class ModelConfig(CoreConfig):
     num_hidden_layers: int = Field(8, ge=1, description="transformer blocks")
     num_attention_heads: int = Field(8, ge=1, description="query heads")
     num_key_value_heads: int | None = Field(
-        None, ge=1, description="key/value heads for grouped-query attention; None = one per query head")
+        None,
+        ge=1,
+        description="key/value heads for grouped-query attention; None = one per query head",
+    )
     intermediate_size: int | None = Field(
-        None, ge=1, description="SwiGLU hidden size; None = 8/3 x hidden rounded up to a multiple of 64")
+        None,
+        ge=1,
+        description="SwiGLU hidden size; None = 8/3 x hidden rounded up to a multiple of 64",
+    )
     max_position_embeddings: int = Field(
-        512, ge=2, description="the model's context: the one sequence length. Token tensors pack "
-        "rows of this many positions and every stage trains at it (the seed's --max_seq_len)")
-    rope_theta: float = Field(1e6, gt=0, description="RoPE base; large so long contexts stay distinct")
+        512,
+        ge=2,
+        description="the model's context: the one sequence length. Token tensors pack "
+        "rows of this many positions and every stage trains at it (the seed's --max_seq_len)",
+    )
+    rope_theta: float = Field(
+        1e6, gt=0, description="RoPE base; large so long contexts stay distinct"
+    )
     rms_norm_eps: float = Field(1e-5, gt=0)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on attention and residual outputs")
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="dropout on attention and residual outputs"
+    )
     tie_word_embeddings: bool = Field(True, description="share the input embedding and output head")
     initializer_range: float = Field(0.02, gt=0, description="std of the normal weight init")
 
     @model_validator(mode="after")
-    def _check_shapes(self) -> "ModelConfig":
+    def _check_shapes(self) -> ModelConfig:
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
-                             f"num_attention_heads {self.num_attention_heads}")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
         if self.num_attention_heads % self.kv_heads:
-            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not divisible by "
-                             f"num_key_value_heads {self.kv_heads}")
+            raise ValueError(
+                f"num_attention_heads {self.num_attention_heads} is not divisible by "
+                f"num_key_value_heads {self.kv_heads}"
+            )
         if self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} must be even for rotary embeddings")
         return self
@@ -88,6 +105,7 @@ class ModelConfig(CoreConfig):
 # Building blocks
 # ---------------------------------------------------------------------------------------------
 
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -101,10 +119,13 @@ class RMSNorm(nn.Module):
         return self.weight * xf.type_as(x)
 
 
-def rope_tables(head_dim: int, length: int, theta: float, device: torch.device | str | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(
+    head_dim: int, length: int, theta: float, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables [length, head_dim] for positions 0..length-1 (rotate-half layout)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim)
+    inv_freq = 1.0 / theta ** (
+        torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim
+    )
     angles = torch.outer(torch.arange(length, dtype=torch.float64, device=device), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
     # Computed in float64 then rounded once, so the tables do not depend on how long they are.
@@ -121,15 +142,22 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class KVCache:
     """Preallocated keys and values for every layer, filled left to right during generation."""
 
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device: torch.device,
-                 dtype: torch.dtype):
+    def __init__(
+        self, cfg: ModelConfig, batch: int, max_len: int, device: torch.device, dtype: torch.dtype
+    ):
         shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        self.k = [
+            torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)
+        ]
+        self.v = [
+            torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)
+        ]
         self.length = 0  # positions already stored (same for every layer once a forward finishes)
         self.max_len = max_len
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         start, end = self.length, self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache full: {end} positions > {self.max_len}")
@@ -148,8 +176,14 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
@@ -171,9 +205,14 @@ class Attention(nn.Module):
             mask = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(diagonal=past)
             causal = False
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal,
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv != self.n_heads)
+            enable_gqa=self.n_kv != self.n_heads,
+        )
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -197,8 +236,14 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None, layer: int) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None,
+        layer: int,
+    ) -> torch.Tensor:
         x = x + self.resid_dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache, layer))
         return x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))
 
@@ -218,6 +263,7 @@ class Backbone(nn.Module):
 # The model
 # ---------------------------------------------------------------------------------------------
 
+
 class MiniLLM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -229,7 +275,9 @@ class MiniLLM(nn.Module):
         # the residual stream's variance does not grow with depth at initialisation.
         for name, p in self.named_parameters():
             if name.endswith(("o_proj.weight", "down_proj.weight")):
-                nn.init.normal_(p, mean=0.0, std=cfg.initializer_range / math.sqrt(2 * cfg.num_hidden_layers))
+                nn.init.normal_(
+                    p, mean=0.0, std=cfg.initializer_range / math.sqrt(2 * cfg.num_hidden_layers)
+                )
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         # RoPE tables are derived, not learned: kept out of the state dict and grown on demand.
@@ -249,14 +297,20 @@ class MiniLLM(nn.Module):
             total += p.numel()
         return total
 
-    def _rope_for(self, start: int, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rope_for(
+        self, start: int, length: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         end = start + length
         if end > self.config.max_position_embeddings:
-            raise ValueError(f"sequence of {end} positions exceeds max_position_embeddings "
-                             f"{self.config.max_position_embeddings}")
+            raise ValueError(
+                f"sequence of {end} positions exceeds max_position_embeddings "
+                f"{self.config.max_position_embeddings}"
+            )
         if self._rope is None or self._rope[0].shape[0] < end or self._rope[0].device != device:
-            size = min(max(end, 2 * (self._rope[0].shape[0] if self._rope else 0), 256),
-                       self.config.max_position_embeddings)
+            size = min(
+                max(end, 2 * (self._rope[0].shape[0] if self._rope else 0), 256),
+                self.config.max_position_embeddings,
+            )
             # Built outside inference mode: tables made during generation are reused in training.
             with torch.inference_mode(False):
                 self._rope = rope_tables(self.config.head_dim, size, self.config.rope_theta, device)

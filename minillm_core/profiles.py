@@ -14,21 +14,38 @@ from minillm_core.errors import ConfigError
 
 Preset = dict[str, dict[str, Any]]
 
-_SMOKE_TRAIN = {"device": "cpu", "dtype": "float32", "batch_size": 4, "accumulation_steps": 1,
-                "compile": False, "log_interval": 5, "save_interval": 10}
+_SMOKE_TRAIN = {
+    "device": "cpu",
+    "dtype": "float32",
+    "batch_size": 4,
+    "accumulation_steps": 1,
+    "compile": False,
+    "log_interval": 5,
+    "save_interval": 10,
+}
 
 PROFILES: dict[str, Preset] = {
     "smoke": {
         "mix": {"max_records": {"pretrain": 64, "sft": 16, "dpo": 8}},
         "tokenizer": {"vocab_size": 1024},
-        "model": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                  "num_key_value_heads": 2, "max_position_embeddings": 128},
+        "model": {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 128,
+        },
         # A 0.16M-parameter model takes milliseconds a step: enough steps for a falling curve.
         "pretrain": {**_SMOKE_TRAIN, "epochs": 3, "max_steps": 40, "learning_rate": 3e-3},
         "sft": {**_SMOKE_TRAIN, "epochs": 5, "max_steps": 20, "learning_rate": 1e-3},
         "dpo": {**_SMOKE_TRAIN, "epochs": 3, "max_steps": 6, "learning_rate": 1e-4},
-        "eval": {"device": "cpu", "dtype": "float32", "max_samples": 8, "max_new_tokens": 16,
-                 "batch_size": 4},
+        "eval": {
+            "device": "cpu",
+            "dtype": "float32",
+            "max_samples": 8,
+            "max_new_tokens": 16,
+            "batch_size": 4,
+        },
         # A few CPU steps teach nothing: smoke checks only that scores are finite and in range.
         "eval_checks": {"pretrain": {}, "sft": {}, "dpo": {}},
     },

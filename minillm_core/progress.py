@@ -22,10 +22,24 @@ def emit(log: LogFn | None, msg: str) -> None:
 
 
 class Progress:
-    def __init__(self, total: int | None, desc: str, unit: str = "it", log: LogFn | None = None,
-                 every_s: float = 30.0, disable: bool | None = None):
-        self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, mininterval=1.0,
-                        disable=disable, file=sys.stderr)
+    def __init__(
+        self,
+        total: int | None,
+        desc: str,
+        unit: str = "it",
+        log: LogFn | None = None,
+        every_s: float = 30.0,
+        disable: bool | None = None,
+    ):
+        self.bar = tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            dynamic_ncols=True,
+            mininterval=1.0,
+            disable=disable,
+            file=sys.stderr,
+        )
         self.desc, self.unit, self.log, self.every_s = desc, unit, log, every_s
         self.t0 = self.last = time.monotonic()
 
@@ -49,9 +63,8 @@ class Progress:
     def close(self) -> None:
         self.bar.close()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

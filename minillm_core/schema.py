@@ -19,10 +19,14 @@ IGNORE_INDEX = -100
 
 SPECIAL_TOKENS: tuple[str, ...] = (
     "<|bos|>",  # every document / conversation starts with it (also the document delimiter)
-    "<|user_start|>", "<|user_end|>",
-    "<|assistant_start|>", "<|assistant_end|>",
-    "<|python_start|>", "<|python_end|>",  # a tool call written by the assistant
-    "<|output_start|>", "<|output_end|>",  # the tool's output (not written by the assistant)
+    "<|user_start|>",
+    "<|user_end|>",
+    "<|assistant_start|>",
+    "<|assistant_end|>",
+    "<|python_start|>",
+    "<|python_end|>",  # a tool call written by the assistant
+    "<|output_start|>",
+    "<|output_end|>",  # the tool's output (not written by the assistant)
 )
 BOS = "<|bos|>"
 # Generation stops at any of these: the end of the assistant's turn, or the start of a new document.
@@ -74,8 +78,10 @@ def normalize_conversation(record: Any) -> list[dict[str, Any]]:
         system = out.pop(0)
         if not out or out[0]["role"] != "user":
             raise ValueError("a system message must be followed by a user message")
-        out[0] = {"role": "user",
-                  "content": text_of(system["content"]) + "\n\n" + text_of(out[0]["content"])}
+        out[0] = {
+            "role": "user",
+            "content": text_of(system["content"]) + "\n\n" + text_of(out[0]["content"]),
+        }
     for i, m in enumerate(out):
         if m["role"] == "system":
             raise ValueError(f"message {i}: a system message is only allowed first")

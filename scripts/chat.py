@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Talk to a checkpoint in the terminal: same as `minillm chat`.
 
-    python scripts/chat.py --checkpoint out/dpo --tokenizer out/tokenizer --temperature 0.6
+python scripts/chat.py --checkpoint out/dpo --tokenizer out/tokenizer --temperature 0.6
 """
 
 import sys

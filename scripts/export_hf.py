@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Export a checkpoint as a HuggingFace Llama folder: same as `minillm export-hf`.
 
-    python scripts/export_hf.py --checkpoint out/dpo --tokenizer out/tokenizer --out out/hf
+python scripts/export_hf.py --checkpoint out/dpo --tokenizer out/tokenizer --out out/hf
 """
 
 import sys

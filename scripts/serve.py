@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Serve a checkpoint with an OpenAI-compatible API: same as `minillm serve`.
 
-    python scripts/serve.py --checkpoint out/dpo --tokenizer out/tokenizer --host 127.0.0.1 --port 8000
+python scripts/serve.py --checkpoint out/dpo --tokenizer out/tokenizer --host 127.0.0.1 --port 8000
 """
 
 import sys

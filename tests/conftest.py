@@ -46,8 +46,12 @@ def smoke_graph(tmp_path_factory: pytest.TempPathFactory) -> SmokeGraph:
     (root / "sources").mkdir()
     resource = smoke_resource(root)
     with dg.instance_for_test() as instance:
-        result = dg.materialize([*all_assets, *all_checks], resources={"minillm": resource},
-                                instance=instance, raise_on_error=True)
+        result = dg.materialize(
+            [*all_assets, *all_checks],
+            resources={"minillm": resource},
+            instance=instance,
+            raise_on_error=True,
+        )
         yield SmokeGraph(root=root, resource=resource, result=result)
 
 

@@ -69,6 +69,7 @@ atexit.register(_report)
 
 # ------------------------------------------------------------------------------ hostile payloads
 
+
 class Payload:
     """Unpickling this object runs `open(marker, 'w').write('pwned')`: a real code payload."""
 
@@ -85,16 +86,32 @@ def payload_bytes(marker: Path) -> bytes:
 
 # ------------------------------------------------------------------------------ dagster runs
 
+
 def roots(base: Path) -> dict[str, Path]:
-    return {"sources": base / "sources", "processed": base / "processed", "out": base / "out",
-            "tf": base / "tf", "home": base / "home"}
+    return {
+        "sources": base / "sources",
+        "processed": base / "processed",
+        "out": base / "out",
+        "tf": base / "tf",
+        "home": base / "home",
+    }
 
 
 def run_config(base: Path) -> dict[str, Any]:
     r = roots(base)
-    return {"resources": {"minillm": {"config": {
-        "profile": "smoke", "sources_dir": str(r["sources"]), "processed_dir": str(r["processed"]),
-        "out_dir": str(r["out"]), "tf_dir": str(r["tf"])}}}}
+    return {
+        "resources": {
+            "minillm": {
+                "config": {
+                    "profile": "smoke",
+                    "sources_dir": str(r["sources"]),
+                    "processed_dir": str(r["processed"]),
+                    "out_dir": str(r["out"]),
+                    "tf_dir": str(r["tf"]),
+                }
+            }
+        }
+    }
 
 
 class Run:
@@ -105,15 +122,35 @@ class Run:
         for key in ("sources", "home"):
             r[key].mkdir(parents=True, exist_ok=True)
         (r["home"] / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-        env = {**os.environ, "DAGSTER_HOME": str(r["home"]), "MINILLM_ROOT": str(base),
-               "TF_DIR": str(r["tf"]), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
-               "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(r["home"]),
+            "MINILLM_ROOT": str(base),
+            "TF_DIR": str(r["tf"]),
+            "MPLBACKEND": "Agg",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(
-            [DAGSTER, "asset", "materialize", "-m", "minillm_assets", "--select", select,
-             "--config-json", json.dumps(run_config(base))],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                DAGSTER,
+                "asset",
+                "materialize",
+                "-m",
+                "minillm_assets",
+                "--select",
+                select,
+                "--config-json",
+                json.dumps(run_config(base)),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.lines: list[tuple[float, str]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -175,6 +212,7 @@ def materialize(base: Path, select: str = "*", timeout: float = 600) -> Run:
 
 
 # ------------------------------------------------------------------------------ scanning
+
 
 def is_temporary(path: Path, root: Path) -> bool:
     """A temporary name (`.<name>.tmp-*`) anywhere on the path below `root`: allowed leftovers."""
@@ -258,6 +296,7 @@ def scan_artifacts(*roots_: Path) -> tuple[int, list[str]]:
 
 
 # ------------------------------------------------------------------------------ digests
+
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -34,8 +34,10 @@ def in_ci() -> bool:
 
 def pg_bindir() -> Path | None:
     """The newest installed server's bin folder, or None."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
     if found:
         return found[-1].parent
     on_path = shutil.which("initdb")
@@ -45,8 +47,10 @@ def pg_bindir() -> Path | None:
 def require_postgres() -> Path:
     bindir = pg_bindir()
     if bindir is None or not (bindir / "pg_ctl").exists():
-        reason = ("PostgreSQL server binaries not found (Debian: apt-get install postgresql; "
-                  ".ci/run installs them)")
+        reason = (
+            "PostgreSQL server binaries not found (Debian: apt-get install postgresql; "
+            ".ci/run installs them)"
+        )
         if in_ci():
             pytest.fail(f"{reason}; CI is set, so this fails instead of skipping")
         pytest.skip(reason)
@@ -65,9 +69,13 @@ class PgCluster:
 
     def env(self) -> dict[str, str]:
         """The variables deploy/dagster.yaml reads."""
-        return {"DAGSTER_PG_HOST": self.host, "DAGSTER_PG_PORT": str(self.port),
-                "DAGSTER_PG_DB": self.db_name, "DAGSTER_PG_USERNAME": self.user,
-                "DAGSTER_PG_PASSWORD": self.password}
+        return {
+            "DAGSTER_PG_HOST": self.host,
+            "DAGSTER_PG_PORT": str(self.port),
+            "DAGSTER_PG_DB": self.db_name,
+            "DAGSTER_PG_USERNAME": self.user,
+            "DAGSTER_PG_PASSWORD": self.password,
+        }
 
 
 def _as_owner(cmd: list[str]) -> list[str]:
@@ -75,8 +83,7 @@ def _as_owner(cmd: list[str]) -> list[str]:
 
 
 def _run(cmd: list[str], what: str) -> None:
-    proc = subprocess.run(_as_owner(cmd), capture_output=True, text=True, timeout=120,
-                          check=False)
+    proc = subprocess.run(_as_owner(cmd), capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{what} failed ({proc.returncode}): {proc.stdout}\n{proc.stderr}")
 
@@ -96,20 +103,51 @@ def pg_cluster(bindir: Path) -> Iterator[PgCluster]:
     started = False
     try:
         # scram: a wrong password is refused (trust would let any password in)
-        _run([str(bindir / "initdb"), "-D", str(datadir), "-U", SUPERUSER, "--pwfile", str(pwfile),
-              "--auth=scram-sha-256", "--encoding=UTF8", "--no-sync"], "initdb")
-        opts = (f"-c listen_addresses=127.0.0.1 -c port={cluster.port} "
-                f"-c unix_socket_directories={datadir} -c fsync=off -c max_connections=200")
-        _run([str(bindir / "pg_ctl"), "-D", str(datadir), "-o", opts, "-l", str(base / "log"),
-              "-w", "-t", "60", "start"], "pg_ctl start")
+        _run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(datadir),
+                "-U",
+                SUPERUSER,
+                "--pwfile",
+                str(pwfile),
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--no-sync",
+            ],
+            "initdb",
+        )
+        opts = (
+            f"-c listen_addresses=127.0.0.1 -c port={cluster.port} "
+            f"-c unix_socket_directories={datadir} -c fsync=off -c max_connections=200"
+        )
+        _run(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(datadir),
+                "-o",
+                opts,
+                "-l",
+                str(base / "log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            "pg_ctl start",
+        )
         started = True
         _create_db(cluster)
         yield cluster
     finally:
         if started:
             with contextlib.suppress(Exception):
-                _run([str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "fast", "-w", "stop"],
-                     "pg_ctl stop")
+                _run(
+                    [str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "fast", "-w", "stop"],
+                    "pg_ctl stop",
+                )
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -129,9 +167,14 @@ def _create_db(cluster: PgCluster) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
-            conn = psycopg2.connect(host=cluster.host, port=cluster.port, user=cluster.user,
-                                    password=cluster.password, dbname="postgres",
-                                    connect_timeout=5)
+            conn = psycopg2.connect(
+                host=cluster.host,
+                port=cluster.port,
+                user=cluster.user,
+                password=cluster.password,
+                dbname="postgres",
+                connect_timeout=5,
+            )
             break
         except psycopg2.OperationalError:
             if time.monotonic() > deadline:

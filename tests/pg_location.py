@@ -8,8 +8,12 @@ from minillm_assets.definitions import defs as project_defs
 PROBE_SCHEDULE = "minute_probe"
 
 
-@dg.schedule(name=PROBE_SCHEDULE, cron_schedule="* * * * *", job_name="data_and_tokenizer",
-             default_status=dg.DefaultScheduleStatus.RUNNING)
+@dg.schedule(
+    name=PROBE_SCHEDULE,
+    cron_schedule="* * * * *",
+    job_name="data_and_tokenizer",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
 def minute_probe(context: dg.ScheduleEvaluationContext) -> dg.SkipReason:
     return dg.SkipReason(f"probe tick at {context.scheduled_execution_time}")
 

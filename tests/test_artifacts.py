@@ -59,6 +59,7 @@ def test_concurrent_directory_swaps_always_leave_one_whole_version(tmp_path):
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(3)]
     for t in threads:
         t.start()
+
     def read_version() -> set[str]:
         # One directory handle for all parts, as a loader holding the directory open sees it.
         fd = os.open(final, os.O_RDONLY | os.O_DIRECTORY)
@@ -91,20 +92,44 @@ def test_two_concurrent_runs_of_the_same_assets_leave_valid_artifacts(tmp_path):
     from minillm_core.data import check_mix
     from minillm_core.tokenizer import check_tokenizer
 
-    config = {"resources": {"minillm": {"config": {
-        "profile": "smoke", "sources_dir": str(tmp_path / "sources"),
-        "processed_dir": str(tmp_path / "processed"), "out_dir": str(tmp_path / "out"),
-        "tf_dir": str(tmp_path / "tf")}}}}
+    config = {
+        "resources": {
+            "minillm": {
+                "config": {
+                    "profile": "smoke",
+                    "sources_dir": str(tmp_path / "sources"),
+                    "processed_dir": str(tmp_path / "processed"),
+                    "out_dir": str(tmp_path / "out"),
+                    "tf_dir": str(tmp_path / "tf"),
+                }
+            }
+        }
+    }
     dagster = str(Path(sys.executable).with_name("dagster"))
     procs = []
     for i in range(2):
         home = tmp_path / f"home{i}"
         home.mkdir()
-        procs.append(subprocess.Popen(
-            [dagster, "asset", "materialize", "-m", "minillm_assets", "--select", "*tokenizer",
-             "--config-json", json.dumps(config)],
-            cwd=REPO, env={**os.environ, "DAGSTER_HOME": str(home)},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    dagster,
+                    "asset",
+                    "materialize",
+                    "-m",
+                    "minillm_assets",
+                    "--select",
+                    "*tokenizer",
+                    "--config-json",
+                    json.dumps(config),
+                ],
+                cwd=REPO,
+                env={**os.environ, "DAGSTER_HOME": str(home)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]

@@ -15,9 +15,14 @@ BENCH = REPO / "bench" / "bench_train.py"
 
 
 def run_bench(*args: str) -> str:
-    out = subprocess.run([sys.executable, str(BENCH), "--quick", "--steps", "2", *args],
-                         capture_output=True, text=True, timeout=600, cwd=REPO,
-                         env={"PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg"})
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--steps", "2", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
@@ -42,7 +47,10 @@ def test_breakdown_parts_add_up_to_the_step():
     rows = dict(re.findall(r"^\| ([^|]+?) \| ([\d.]+) \| \d+% \|$", out, re.M))
     parts = {k: float(v) for k, v in rows.items() if k != "whole step (wall)"}
     assert len(parts) == 4, out
-    assert parts["matmuls (the work 6N counts)"] > 0 and parts["attention kernel (SDPA, fwd + bwd)"] > 0
+    assert (
+        parts["matmuls (the work 6N counts)"] > 0
+        and parts["attention kernel (SDPA, fwd + bwd)"] > 0
+    )
     wall = float(rows["whole step (wall)"])
     # Profiler self times are of the profiled steps only; they cover the wall time (the last
     # part is the remainder), and do not exceed it by more than the profiler's own overhead.

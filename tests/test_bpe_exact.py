@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from minillm_core.tokenizer import HELDOUT_EN, HELDOUT_ZH, TRICKY_TEXT, Tokenizer
 from minillm_core.tokenizer import reference as ref
 
-rb = pytest.importorskip("minillm_rustbpe", reason="minillm_rustbpe not built (pip install ./rustbpe)")
+rb = pytest.importorskip(
+    "minillm_rustbpe", reason="minillm_rustbpe not built (pip install ./rustbpe)"
+)
 
 GPT4_PATTERN = rb.GPT4_PATTERN
 
@@ -36,13 +38,19 @@ _SPACE = " \t\n\r\u3000\u00a0  \n\n"
 CORPORA = {
     "chinese": lambda rng: _rand_text(rng, [_HAN * 3 + _PUNCT], 60, 80) + [HELDOUT_ZH],
     "english": lambda rng: _rand_text(rng, [_LATIN], 60, 120) + [HELDOUT_EN],
-    "mixed": lambda rng: _rand_text(rng, [_HAN + _LATIN + _PUNCT + _DIGITS], 60, 100) + [TRICKY_TEXT],
+    "mixed": lambda rng: (
+        _rand_text(rng, [_HAN + _LATIN + _PUNCT + _DIGITS], 60, 100) + [TRICKY_TEXT]
+    ),
     "emoji": lambda rng: _rand_text(rng, [_EMOJI + _HAN[:20] + " "], 40, 40),
     "digits": lambda rng: _rand_text(rng, [_DIGITS + " .,-+"], 60, 60),
     "whitespace": lambda rng: _rand_text(rng, [_SPACE + "ab中", _SPACE * 4 + "x"], 60, 60),
-    "contractions": lambda rng: [" ".join(rng.choice(["it's", "we'LL", "they've", "I'd", "'re",
-                                                      "don't", "o'clock", "'S", "ſ'ſ"])
-                                          for _ in range(30)) for _ in range(20)],
+    "contractions": lambda rng: [
+        " ".join(
+            rng.choice(["it's", "we'LL", "they've", "I'd", "'re", "don't", "o'clock", "'S", "ſ'ſ"])
+            for _ in range(30)
+        )
+        for _ in range(20)
+    ],
     # Built to be full of ties: every pair has the same count, so only the tie rule decides.
     "ties": lambda rng: ["ab cd ef gh ij kl mn op"] * 3 + ["ba dc fe hg"] * 3 + ["xyzw"] * 3,
     "ties_overlapping": lambda rng: ["aaaa", "aaa", "bbbb", "abab", "baba", "aabb"] * 2,
@@ -105,8 +113,10 @@ def test_duplicate_bytes_reuse_the_existing_token():
     # the first token, so the byte strings of the vocabulary stay unique.
     rng = random.Random(7)
     for _ in range(40):
-        texts = ["".join(rng.choice("abc") for _ in range(rng.randint(2, 7)))
-                 for _ in range(rng.randint(3, 12))]
+        texts = [
+            "".join(rng.choice("abc") for _ in range(rng.randint(2, 7)))
+            for _ in range(rng.randint(3, 12))
+        ]
         tok, merges = _rust_merges(texts, 300)
         assert merges == ref.train(texts, 300)
         ranks = dict(tok.get_mergeable_ranks())
@@ -164,7 +174,9 @@ def test_splitter_equals_regex_module_on_assigned_text(text):
     assert rb.split(text, GPT4_PATTERN) == regex.findall(GPT4_PATTERN, text)
 
 
-_TRICKY_CHARS = "aSsſ'’ \t\n\r\u3000\u00a0\u0085\u2028\x1c\x0b中文，。1２½Ⅻ😀\u200d\u0301𠀀𝟎ll ve re"
+_TRICKY_CHARS = (
+    "aSsſ'’ \t\n\r\u3000\u00a0\u0085\u2028\x1c\x0b中文，。1２½Ⅻ😀\u200d\u0301𠀀𝟎ll ve re"
+)
 
 
 @settings(max_examples=300, deadline=None)

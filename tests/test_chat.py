@@ -45,12 +45,22 @@ def test_multi_turn_streams_and_keeps_history():
     tok = byte_tokenizer()
     model = Script(tok, "你好！")
     out = io.StringIO()
-    conv = chat.chat_loop(model, tok, temperature=0.0, max_new_tokens=32, max_context=512,
-                          stdin=io.StringIO("hi\n\nagain\n/quit\nnever read\n"), stdout=out)
+    conv = chat.chat_loop(
+        model,
+        tok,
+        temperature=0.0,
+        max_new_tokens=32,
+        max_context=512,
+        stdin=io.StringIO("hi\n\nagain\n/quit\nnever read\n"),
+        stdout=out,
+    )
     assert out.getvalue() == "assistant: 你好！\nassistant: 你好！\n"
-    assert conv == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "你好！"},
-                    {"role": "user", "content": "again"},
-                    {"role": "assistant", "content": "你好！"}]
+    assert conv == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "你好！"},
+        {"role": "user", "content": "again"},
+        {"role": "assistant", "content": "你好！"},
+    ]
     # The second turn saw the first exchange, rendered with the chat template.
     assert model.contexts[1] == tok.render_for_completion(conv[:3])
 
@@ -59,8 +69,15 @@ def test_clear_starts_a_new_conversation():
     tok = byte_tokenizer()
     model = Script(tok, "ok")
     out = io.StringIO()
-    conv = chat.chat_loop(model, tok, temperature=0.0, max_new_tokens=8, max_context=512,
-                          stdin=io.StringIO("one\n/clear\ntwo\n"), stdout=out)
+    conv = chat.chat_loop(
+        model,
+        tok,
+        temperature=0.0,
+        max_new_tokens=8,
+        max_context=512,
+        stdin=io.StringIO("one\n/clear\ntwo\n"),
+        stdout=out,
+    )
     assert conv == [{"role": "user", "content": "two"}, {"role": "assistant", "content": "ok"}]
     assert "(conversation cleared)" in out.getvalue()
     assert model.contexts[1] == tok.render_for_completion([{"role": "user", "content": "two"}])
@@ -70,19 +87,31 @@ def test_system_and_reset_commands():
     tok = byte_tokenizer()
     model = Script(tok, "ok")
     out = io.StringIO()
-    conv = chat.chat_loop(model, tok, temperature=0.0, max_new_tokens=8, max_context=512,
-                          stdin=io.StringIO("one\n/system 简短回答\ntwo\n/reset\nthree\n"),
-                          stdout=out)
+    conv = chat.chat_loop(
+        model,
+        tok,
+        temperature=0.0,
+        max_new_tokens=8,
+        max_context=512,
+        stdin=io.StringIO("one\n/system 简短回答\ntwo\n/reset\nthree\n"),
+        stdout=out,
+    )
     system = {"role": "system", "content": "简短回答"}
-    assert model.contexts[1] == tok.render_for_completion([system, {"role": "user", "content": "two"}])
+    assert model.contexts[1] == tok.render_for_completion(
+        [system, {"role": "user", "content": "two"}]
+    )
     # /reset clears the turns, not the system message
-    assert model.contexts[2] == tok.render_for_completion([system,
-                                                           {"role": "user", "content": "three"}])
+    assert model.contexts[2] == tok.render_for_completion(
+        [system, {"role": "user", "content": "three"}]
+    )
     assert conv == [{"role": "user", "content": "three"}, {"role": "assistant", "content": "ok"}]
     assert "(system message set; conversation cleared)" in out.getvalue()
     # The system message stays when old turns are dropped to fit the context.
-    long = [{"role": "user", "content": "x" * 50}, {"role": "assistant", "content": "y" * 50},
-            {"role": "user", "content": "short"}]
+    long = [
+        {"role": "user", "content": "x" * 50},
+        {"role": "assistant", "content": "y" * 50},
+        {"role": "user", "content": "short"},
+    ]
     ids = chat.fit_conversation(tok, long, 40, system="s")
     assert ids == tok.render_for_completion([{"role": "system", "content": "s"}, long[2]])
 
@@ -104,9 +133,15 @@ class Interrupted(Script):
 def test_ctrl_c_stops_the_answer_not_the_chat():
     tok = byte_tokenizer()
     out = io.StringIO()
-    conv = chat.chat_loop(Interrupted(tok, "hello", after=2), tok, temperature=0.0,
-                          max_new_tokens=8, max_context=512, stdin=io.StringIO("a\nb\n"),
-                          stdout=out)
+    conv = chat.chat_loop(
+        Interrupted(tok, "hello", after=2),
+        tok,
+        temperature=0.0,
+        max_new_tokens=8,
+        max_context=512,
+        stdin=io.StringIO("a\nb\n"),
+        stdout=out,
+    )
     assert out.getvalue() == "assistant: he (stopped)\nassistant: he (stopped)\n"
     assert [m["content"] for m in conv] == ["a", "he", "b", "he"]
 
@@ -120,23 +155,34 @@ def test_ctrl_c_at_the_prompt_leaves_without_a_traceback(tmp_path, monkeypatch, 
             raise KeyboardInterrupt
 
     monkeypatch.setattr("sys.stdin", CtrlC())
-    rc = chat.main(["--checkpoint", str(tmp_path / "ckpt"), "--tokenizer", str(tmp_path / "tok"),
-                    "--device", "cpu"])
+    rc = chat.main(
+        [
+            "--checkpoint",
+            str(tmp_path / "ckpt"),
+            "--tokenizer",
+            str(tmp_path / "tok"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 130 and "Traceback" not in capsys.readouterr().err
 
 
 def test_streamer_holds_back_half_characters():
     tok = byte_tokenizer()
     s = inference.TextStreamer(tok)
-    pieces = [s.push(b) for b in "a你".encode("utf-8")]
+    pieces = [s.push(b) for b in "a你".encode()]
     assert pieces == ["a", "", "", "你"]
     assert s.flush() == ""
 
 
 def test_old_turns_are_dropped_to_fit_the_context():
     tok = byte_tokenizer()
-    conv = [{"role": "user", "content": "x" * 50}, {"role": "assistant", "content": "y" * 50},
-            {"role": "user", "content": "short"}]
+    conv = [
+        {"role": "user", "content": "x" * 50},
+        {"role": "assistant", "content": "y" * 50},
+        {"role": "user", "content": "short"},
+    ]
     ids = chat.fit_conversation(tok, conv, 40)
     assert ids == tok.render_for_completion(conv[2:])
 
@@ -156,8 +202,15 @@ def test_sampling_is_seeded_and_top_k_limits_choices():
 def test_one_shot_prompt_prints_only_the_answer():
     tok = byte_tokenizer()
     out = io.StringIO()
-    chat.chat_loop(Script(tok, "hello"), tok, temperature=0.0, max_new_tokens=8,
-                   max_context=512, stdout=out, prompt="hi")
+    chat.chat_loop(
+        Script(tok, "hello"),
+        tok,
+        temperature=0.0,
+        max_new_tokens=8,
+        max_context=512,
+        stdout=out,
+        prompt="hi",
+    )
     assert out.getvalue() == "hello\n"
 
 
@@ -166,11 +219,19 @@ def _checkpoint(tmp_path, tok):
     from minillm_core.train.checkpointer import save_checkpoint
 
     torch.manual_seed(0)
-    model = MiniLLM(ModelConfig(vocab_size=tok.get_vocab_size(), hidden_size=16,
-                                num_hidden_layers=1, num_attention_heads=2))
-    save_checkpoint(tmp_path / "ckpt", model, {"stage": "sft", "step": 1,
-                                               "tokenizer_hash": tok.hash,
-                                               "train": {"max_seq_len": 64}})
+    model = MiniLLM(
+        ModelConfig(
+            vocab_size=tok.get_vocab_size(),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        )
+    )
+    save_checkpoint(
+        tmp_path / "ckpt",
+        model,
+        {"stage": "sft", "step": 1, "tokenizer_hash": tok.hash, "train": {"max_seq_len": 64}},
+    )
     tok.save(tmp_path / "tok")
     return model
 
@@ -179,8 +240,20 @@ def test_command_reads_piped_input(tmp_path, monkeypatch, capsys):
     tok = byte_tokenizer()
     model = _checkpoint(tmp_path, tok)
     monkeypatch.setattr("sys.stdin", io.StringIO("你好\n/clear\n你是谁？\n/quit\n"))
-    rc = chat.main(["--checkpoint", str(tmp_path / "ckpt"), "--tokenizer", str(tmp_path / "tok"),
-                    "--temperature", "0", "--max-new-tokens", "6", "--device", "cpu"])
+    rc = chat.main(
+        [
+            "--checkpoint",
+            str(tmp_path / "ckpt"),
+            "--tokenizer",
+            str(tmp_path / "tok"),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "6",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("assistant: ") and lines[1] == "(conversation cleared)"
@@ -207,8 +280,18 @@ def test_command_refuses_another_tokenizer(tmp_path, capsys):
     tok = byte_tokenizer()
     _checkpoint(tmp_path, tok)
     Tokenizer({**{bytes([b]): b for b in range(256)}, b"ab": 256}).save(tmp_path / "tok")
-    rc = chat.main(["--checkpoint", str(tmp_path / "ckpt"), "--tokenizer", str(tmp_path / "tok"),
-                    "-p", "hi", "--device", "cpu"])
+    rc = chat.main(
+        [
+            "--checkpoint",
+            str(tmp_path / "ckpt"),
+            "--tokenizer",
+            str(tmp_path / "tok"),
+            "-p",
+            "hi",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 2 and "another tokenizer" in capsys.readouterr().err
 
 
@@ -239,10 +322,25 @@ def test_terminal_session_through_a_pty(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, str(repo / "scripts" / "chat.py"), "--checkpoint", str(tmp_path / "ckpt"),
-         "--tokenizer", str(tmp_path / "tok"), "--device", "cpu", "--temperature", "0",
-         "--max-new-tokens", "4"], stdin=follower, stdout=follower, stderr=follower,
-        preexec_fn=_own_terminal)
+        [
+            sys.executable,
+            str(repo / "scripts" / "chat.py"),
+            "--checkpoint",
+            str(tmp_path / "ckpt"),
+            "--tokenizer",
+            str(tmp_path / "tok"),
+            "--device",
+            "cpu",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "4",
+        ],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        preexec_fn=_own_terminal,
+    )
     os.close(follower)
     seen = b""
 

@@ -33,11 +33,15 @@ from minillm_core.train.ddp import DistributedConfig, write_rank_config
 pytestmark = pytest.mark.timeout(300)
 
 MODEL = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
-CORPUS = ["今天天气很好，我们去公园散步吧。", "机器学习是人工智能的一个分支。",
-          "The quick brown fox jumps over the lazy dog. 0123456789", "你好，世界！你好，小明。",
-          "中华人民共和国成立于一九四九年。北京是中国的首都。"]
+CORPUS = [
+    "今天天气很好，我们去公园散步吧。",
+    "机器学习是人工智能的一个分支。",
+    "The quick brown fox jumps over the lazy dog. 0123456789",
+    "你好，世界！你好，小明。",
+    "中华人民共和国成立于一九四九年。北京是中国的首都。",
+]
 
-SITE = textwrap.dedent('''
+SITE = textwrap.dedent("""
     # Test probe (tests/test_ddp.py): log renames into place and row reads, with the process's RANK.
     import os
     _log = os.environ.get("MINILLM_PROBE")
@@ -60,7 +64,7 @@ SITE = textwrap.dedent('''
                 _note("row", int(i))
                 return _get(self, i)
             tensors.TokenDataset.__getitem__ = getitem
-''')
+""")
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +77,24 @@ def project(tmp_path_factory) -> Path:
     mix = root / "mix.jsonl"
     with open(mix, "w", encoding="utf-8") as f:
         for i, t in enumerate(CORPUS * 8):
-            f.write(json.dumps({"text": f"{i} {t * (1 + i % 3)}", "source": "test"}, ensure_ascii=False) + "\n")
-    train_tokenizer(TokenizerConfig(vocab_size=300, trainer="python"), [mix], root / "out" / "tokenizer",
-                    log=lambda m: None)
-    export_tokens(TensorConfig(max_length=16, num_threads=1), "pretrain", mix, root / "out" / "tokenizer",
-                  root / "out" / "tokens" / "pretrain", log=lambda m: None)
+            f.write(
+                json.dumps({"text": f"{i} {t * (1 + i % 3)}", "source": "test"}, ensure_ascii=False)
+                + "\n"
+            )
+    train_tokenizer(
+        TokenizerConfig(vocab_size=300, trainer="python"),
+        [mix],
+        root / "out" / "tokenizer",
+        log=lambda m: None,
+    )
+    export_tokens(
+        TensorConfig(max_length=16, num_threads=1),
+        "pretrain",
+        mix,
+        root / "out" / "tokenizer",
+        root / "out" / "tokens" / "pretrain",
+        log=lambda m: None,
+    )
     (root / "site").mkdir()
     (root / "site" / "sitecustomize.py").write_text(SITE)
     return root
@@ -88,9 +105,20 @@ def _tokens(project: Path) -> Path:
 
 
 def _cfg(project: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(stage="pretrain", data_path=str(_tokens(project)), out_dir=str(out), batch_size=2,
-                accumulation_steps=4, epochs=1, max_steps=4, learning_rate=3e-3, warmup_steps=1,
-                log_interval=1, save_interval=2, seed=3)
+    base = dict(
+        stage="pretrain",
+        data_path=str(_tokens(project)),
+        out_dir=str(out),
+        batch_size=2,
+        accumulation_steps=4,
+        epochs=1,
+        max_steps=4,
+        learning_rate=3e-3,
+        warmup_steps=1,
+        log_interval=1,
+        save_interval=2,
+        seed=3,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -106,24 +134,48 @@ def _free_port() -> int:
 
 
 def _env(project: Path, probe: Path | None = None) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg",
-           "PYTHONPATH": os.pathsep.join([str(project / "site"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "MPLBACKEND": "Agg",
+        "PYTHONPATH": os.pathsep.join([str(project / "site"), os.environ.get("PYTHONPATH", "")]),
+    }
     env.pop("MINILLM_PROBE", None)
     if probe is not None:
         env["MINILLM_PROBE"] = str(probe)
     return env
 
 
-def _torchrun(project: Path, cfg: TrainConfig, model: ModelConfig, probe: Path | None = None,
-              nproc: int = 2) -> subprocess.CompletedProcess:
+def _torchrun(
+    project: Path, cfg: TrainConfig, model: ModelConfig, probe: Path | None = None, nproc: int = 2
+) -> subprocess.CompletedProcess:
     # The ranks read the resolved configs from one JSON file, as the asset's launcher writes it.
-    config = write_rank_config(Path(cfg.out_dir).parent / f"{Path(cfg.out_dir).name}-rank.json",
-                               cfg, model, DistributedConfig(nproc_per_node=nproc, backend="gloo",
-                                                             timeout_s=60))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_port", str(_free_port()), "--max_restarts", "0", "--monitor_interval", "0.2",
-           "-m", "minillm_core.train", str(config)]
-    return subprocess.run(cmd, env=_env(project, probe), capture_output=True, text=True, timeout=240)
+    config = write_rank_config(
+        Path(cfg.out_dir).parent / f"{Path(cfg.out_dir).name}-rank.json",
+        cfg,
+        model,
+        DistributedConfig(nproc_per_node=nproc, backend="gloo", timeout_s=60),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(_free_port()),
+        "--max_restarts",
+        "0",
+        "--monitor_interval",
+        "0.2",
+        "-m",
+        "minillm_core.train",
+        str(config),
+    ]
+    return subprocess.run(
+        cmd, env=_env(project, probe), capture_output=True, text=True, timeout=240
+    )
 
 
 def _single(cfg: TrainConfig, model: ModelConfig):
@@ -141,6 +193,7 @@ def _probe(path: Path) -> list[tuple[str, str, str]]:
 
 # ------------------------------------------------------------------------------ the loop under DDP
 
+
 def test_two_gloo_ranks_follow_the_single_process_trajectory(project, tmp_path):
     model = _model(project)
     one = _single(_cfg(project, tmp_path / "one"), model)
@@ -152,18 +205,37 @@ def test_two_gloo_ranks_follow_the_single_process_trajectory(project, tmp_path):
     a = json.loads((tmp_path / "one" / "model.json").read_text())
     b = json.loads((tmp_path / "ddp" / "model.json").read_text())
     assert len(a["losses"]) == len(b["losses"]) == 4
-    assert max(abs(x - y) for x, y in zip(a["losses"], b["losses"])) < 1e-5, (a["losses"], b["losses"])
+    assert max(abs(x - y) for x, y in zip(a["losses"], b["losses"])) < 1e-5, (
+        a["losses"],
+        b["losses"],
+    )
     assert (b["world_size"], a["world_size"]) == (2, 1)
     # the same global samples and tokens, whatever the split
-    assert (b["samples_seen"], b["tokens_seen"]) == (a["samples_seen"], a["tokens_seen"]) == (32, one.tokens_seen)
-    wa, wb = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    assert (
+        (b["samples_seen"], b["tokens_seen"])
+        == (a["samples_seen"], a["tokens_seen"])
+        == (32, one.tokens_seen)
+    )
+    wa, wb = (
+        load_file(str(tmp_path / "one" / "model.safetensors")),
+        load_file(str(tmp_path / "ddp" / "model.safetensors")),
+    )
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
 
     events = _probe(probe)
-    writes = [(rank, p) for rank, kind, p in events if kind == "write" and str(tmp_path / "ddp") in p]
-    assert {Path(p).name for _, p in writes} >= {"model.safetensors", "model.json", "resume.pt", "loss.png"}
+    writes = [
+        (rank, p) for rank, kind, p in events if kind == "write" and str(tmp_path / "ddp") in p
+    ]
+    assert {Path(p).name for _, p in writes} >= {
+        "model.safetensors",
+        "model.json",
+        "resume.pt",
+        "loss.png",
+    }
     assert {rank for rank, _ in writes} == {"0"}, writes  # rank 0 alone writes checkpoints
-    rows = {r: {int(i) for rank, kind, i in events if kind == "row" and rank == r} for r in ("0", "1")}
+    rows = {
+        r: {int(i) for rank, kind, i in events if kind == "row" and rank == r} for r in ("0", "1")
+    }
     assert rows["0"] and rows["1"] and not rows["0"] & rows["1"], rows  # each rank its own rows
     assert len(rows["0"] | rows["1"]) == 32  # together: the global batches of the 4 steps
     # only rank 0 prints the metadata (and logs)
@@ -208,7 +280,11 @@ def test_uneven_tail_and_resume_on_another_world_size(project, tmp_path):
     b = json.loads((tmp_path / "run" / "model.json").read_text())
     assert len(a["losses"]) == len(b["losses"]) == ref.steps
     assert max(abs(x - y) for x, y in zip(a["losses"], b["losses"])) < 1e-5
-    assert (b["samples_seen"], b["tokens_seen"]) == (a["samples_seen"], a["tokens_seen"]) == (n, ref.tokens_seen)
+    assert (
+        (b["samples_seen"], b["tokens_seen"])
+        == (a["samples_seen"], a["tokens_seen"])
+        == (n, ref.tokens_seen)
+    )
 
 
 def _data_hash(project: Path) -> str:
@@ -226,17 +302,31 @@ def test_global_batch_must_split_across_ranks(project, tmp_path):
 
 # ------------------------------------------------------------------------------ through Dagster
 
+
 def _resource(project: Path):
     from minillm_assets.resources import MiniLLMResource
 
-    return MiniLLMResource(profile="smoke", root=str(project), out_dir=str(project / "out"),
-                           tf_dir=str(project / "tf"))
+    return MiniLLMResource(
+        profile="smoke", root=str(project), out_dir=str(project / "out"), tf_dir=str(project / "tf")
+    )
 
 
 def _run_config(**dist) -> dict:
-    return {"ops": {"pretrain_checkpoint": {"config": {
-        "model": MODEL, "max_steps": 4, "batch_size": 2, "accumulation_steps": 2,
-        "log_interval": 1, "save_interval": 2, **({"distributed": dist} if dist else {})}}}}
+    return {
+        "ops": {
+            "pretrain_checkpoint": {
+                "config": {
+                    "model": MODEL,
+                    "max_steps": 4,
+                    "batch_size": 2,
+                    "accumulation_steps": 2,
+                    "log_interval": 1,
+                    "save_interval": 2,
+                    **({"distributed": dist} if dist else {}),
+                }
+            }
+        }
+    }
 
 
 def _materialize(project: Path, run_config: dict, env: dict[str, str] | None = None):
@@ -249,8 +339,13 @@ def _materialize(project: Path, run_config: dict, env: dict[str, str] | None = N
     os.environ.update(env or {})
     try:
         with dg.instance_for_test() as instance:
-            result = dg.materialize([asset], resources={"minillm": _resource(project)},
-                                    run_config=run_config, instance=instance, raise_on_error=False)
+            result = dg.materialize(
+                [asset],
+                resources={"minillm": _resource(project)},
+                run_config=run_config,
+                instance=instance,
+                raise_on_error=False,
+            )
             result.log_lines = [e.user_message for e in instance.all_logs(result.run_id)]
             return result
     finally:
@@ -264,8 +359,9 @@ def test_asset_runs_torchrun_through_pipes_with_the_in_process_metadata(project)
     inproc = _materialize(project, _run_config())
     assert inproc.success
     probe = project / "asset_probe.log"
-    ddp = _materialize(project, _run_config(nproc_per_node=2, backend="gloo", timeout_s=60),
-                       _env(project, probe))
+    ddp = _materialize(
+        project, _run_config(nproc_per_node=2, backend="gloo", timeout_s=60), _env(project, probe)
+    )
     assert ddp.success, [e.message for e in ddp.all_events if e.is_failure]
     a, b = (r.asset_materializations_for_node("pretrain_checkpoint") for r in (inproc, ddp))
     assert len(a) == len(b) == 1  # one report: rank 0's
@@ -327,7 +423,9 @@ def _signal_rank1_during_a_long_run(project, sig: int, timeout_s: float):
     t = threading.Thread(target=signaller, daemon=True)
     t.start()
     cfg = _run_config(nproc_per_node=2, backend="gloo", timeout_s=timeout_s)
-    cfg["ops"]["pretrain_checkpoint"]["config"].update(max_steps=100000, epochs=100000, save_interval=1)
+    cfg["ops"]["pretrain_checkpoint"]["config"].update(
+        max_steps=100000, epochs=100000, save_interval=1
+    )
     result = _materialize(project, cfg, _env(project))
     t.join(timeout=5)
     return result, seen

@@ -51,8 +51,14 @@ def test_graph_groups_edges_and_descriptions():
 
 def test_dagster_definitions_validate_on_workspace(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
-    proc = subprocess.run([DAGSTER, "definitions", "validate", "-w", "workspace.yaml"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [DAGSTER, "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

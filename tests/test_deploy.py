@@ -41,14 +41,21 @@ def test_instance_yaml_passes_dagsters_schema(tmp_path, monkeypatch):
     config, _ = dagster_instance_config(str(tmp_path))
     db = config["storage"]["postgres"]["postgres_db"]
     # every connection setting comes from the environment, none is written in the file
-    assert {k: v for k, v in db.items() if k in ("hostname", "port", "db_name", "username",
-                                                 "password")} == {
-        "hostname": {"env": "DAGSTER_PG_HOST"}, "port": {"env": "DAGSTER_PG_PORT"},
-        "db_name": {"env": "DAGSTER_PG_DB"}, "username": {"env": "DAGSTER_PG_USERNAME"},
-        "password": {"env": "DAGSTER_PG_PASSWORD"}}
+    assert {
+        k: v for k, v in db.items() if k in ("hostname", "port", "db_name", "username", "password")
+    } == {
+        "hostname": {"env": "DAGSTER_PG_HOST"},
+        "port": {"env": "DAGSTER_PG_PORT"},
+        "db_name": {"env": "DAGSTER_PG_DB"},
+        "username": {"env": "DAGSTER_PG_USERNAME"},
+        "password": {"env": "DAGSTER_PG_PASSWORD"},
+    }
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
-    assert {"key": DEVICE_POOL_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1} \
-        in config["concurrency"]["runs"]["tag_concurrency_limits"]
+    assert {
+        "key": DEVICE_POOL_TAG,
+        "value": {"applyLimitPerUniqueValue": True},
+        "limit": 1,
+    } in config["concurrency"]["runs"]["tag_concurrency_limits"]
     assert config["run_monitoring"]["enabled"]
     assert config["retention"]["schedule"]["purge_after_days"] > 0
 
@@ -77,8 +84,12 @@ def test_every_run_that_trains_carries_the_device_pool_tag():
 
     repo = defs.get_repository_def()
     training_jobs = [j for j in jobs.jobs if _asset_names(j, repo) & TRAINING_ASSETS]
-    assert {j.name for j in training_jobs} >= {"retrain", "pretrain_stage", "sft_stage",
-                                               "dpo_stage"}
+    assert {j.name for j in training_jobs} >= {
+        "retrain",
+        "pretrain_stage",
+        "sft_stage",
+        "dpo_stage",
+    }
     for job in training_jobs:
         assert repo.get_job(job.name).tags.get(DEVICE_POOL_TAG) == jobs.device_pool(), job.name
     assert DEVICE_POOL_TAG not in repo.get_job("data_and_tokenizer").tags
@@ -110,8 +121,11 @@ def _validate(doc: dict[str, Any], where: str) -> None:
 NOT_MANIFESTS = {"run-config.yaml"}  # Dagster run config for the k8s launch, not a k8s object
 
 
-@pytest.mark.parametrize("path", sorted(p for p in (DEPLOY / "k8s").glob("*.yaml")
-                                        if p.name not in NOT_MANIFESTS), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in (DEPLOY / "k8s").glob("*.yaml") if p.name not in NOT_MANIFESTS),
+    ids=lambda p: p.name,
+)
 def test_shipped_manifests_match_the_kubernetes_schema(path):
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     assert docs
@@ -136,35 +150,49 @@ def test_training_run_job_lands_on_gpu_nodes(monkeypatch):
     )
 
     values = _values()
-    env = {e["name"]: e["value"] for e in values["dagster-user-deployments"]["deployments"][0]["env"]}
+    env = {
+        e["name"]: e["value"] for e in values["dagster-user-deployments"]["deployments"][0]["env"]
+    }
     for name in ("MINILLM_DEVICE_POOL", "MINILLM_K8S_TRAIN_GPUS"):
         monkeypatch.setenv(name, env[name])
     run_cfg = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]
-    chart = UserDefinedDagsterK8sConfig.from_dict({
-        "container_config": run_cfg["containerConfig"]})
+    chart = UserDefinedDagsterK8sConfig.from_dict({"container_config": run_cfg["containerConfig"]})
     user = get_user_defined_k8s_config(jobs.training_run_tags())
     # as the launcher combines its own runK8sConfig with the run's tag
-    merged = K8sContainerContext(run_k8s_config=chart).merge(
-        K8sContainerContext(run_k8s_config=user)).run_k8s_config
+    merged = (
+        K8sContainerContext(run_k8s_config=chart)
+        .merge(K8sContainerContext(run_k8s_config=user))
+        .run_k8s_config
+    )
     job_config = DagsterK8sJobConfig(
-        job_image="registry.example.com/minillm:latest", dagster_home="/opt/dagster/dagster_home",
+        job_image="registry.example.com/minillm:latest",
+        dagster_home="/opt/dagster/dagster_home",
         instance_config_map="dagster-instance",
         postgres_password_secret=values["global"]["postgresqlSecretName"],
-        service_account_name=values["global"]["serviceAccountName"])
+        service_account_name=values["global"]["serviceAccountName"],
+    )
     manifest = construct_dagster_k8s_job(
-        job_config, ["dagster", "api", "execute_run", "{}"], "dagster-run-0123456789abcdef",
+        job_config,
+        ["dagster", "api", "execute_run", "{}"],
+        "dagster-run-0123456789abcdef",
         user_defined_k8s_config=merged,
-        component="run_worker", labels={DEVICE_POOL_NODE_LABEL: env["MINILLM_DEVICE_POOL"]})
+        component="run_worker",
+        labels={DEVICE_POOL_NODE_LABEL: env["MINILLM_DEVICE_POOL"]},
+    )
     doc = kubernetes_dict(manifest)
     _validate(doc, "K8sRunLauncher training Job")
     pod = doc["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {DEVICE_POOL_NODE_LABEL: env["MINILLM_DEVICE_POOL"]}
-    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == \
-        env["MINILLM_K8S_TRAIN_GPUS"]
+    assert (
+        pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+        == env["MINILLM_K8S_TRAIN_GPUS"]
+    )
     assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     # the chart's CPU request for every run is kept beside the training run's GPU
-    assert pod["containers"][0]["resources"]["requests"]["cpu"] == \
-        run_cfg["containerConfig"]["resources"]["requests"]["cpu"]
+    assert (
+        pod["containers"][0]["resources"]["requests"]["cpu"]
+        == run_cfg["containerConfig"]["resources"]["requests"]["cpu"]
+    )
 
 
 def kubernetes_dict(obj: Any) -> dict[str, Any]:
@@ -178,41 +206,94 @@ def kubernetes_dict(obj: Any) -> dict[str, Any]:
 # Key paths of the official chart's values (chart `dagster` 1.13; `*` is a list item) that these
 # values use. A key outside this list is a typo or a key the chart would ignore silently.
 CHART_KEYS = {
-    "global", "global.postgresqlSecretName", "global.serviceAccountName",
-    "serviceAccount", "serviceAccount.create", "generatePostgresqlPasswordSecret",
-    "postgresql", "postgresql.enabled", "postgresql.postgresqlHost",
-    "postgresql.postgresqlUsername", "postgresql.postgresqlDatabase",
-    "postgresql.postgresqlParams", "postgresql.postgresqlParams.connect_timeout",
-    "postgresql.postgresqlScheme", "postgresql.service", "postgresql.service.port",
-    "dagsterWebserver", "dagsterWebserver.replicaCount",
-    "dagster-user-deployments", "dagster-user-deployments.enabled",
+    "global",
+    "global.postgresqlSecretName",
+    "global.serviceAccountName",
+    "serviceAccount",
+    "serviceAccount.create",
+    "generatePostgresqlPasswordSecret",
+    "postgresql",
+    "postgresql.enabled",
+    "postgresql.postgresqlHost",
+    "postgresql.postgresqlUsername",
+    "postgresql.postgresqlDatabase",
+    "postgresql.postgresqlParams",
+    "postgresql.postgresqlParams.connect_timeout",
+    "postgresql.postgresqlScheme",
+    "postgresql.service",
+    "postgresql.service.port",
+    "dagsterWebserver",
+    "dagsterWebserver.replicaCount",
+    "dagster-user-deployments",
+    "dagster-user-deployments.enabled",
     "dagster-user-deployments.deployments",
-    *(f"dagster-user-deployments.deployments.*.{k}" for k in (
-        "name", "image", "image.repository", "image.tag", "image.pullPolicy",
-        "dagsterApiGrpcArgs", "port", "includeConfigInLaunchedRuns",
-        "includeConfigInLaunchedRuns.enabled", "env", "volumes", "volumeMounts", "resources")),
-    "runLauncher", "runLauncher.type", "runLauncher.config", "runLauncher.config.k8sRunLauncher",
+    *(
+        f"dagster-user-deployments.deployments.*.{k}"
+        for k in (
+            "name",
+            "image",
+            "image.repository",
+            "image.tag",
+            "image.pullPolicy",
+            "dagsterApiGrpcArgs",
+            "port",
+            "includeConfigInLaunchedRuns",
+            "includeConfigInLaunchedRuns.enabled",
+            "env",
+            "volumes",
+            "volumeMounts",
+            "resources",
+        )
+    ),
+    "runLauncher",
+    "runLauncher.type",
+    "runLauncher.config",
+    "runLauncher.config.k8sRunLauncher",
     "runLauncher.config.k8sRunLauncher.runK8sConfig",
     "runLauncher.config.k8sRunLauncher.runK8sConfig.containerConfig",
-    "dagsterDaemon", "dagsterDaemon.enabled", "dagsterDaemon.runCoordinator",
-    "dagsterDaemon.runCoordinator.enabled", "dagsterDaemon.runCoordinator.type",
+    "dagsterDaemon",
+    "dagsterDaemon.enabled",
+    "dagsterDaemon.runCoordinator",
+    "dagsterDaemon.runCoordinator.enabled",
+    "dagsterDaemon.runCoordinator.type",
     "dagsterDaemon.runCoordinator.config",
     "dagsterDaemon.runCoordinator.config.queuedRunCoordinator",
-    *(f"dagsterDaemon.runCoordinator.config.queuedRunCoordinator.{k}" for k in (
-        "maxConcurrentRuns", "tagConcurrencyLimits", "blockOpConcurrencyLimitedRuns",
-        "blockOpConcurrencyLimitedRuns.enabled", "dequeueIntervalSeconds")),
+    *(
+        f"dagsterDaemon.runCoordinator.config.queuedRunCoordinator.{k}"
+        for k in (
+            "maxConcurrentRuns",
+            "tagConcurrencyLimits",
+            "blockOpConcurrencyLimitedRuns",
+            "blockOpConcurrencyLimitedRuns.enabled",
+            "dequeueIntervalSeconds",
+        )
+    ),
     "dagsterDaemon.runMonitoring",
-    *(f"dagsterDaemon.runMonitoring.{k}" for k in (
-        "enabled", "startTimeoutSeconds", "pollIntervalSeconds", "maxResumeRunAttempts")),
-    "retention", "retention.enabled", "retention.schedule", "retention.schedule.purgeAfterDays",
-    "retention.sensor", "retention.sensor.purgeAfterDays",
+    *(
+        f"dagsterDaemon.runMonitoring.{k}"
+        for k in ("enabled", "startTimeoutSeconds", "pollIntervalSeconds", "maxResumeRunAttempts")
+    ),
+    "retention",
+    "retention.enabled",
+    "retention.schedule",
+    "retention.schedule.purgeAfterDays",
+    "retention.sensor",
+    "retention.sensor.purgeAfterDays",
     *(f"retention.sensor.purgeAfterDays.{k}" for k in ("failure", "skipped", "success")),
-    "telemetry", "telemetry.enabled",
+    "telemetry",
+    "telemetry.enabled",
 }
 # Below these keys the values are Kubernetes objects (checked against the Kubernetes schema) or
 # free-form lists.
-OPAQUE = ("env", "volumes", "volumeMounts", "resources", "containerConfig", "tagConcurrencyLimits",
-          "dagsterApiGrpcArgs")
+OPAQUE = (
+    "env",
+    "volumes",
+    "volumeMounts",
+    "resources",
+    "containerConfig",
+    "tagConcurrencyLimits",
+    "dagsterApiGrpcArgs",
+)
 
 
 def _key_paths(value: Any, prefix: str = "") -> set[str]:
@@ -235,10 +316,14 @@ def test_helm_values_use_documented_keys_and_agree_with_the_instance():
     assert not unknown, f"keys the chart does not document: {unknown}"
     instance = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
     queue = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
-    assert queue["tagConcurrencyLimits"] == instance["concurrency"]["runs"]["tag_concurrency_limits"]
+    assert (
+        queue["tagConcurrencyLimits"] == instance["concurrency"]["runs"]["tag_concurrency_limits"]
+    )
     assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
-    assert values["postgresql"]["postgresqlScheme"] == \
-        instance["storage"]["postgres"]["postgres_db"]["scheme"]
+    assert (
+        values["postgresql"]["postgresqlScheme"]
+        == instance["storage"]["postgres"]["postgres_db"]["scheme"]
+    )
     # no credential in the values: the password comes from the Secret
     assert "postgresqlPassword" not in values["postgresql"]
     assert values["generatePostgresqlPasswordSecret"] is False
@@ -249,19 +334,37 @@ def test_helm_values_use_documented_keys_and_agree_with_the_instance():
     assert "postgres" in (DEPLOY / "k8s" / "Dockerfile").read_text()
     # the volumes and env of the user deployment are Kubernetes objects too
     for volume in deployment["volumes"]:
-        _validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"},
-                   "spec": {"containers": [{"name": "c", "image": "i",
-                                            "env": deployment["env"],
-                                            "volumeMounts": deployment["volumeMounts"],
-                                            "resources": deployment["resources"]}],
-                            "volumes": [volume]}}, "user deployment")
-    claims = {d["metadata"]["name"] for d in yaml.safe_load_all((DEPLOY / "k8s" / "rbac.yaml")
-                                                                .read_text())
-              if d and d["kind"] == "PersistentVolumeClaim"}
+        _validate(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "x"},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": "i",
+                            "env": deployment["env"],
+                            "volumeMounts": deployment["volumeMounts"],
+                            "resources": deployment["resources"],
+                        }
+                    ],
+                    "volumes": [volume],
+                },
+            },
+            "user deployment",
+        )
+    claims = {
+        d["metadata"]["name"]
+        for d in yaml.safe_load_all((DEPLOY / "k8s" / "rbac.yaml").read_text())
+        if d and d["kind"] == "PersistentVolumeClaim"
+    }
     assert {v["persistentVolumeClaim"]["claimName"] for v in deployment["volumes"]} <= claims
-    accounts = {d["metadata"]["name"] for d in yaml.safe_load_all((DEPLOY / "k8s" / "rbac.yaml")
-                                                                  .read_text())
-                if d and d["kind"] == "ServiceAccount"}
+    accounts = {
+        d["metadata"]["name"]
+        for d in yaml.safe_load_all((DEPLOY / "k8s" / "rbac.yaml").read_text())
+        if d and d["kind"] == "ServiceAccount"
+    }
     assert values["global"]["serviceAccountName"] in accounts
 
 
@@ -273,13 +376,27 @@ def test_prod_script_keeps_the_postgres_home_apart_from_the_local_one(tmp_path):
     shutil.copy(REPO / "scripts" / "prod.sh", tmp_path / "scripts" / "prod.sh")
     (tmp_path / "scripts" / "setup.sh").write_text(
         f'VENV_DIR="{Path(sys.executable).parent.parent}"\n'
-        'echo "setup saw DAGSTER_HOME=${DAGSTER_HOME:-unset}"\n')
+        'echo "setup saw DAGSTER_HOME=${DAGSTER_HOME:-unset}"\n'
+    )
     home = tmp_path / "pg_home"
-    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO),
-           "DAGSTER_PG_PASSWORD": "x", "DAGSTER_PG_HOST": "localhost", "DAGSTER_PG_PORT": "1"}
-    proc = subprocess.run(["bash", str(tmp_path / "scripts" / "prod.sh"), "check"], env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "PYTHONPATH": str(REPO),
+        "DAGSTER_PG_PASSWORD": "x",
+        "DAGSTER_PG_HOST": "localhost",
+        "DAGSTER_PG_PORT": "1",
+    }
+    proc = subprocess.run(
+        ["bash", str(tmp_path / "scripts" / "prod.sh"), "check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert "setup saw DAGSTER_HOME=unset" in proc.stdout, proc.stdout
-    assert proc.returncode == 1 and proc.stderr.startswith("error: cannot open the Dagster "
-                                                           "instance: PostgreSQL at localhost:1")
+    assert proc.returncode == 1 and proc.stderr.startswith(
+        "error: cannot open the Dagster instance: PostgreSQL at localhost:1"
+    )
     assert (home / "dagster.yaml").read_text() == (DEPLOY / "dagster.yaml").read_text()

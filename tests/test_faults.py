@@ -45,9 +45,21 @@ from tests.faults_helpers import (
 
 pytestmark = pytest.mark.faults
 
-ASSET_STEPS = ["pretrain_mix", "sft_mix", "dpo_mix", "tokenizer", "pretrain_tokens", "sft_tokens",
-               "dpo_tokens", "pretrain_checkpoint", "sft_checkpoint", "dpo_checkpoint",
-               "pretrain_eval", "sft_eval", "dpo_eval"]
+ASSET_STEPS = [
+    "pretrain_mix",
+    "sft_mix",
+    "dpo_mix",
+    "tokenizer",
+    "pretrain_tokens",
+    "sft_tokens",
+    "dpo_tokens",
+    "pretrain_checkpoint",
+    "sft_checkpoint",
+    "dpo_checkpoint",
+    "pretrain_eval",
+    "sft_eval",
+    "dpo_eval",
+]
 TRAINING_STEPS = ["pretrain_checkpoint", "sft_checkpoint", "dpo_checkpoint"]
 
 
@@ -55,11 +67,15 @@ def graph_steps() -> list[str]:
     """Every materializable asset of the graph (a step each): the 13 above plus any added since."""
     from minillm_assets.definitions import all_assets
 
-    keys = [k.path[-1] for a in all_assets if hasattr(a, "keys") and a.is_executable
-            for k in a.keys]
+    keys = [
+        k.path[-1] for a in all_assets if hasattr(a, "keys") and a.is_executable for k in a.keys
+    ]
     assert set(ASSET_STEPS) <= set(keys), set(ASSET_STEPS) - set(keys)
     return ASSET_STEPS + sorted(set(keys) - set(ASSET_STEPS))
+
+
 STAGES = ("pretrain", "sft", "dpo")
+
 
 def _last_eval_metrics(base: Path) -> dict[str, dict]:
     out = {}
@@ -74,8 +90,9 @@ def _scan(base: Path, context: str) -> None:
     r = roots(base)
     checked, problems = scan_artifacts(r["processed"], r["out"], r["tf"])
     count("files_scanned", checked)
-    assert not problems, f"after {context}: files under final names are unreadable:\n" + \
-        "\n".join(problems[:10])
+    assert not problems, f"after {context}: files under final names are unreadable:\n" + "\n".join(
+        problems[:10]
+    )
 
 
 def _unfinished(base: Path, stage: str) -> bool:
@@ -85,8 +102,9 @@ def _unfinished(base: Path, stage: str) -> bool:
     return path.exists() and not torch.load(path, weights_only=True).get("finished", True)
 
 
-def _kill_trials(tmp_path: Path, tmp_path_factory, seed: int,
-                 targets: list[tuple[str, float, float]]) -> None:
+def _kill_trials(
+    tmp_path: Path, tmp_path_factory, seed: int, targets: list[tuple[str, float, float]]
+) -> None:
     """Each target is (step, lo, hi): kill at a seeded uniform fraction in [lo, hi] of the step's
     duration in the reference run, counted from the moment this run starts the step."""
     ref, times = reference_run(tmp_path_factory)
@@ -114,9 +132,11 @@ def _kill_trials(tmp_path: Path, tmp_path_factory, seed: int,
         unfinished = [s for s in STAGES if _unfinished(base, s)]
         if unfinished:
             count("kills_leaving_a_resume_state")
-        log.append(f"trial {i}: SIGKILL {delay:.2f}s into {step}"
-                   f"{' (run had already finished)' if finished else ''}"
-                   f"{'; unfinished resume state: ' + ', '.join(unfinished) if unfinished else ''}")
+        log.append(
+            f"trial {i}: SIGKILL {delay:.2f}s into {step}"
+            f"{' (run had already finished)' if finished else ''}"
+            f"{'; unfinished resume state: ' + ', '.join(unfinished) if unfinished else ''}"
+        )
         _scan(base, log[-1])
     materialize(base, "*")
     count("rematerializations")
@@ -135,8 +155,11 @@ def test_kill_trials_quick(tmp_path, tmp_path_factory):
     """Three seeded kills: one in the data steps, one late in training (so an unfinished resume
     state is left for the next run to continue from), one anywhere."""
     rng = random.Random(10)
-    targets = [(rng.choice(ASSET_STEPS[:7]), 0.0, 1.0), (rng.choice(TRAINING_STEPS), 0.5, 0.95),
-               (rng.choice(ASSET_STEPS), 0.0, 1.0)]
+    targets = [
+        (rng.choice(ASSET_STEPS[:7]), 0.0, 1.0),
+        (rng.choice(TRAINING_STEPS), 0.5, 0.95),
+        (rng.choice(ASSET_STEPS), 0.0, 1.0),
+    ]
     _kill_trials(tmp_path, tmp_path_factory, seed=10, targets=targets)
 
 
@@ -151,13 +174,17 @@ def test_kill_trials_every_stage(tmp_path, tmp_path_factory):
 
 # ------------------------------------------------------------------------------ disk full
 
+
 def _mount_tiny(path: Path, size: str) -> bool:
     """A tmpfs of `size` at `path` (root only); False when mounting is not permitted."""
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return False
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
     return proc.returncode == 0
 
 
@@ -181,13 +208,15 @@ def _materialize(resource, names: list[str]):
 
     selected = [a for a in all_assets if any(k.path[-1] in names for k in getattr(a, "keys", []))]
     with dg.instance_for_test() as instance:
-        return dg.materialize(selected, resources={"minillm": resource}, instance=instance,
-                              raise_on_error=False)
+        return dg.materialize(
+            selected, resources={"minillm": resource}, instance=instance, raise_on_error=False
+        )
 
 
 @pytest.mark.parametrize("mode", ["tmpfs", "injected"])
-def test_disk_full_fails_naming_the_path_and_keeps_the_previous_artifact(tmp_path, monkeypatch,
-                                                                         mode):
+def test_disk_full_fails_naming_the_path_and_keeps_the_previous_artifact(
+    tmp_path, monkeypatch, mode
+):
     """`tmpfs`: the outputs live on an 8 MiB tmpfs this test mounts, filled to 4 KiB free before
     the second materialization (falls back to `injected` where mounting is not permitted);
     `injected`: every atomic write fails with ENOSPC when it is flushed."""
@@ -202,18 +231,33 @@ def test_disk_full_fails_naming_the_path_and_keeps_the_previous_artifact(tmp_pat
     count("disk_full_tmpfs" if mounted else "disk_full_injected_enospc")
     try:
         (tmp_path / "sources").mkdir()
-        res = MiniLLMResource(profile="smoke", sources_dir=str(tmp_path / "sources"),
-                              samples_dir=str(REPO / "dataset"),
-                              processed_dir=str(tiny / "processed"), out_dir=str(tiny / "out"),
-                              tf_dir=str(tmp_path / "tf"))
-        first = _materialize(res, ["pretrain_mix", "sft_mix", "dpo_mix", "tokenizer",
-                                   "pretrain_tokens", "pretrain_checkpoint"])
+        res = MiniLLMResource(
+            profile="smoke",
+            sources_dir=str(tmp_path / "sources"),
+            samples_dir=str(REPO / "dataset"),
+            processed_dir=str(tiny / "processed"),
+            out_dir=str(tiny / "out"),
+            tf_dir=str(tmp_path / "tf"),
+        )
+        first = _materialize(
+            res,
+            [
+                "pretrain_mix",
+                "sft_mix",
+                "dpo_mix",
+                "tokenizer",
+                "pretrain_tokens",
+                "pretrain_checkpoint",
+            ],
+        )
         assert first.success, _failure_text(first)
         targets = {  # asset -> (the artifact that must stay untouched, the path the error names)
             "pretrain_mix": (res.mix_path("pretrain"), res.mix_path("pretrain")),
             "pretrain_tokens": (res.tokens_dir("pretrain"), res.tokens_dir("pretrain")),
-            "pretrain_checkpoint": (res.checkpoint_dir("pretrain"),
-                                    res.checkpoint_dir("pretrain") / "model.safetensors"),
+            "pretrain_checkpoint": (
+                res.checkpoint_dir("pretrain"),
+                res.checkpoint_dir("pretrain") / "model.safetensors",
+            ),
         }
         before = {k: sha256_tree(v[0]) for k, v in targets.items()}
         if mounted:

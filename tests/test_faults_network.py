@@ -81,7 +81,7 @@ def _addr(hex_ip: str) -> ipaddress._BaseAddress:
     raw = bytes.fromhex(hex_ip)
     if len(raw) == 4:
         return ipaddress.IPv4Address(raw[::-1])
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
     return ipaddress.IPv6Address(words)
 
 
@@ -110,14 +110,22 @@ def test_started_ui_listens_only_on_loopback(tmp_path):
     from ui_launcher import free_port, isolated_env
 
     port = free_port()
-    env = {**isolated_env(tmp_path), "DAGSTER_PORT": str(port),
-           "VENV_DIR": str(Path(sys.executable).parent.parent)}
+    env = {
+        **isolated_env(tmp_path),
+        "DAGSTER_PORT": str(port),
+        "VENV_DIR": str(Path(sys.executable).parent.parent),
+    }
     env.pop("DAGSTER_HOST", None)
     script = tmp_path / "ui_exec.sh"
     # The launcher's own exec line (setup.sh skipped: it may reinstall the venv), same defaults.
     script.write_text(f"set -euo pipefail\ncd {REPO}\n{_exec_line()}\n")
-    proc = subprocess.Popen(["bash", str(script)], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        ["bash", str(script)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline, ready = time.monotonic() + 150, False
         while time.monotonic() < deadline and proc.poll() is None:
@@ -129,11 +137,12 @@ def test_started_ui_listens_only_on_loopback(tmp_path):
             if ready:
                 break
             time.sleep(0.5)
-        assert ready, "dagster dev did not come up: " + (proc.stdout.read(4000).decode()
-                                                        if proc.poll() is not None else "timeout")
+        assert ready, "dagster dev did not come up: " + (
+            proc.stdout.read(4000).decode() if proc.poll() is not None else "timeout"
+        )
         time.sleep(2)  # the code server starts beside the webserver
         sockets = _listening(proc.pid)
-        assert (("127.0.0.1", port) in sockets), sockets
+        assert ("127.0.0.1", port) in sockets, sockets
         exposed = [s for s in sockets if not _loopback(s[0])]
         assert not exposed, f"listening beyond loopback: {exposed} (all: {sockets})"
         count("listening_sockets_checked", len(sockets))

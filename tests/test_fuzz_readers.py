@@ -32,23 +32,43 @@ PER_EXAMPLE_S = 20.0  # generous on a loaded 2-core machine; a hang blows throug
 
 VALID = [
     {"text": "今天天气很好，我们去公园散步。"},
-    {"conversations": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"}]},
+    {
+        "conversations": [
+            {"role": "user", "content": "你好"},
+            {"role": "assistant", "content": "你好！"},
+        ]
+    },
     {"conversations": [{"from": "human", "value": "1+1=?"}, {"from": "gpt", "value": "2"}]},
     {"instruction": "翻译", "input": "hello", "output": "你好"},
     {"input": "写一首诗", "target": "床前明月光"},
     {"question": "中国首都？", "A": "北京", "B": "上海", "C": "广州", "D": "深圳", "answer": "A"},
     {"question": "2+3", "answer": "2+3=<<2+3=5>>5\n#### 5"},
-    {"chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
-     "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "go away"}]},
+    {
+        "chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        "rejected": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "go away"},
+        ],
+    },
     {"prompt": "问题", "chosen": "好回答", "rejected": "坏回答"},
 ]
 WRONG_TYPES = [
-    {"text": 123}, {"text": None}, {"text": ["a"]}, {"conversations": "not a list"},
+    {"text": 123},
+    {"text": None},
+    {"text": ["a"]},
+    {"conversations": "not a list"},
     {"conversations": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]},
-    {"conversations": [{"role": "wizard", "content": "x"}]}, {"instruction": [], "output": {}},
-    {"chosen": "same", "rejected": "same", "prompt": "p"}, [1, 2, 3], "just a string", 42, None,
-    {"question": "q", "A": 1, "B": "b", "C": "c", "D": "d", "answer": "E"}, {},
-    {"messages": [{"role": "user", "content": "x"}]}, {"history": 5, "instruction": "i", "output": "o"},
+    {"conversations": [{"role": "wizard", "content": "x"}]},
+    {"instruction": [], "output": {}},
+    {"chosen": "same", "rejected": "same", "prompt": "p"},
+    [1, 2, 3],
+    "just a string",
+    42,
+    None,
+    {"question": "q", "A": 1, "B": "b", "C": "c", "D": "d", "answer": "E"},
+    {},
+    {"messages": [{"role": "user", "content": "x"}]},
+    {"history": 5, "instruction": "i", "output": "o"},
 ]
 
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
@@ -56,38 +76,63 @@ _json_line = st.one_of(
     st.sampled_from(VALID).map(lambda v: json.dumps(v, ensure_ascii=False)),
     st.sampled_from(WRONG_TYPES).map(json.dumps),
     st.builds(lambda t: json.dumps({"text": t}, ensure_ascii=False), _text),
-    st.builds(lambda u, a: json.dumps({"conversations": [{"role": "user", "content": u},
-                                                         {"role": "assistant", "content": a}]},
-                                      ensure_ascii=False), _text, _text),
+    st.builds(
+        lambda u, a: json.dumps(
+            {
+                "conversations": [
+                    {"role": "user", "content": u},
+                    {"role": "assistant", "content": a},
+                ]
+            },
+            ensure_ascii=False,
+        ),
+        _text,
+        _text,
+    ),
 )
 _hostile_line = st.one_of(
-    st.binary(max_size=120).map(lambda b: b.replace(b"\n", b" ")),          # random bytes
-    st.integers(1, 3000).map(lambda n: "[" * n + "]" * n),                    # deep nesting
+    st.binary(max_size=120).map(lambda b: b.replace(b"\n", b" ")),  # random bytes
+    st.integers(1, 3000).map(lambda n: "[" * n + "]" * n),  # deep nesting
     st.integers(1, 3000).map(lambda n: '{"a":' * n + "1" + "}" * n),
     st.integers(1, 200_000).map(lambda n: json.dumps({"text": "长" * n}, ensure_ascii=False)),
-    st.integers(1, 200_000).map(lambda n: "x" * n),                           # huge non-JSON line
-    st.sampled_from(['{"text": "\\ud800"}', '{"text": "a\\udfffb"}', '["\\udc80"]',  # lone surrogates
-                     '{"conversations": [{"role": "user", "content": "\\ud83d"}, '
-                     '{"role": "assistant", "content": "ok"}]}',
-                     '{"text": "\\ud83d\\ude00 a valid pair"}']),
+    st.integers(1, 200_000).map(lambda n: "x" * n),  # huge non-JSON line
+    st.sampled_from(
+        [
+            '{"text": "\\ud800"}',
+            '{"text": "a\\udfffb"}',
+            '["\\udc80"]',  # lone surrogates
+            '{"conversations": [{"role": "user", "content": "\\ud83d"}, '
+            '{"role": "assistant", "content": "ok"}]}',
+            '{"text": "\\ud83d\\ude00 a valid pair"}',
+        ]
+    ),
     st.just(b'{"text": "\xed\xa0\x80 CESU surrogate bytes"}'),
     st.just(b'{"text": "\xff\xfe bad utf-8"}'),
     st.integers(4301, 20_000).map(lambda n: '{"text": "n", "x": ' + "9" * n + "}"),  # huge number
     st.just('{"a": 1}{"text": "two objects on one line"}'),
-    st.just('{"text": NaN}'), st.just(""), st.just("   "), st.just("\ufeff{}"),
+    st.just('{"text": NaN}'),
+    st.just(""),
+    st.just("   "),
+    st.just("\ufeff{}"),
 )
-_line = st.one_of(_json_line, _hostile_line).map(lambda x: x if isinstance(x, bytes)
-                                                 else x.encode("utf-8", "surrogatepass"))
+_line = st.one_of(_json_line, _hostile_line).map(
+    lambda x: x if isinstance(x, bytes) else x.encode("utf-8", "surrogatepass")
+)
 
 
 def _cfg(tmp: Path, name: str, container: str | None = None, fmt: str | None = None) -> MixConfig:
     overrides = {name: {"container": container, "format": fmt}} if container or fmt else {}
-    cat = CategoryConfig(sources=[name], target=5, outputs=["pretrain", "sft"],
-                         overrides=overrides)
+    cat = CategoryConfig(sources=[name], target=5, outputs=["pretrain", "sft"], overrides=overrides)
     pref = CategoryConfig(sources=[name], target=5, outputs=["dpo"], overrides=overrides)
-    return MixConfig(sources_dir=tmp, samples_dir=tmp / "none", allow_samples=False,
-                     categories={"general": cat, "preference": pref}, max_bad_fraction=1.0,
-                     heldout_min=0, heldout_fraction=0.0)
+    return MixConfig(
+        sources_dir=tmp,
+        samples_dir=tmp / "none",
+        allow_samples=False,
+        categories={"general": cat, "preference": pref},
+        max_bad_fraction=1.0,
+        heldout_min=0,
+        heldout_fraction=0.0,
+    )
 
 
 _LOCATED = re.compile(r"^(?P<file>.+?):(?P<line>\d+): ")
@@ -164,9 +209,16 @@ def _timed(fn):
     assert elapsed < PER_EXAMPLE_S, f"took {elapsed:.1f}s: a reader is too slow or hangs"
 
 
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 
 
 @FUZZ
@@ -194,7 +246,7 @@ def test_jsonl_every_line_kept_or_reported(tmp_path_factory, lines):
         non_blank = [i for i, raw in enumerate(lines, 1) if raw.strip(b" \t\r\n\x0b\x0c")]
         seen = sorted({line for line, _ in items})
         assert seen == non_blank, (seen, non_blank)
-        for line, value in items:
+        for _line, value in items:
             if isinstance(value, RecordError):
                 assert value.kind in ("invalid JSON", "invalid UTF-8"), value
         _check_scan(path, cfg, items, None)
@@ -204,15 +256,26 @@ def test_jsonl_every_line_kept_or_reported(tmp_path_factory, lines):
     _timed(run)
 
 
-_cell = st.one_of(_text, st.text(max_size=10).map(lambda s: s + ',"\n'),
-                  st.integers(1, 200_000).map(lambda n: "长" * n), st.sampled_from(["A", "E", ""]))
+_cell = st.one_of(
+    _text,
+    st.text(max_size=10).map(lambda s: s + ',"\n'),
+    st.integers(1, 200_000).map(lambda n: "长" * n),
+    st.sampled_from(["A", "E", ""]),
+)
 
 
 @FUZZ
-@given(rows=st.lists(st.one_of(st.lists(_cell, min_size=1, max_size=8),
-                               st.binary(max_size=80).map(lambda b: b.replace(b"\n", b" "))),
-                     min_size=1, max_size=25),
-       header=st.sampled_from([["question", "A", "B", "C", "D", "answer"], ["text", "note"]]))
+@given(
+    rows=st.lists(
+        st.one_of(
+            st.lists(_cell, min_size=1, max_size=8),
+            st.binary(max_size=80).map(lambda b: b.replace(b"\n", b" ")),
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    header=st.sampled_from([["question", "A", "B", "C", "D", "answer"], ["text", "note"]]),
+)
 def test_csv_rows_kept_or_reported(tmp_path_factory, rows, header):
     import csv
     import io
@@ -250,12 +313,23 @@ def test_csv_rows_kept_or_reported(tmp_path_factory, rows, header):
 
 
 @FUZZ
-@given(elements=st.lists(st.one_of(_json_line.map(str.encode), _hostile_line.map(
-    lambda x: x if isinstance(x, bytes) else x.encode("utf-8", "surrogatepass"))),
-    min_size=1, max_size=20),
-       array=st.booleans(), truncate=st.booleans())
-def test_json_array_and_stream_kept_or_refused_with_file_line(tmp_path_factory, elements, array,
-                                                             truncate):
+@given(
+    elements=st.lists(
+        st.one_of(
+            _json_line.map(str.encode),
+            _hostile_line.map(
+                lambda x: x if isinstance(x, bytes) else x.encode("utf-8", "surrogatepass")
+            ),
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+    array=st.booleans(),
+    truncate=st.booleans(),
+)
+def test_json_array_and_stream_kept_or_refused_with_file_line(
+    tmp_path_factory, elements, array, truncate
+):
     tmp = tmp_path_factory.mktemp("arr")
     body = (b"[\n" + b",\n".join(elements) + b"\n]\n") if array else b"\n".join(elements) + b"\n"
     if truncate:
@@ -292,7 +366,7 @@ def test_plain_lines_container_and_sniffing(tmp_path_factory, lines):
         items, fatal = _items(path, Sniff("lines"))
         assert fatal is None
         assert len({line for line, _ in items}) == len(items)
-        for line, value in items:
+        for _line, value in items:
             assert isinstance(value, (dict, RecordError))
         try:
             sn = readers.sniff(path, str(path))

@@ -19,8 +19,9 @@ def run_check(*args: str, out=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHON": sys.executable, "MPLBACKEND": "Agg", "CUDA_VISIBLE_DEVICES": ""}
     if out is not None:
         env["OUT"] = str(out)
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=600,
-                          env=env, cwd=REPO)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=600, env=env, cwd=REPO
+    )
 
 
 def test_without_a_gpu_it_says_so_and_exits_cleanly():

@@ -29,8 +29,12 @@ from minillm_core.tokenizer import TRICKY_TEXT, Tokenizer, load_tokenizer  # noq
 from minillm_core.train.checkpointer import load_checkpoint, save_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE_SHAPE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-               "num_key_value_heads": 2}
+SMOKE_SHAPE = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 
 
 @dataclass
@@ -56,23 +60,46 @@ def smoke_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Smoke:
     root = tmp_path_factory.mktemp("hf_smoke")
     (root / "sources").mkdir()
     quiet = lambda m: None  # noqa: E731
-    mix_cfg = MixConfig(sources_dir=root / "sources", samples_dir=REPO / "dataset",
-                        max_records={"pretrain": 64, "sft": 16, "dpo": 8})
+    mix_cfg = MixConfig(
+        sources_dir=root / "sources",
+        samples_dir=REPO / "dataset",
+        max_records={"pretrain": 64, "sft": 16, "dpo": 8},
+    )
     mixes = [build_mix(mix_cfg, s, root / "processed", log=quiet) for s in ("pretrain", "sft")]
-    train_tokenizer(TokenizerConfig(vocab_size=1024), [m.path for m in mixes], root / "tokenizer",
-                    log=quiet)
+    train_tokenizer(
+        TokenizerConfig(vocab_size=1024), [m.path for m in mixes], root / "tokenizer", log=quiet
+    )
     tok = load_tokenizer(root / "tokenizer")
-    export_tokens(TensorConfig(max_length=128), "pretrain", mixes[0].path, root / "tokenizer",
-                  root / "tokens", log=quiet)
-    train(TrainConfig(stage="pretrain", data_path=str(root / "tokens"), out_dir=str(root / "ckpt"),
-                      max_steps=2, batch_size=4, accumulation_steps=1, epochs=1,
-                      learning_rate=3e-3, log_interval=1),
-          ModelConfig(vocab_size=tok.get_vocab_size(), **SMOKE_SHAPE), log=quiet)
+    export_tokens(
+        TensorConfig(max_length=128),
+        "pretrain",
+        mixes[0].path,
+        root / "tokenizer",
+        root / "tokens",
+        log=quiet,
+    )
+    train(
+        TrainConfig(
+            stage="pretrain",
+            data_path=str(root / "tokens"),
+            out_dir=str(root / "ckpt"),
+            max_steps=2,
+            batch_size=4,
+            accumulation_steps=1,
+            epochs=1,
+            learning_rate=3e-3,
+            log_interval=1,
+        ),
+        ModelConfig(vocab_size=tok.get_vocab_size(), **SMOKE_SHAPE),
+        log=quiet,
+    )
     torch.manual_seed(0)
-    varied = MiniLLM(ModelConfig(vocab_size=tok.get_vocab_size(), initializer_range=0.2,
-                                 **SMOKE_SHAPE))
-    save_checkpoint(root / "varied", varied, {"stage": "test", "step": 0,
-                                              "tokenizer_hash": tok.hash})
+    varied = MiniLLM(
+        ModelConfig(vocab_size=tok.get_vocab_size(), initializer_range=0.2, **SMOKE_SHAPE)
+    )
+    save_checkpoint(
+        root / "varied", varied, {"stage": "test", "step": 0, "tokenizer_hash": tok.hash}
+    )
     _BUILT["smoke"] = Smoke(root / "tokenizer", root / "ckpt", root / "varied", tok)
     return _BUILT["smoke"]
 
@@ -102,13 +129,18 @@ def _load_hf(path: Path):
 
 
 def _batch(tok: Tokenizer, vocab: int) -> torch.Tensor:
-    prompt = tok.render_for_completion([{"role": "system", "content": "你是一个助手。"},
-                                        {"role": "user", "content": "介绍一下北京，123 😀"}])
+    prompt = tok.render_for_completion(
+        [
+            {"role": "system", "content": "你是一个助手。"},
+            {"role": "user", "content": "介绍一下北京，123 😀"},
+        ]
+    )
     rand = torch.randint(0, vocab, (2, len(prompt)), generator=torch.Generator().manual_seed(1))
     return torch.cat([torch.tensor([prompt]), rand])
 
 
 # ------------------------------------------------------------------------------------ the model
+
 
 def test_exported_logits_equal_native(smoke: Smoke, exported: Path):
     native, _ = load_checkpoint(smoke.varied)
@@ -150,8 +182,9 @@ def test_greedy_generation_equal(smoke: Smoke, exported: Path):
     # The stop ids come from the export's generation_config.json; only greedy is asked for.
     ids = torch.tensor([prompt])
     with torch.inference_mode():
-        got = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                          max_new_tokens=16)[0, len(prompt):].tolist()
+        got = hf.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=16
+        )[0, len(prompt) :].tolist()
     assert got == want
     assert len(want) == 16 and len(set(want)) > 4  # a varied sequence, not one token repeated
 
@@ -173,12 +206,30 @@ def test_config_maps_every_shape_field(smoke: Smoke, exported: Path):
     native, _ = load_checkpoint(smoke.varied)
     c = native.config
     hf = _load_hf(exported).config
-    assert (hf.hidden_size, hf.intermediate_size, hf.num_hidden_layers, hf.num_attention_heads,
-            hf.num_key_value_heads, hf.head_dim, hf.rms_norm_eps, hf.vocab_size,
-            hf.max_position_embeddings) == (
-        c.hidden_size, c.ffn_size, c.num_hidden_layers, c.num_attention_heads, c.kv_heads,
-        c.head_dim, c.rms_norm_eps, c.vocab_size, c.max_position_embeddings)
-    theta = hf.rope_parameters["rope_theta"] if getattr(hf, "rope_parameters", None) else hf.rope_theta
+    assert (
+        hf.hidden_size,
+        hf.intermediate_size,
+        hf.num_hidden_layers,
+        hf.num_attention_heads,
+        hf.num_key_value_heads,
+        hf.head_dim,
+        hf.rms_norm_eps,
+        hf.vocab_size,
+        hf.max_position_embeddings,
+    ) == (
+        c.hidden_size,
+        c.ffn_size,
+        c.num_hidden_layers,
+        c.num_attention_heads,
+        c.kv_heads,
+        c.head_dim,
+        c.rms_norm_eps,
+        c.vocab_size,
+        c.max_position_embeddings,
+    )
+    theta = (
+        hf.rope_parameters["rope_theta"] if getattr(hf, "rope_parameters", None) else hf.rope_theta
+    )
     assert theta == c.rope_theta
 
 
@@ -186,10 +237,14 @@ def test_exported_context_is_the_trained_context(smoke: Smoke, tmp_path: Path):
     """config.json's max_position_embeddings is the context the model trained at (its config's
     one sequence length), not a larger default; the tokenizer's model_max_length follows it."""
     torch.manual_seed(0)
-    model = MiniLLM(ModelConfig(vocab_size=smoke.tok.get_vocab_size(), max_position_embeddings=96,
-                                **SMOKE_SHAPE))
-    save_checkpoint(tmp_path / "ckpt", model, {"stage": "sft", "step": 1,
-                                               "tokenizer_hash": smoke.tok.hash})
+    model = MiniLLM(
+        ModelConfig(
+            vocab_size=smoke.tok.get_vocab_size(), max_position_embeddings=96, **SMOKE_SHAPE
+        )
+    )
+    save_checkpoint(
+        tmp_path / "ckpt", model, {"stage": "sft", "step": 1, "tokenizer_hash": smoke.tok.hash}
+    )
     export_hf(tmp_path / "ckpt", smoke.tokenizer_dir, tmp_path / "hf", ExportConfig(verify="never"))
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     tok_config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
@@ -198,11 +253,19 @@ def test_exported_context_is_the_trained_context(smoke: Smoke, tmp_path: Path):
 
 def test_untied_model_exports_its_head(smoke: Smoke, tmp_path: Path):
     torch.manual_seed(1)
-    model = MiniLLM(ModelConfig(vocab_size=smoke.tok.get_vocab_size(), tie_word_embeddings=False,
-                                initializer_range=0.2, intermediate_size=96, **SMOKE_SHAPE))
+    model = MiniLLM(
+        ModelConfig(
+            vocab_size=smoke.tok.get_vocab_size(),
+            tie_word_embeddings=False,
+            initializer_range=0.2,
+            intermediate_size=96,
+            **SMOKE_SHAPE,
+        )
+    )
     save_checkpoint(tmp_path / "ckpt", model, {"tokenizer_hash": smoke.tok.hash})
-    report = export_hf(tmp_path / "ckpt", smoke.tokenizer_dir, tmp_path / "hf",
-                       ExportConfig(verify="never"))
+    report = export_hf(
+        tmp_path / "ckpt", smoke.tokenizer_dir, tmp_path / "hf", ExportConfig(verify="never")
+    )
     hf = _load_hf(report.path)
     assert hf.lm_head.weight.data_ptr() != hf.model.embed_tokens.weight.data_ptr()
     batch = _batch(smoke.tok, model.config.vocab_size)
@@ -234,9 +297,12 @@ def test_hf_tokenizer_gives_our_ids(smoke: Smoke, exported: Path):
         assert hf_tok.decode(ids) == text
     # Literal special-token strings: HF makes them control tokens (what its chat template needs),
     # ours keeps them as text; split_special_tokens=True gives ours (documented difference).
-    assert hf_tok(TRICKY_TEXT, add_special_tokens=False)["input_ids"] != smoke.tok.encode(TRICKY_TEXT)
-    assert hf_tok(TRICKY_TEXT, add_special_tokens=False, split_special_tokens=True)["input_ids"] \
-        == smoke.tok.encode(TRICKY_TEXT)
+    assert hf_tok(TRICKY_TEXT, add_special_tokens=False)["input_ids"] != smoke.tok.encode(
+        TRICKY_TEXT
+    )
+    assert hf_tok(TRICKY_TEXT, add_special_tokens=False, split_special_tokens=True)[
+        "input_ids"
+    ] == smoke.tok.encode(TRICKY_TEXT)
     assert hf_tok.bos_token_id == smoke.tok.bos_token_id
     assert hf_tok.eos_token_id == smoke.tok.encode_special("<|assistant_end|>")
 
@@ -250,7 +316,8 @@ def test_merges_reproduce_tiktoken_on_arbitrary_text(smoke: Smoke):
     hf = tokenizers.Tokenizer.from_str(json.dumps(hf_export.tokenizer_json(smoke.tok)))
     alphabet = st.sampled_from(
         list("你好世界的一是在不了 \n\t\r0123456789abcABC'.,!？。😀é\u3000")
-        + ["👍🏽", "\u200d", "ll", "'s"])
+        + ["👍🏽", "\u200d", "ll", "'s"]
+    )
 
     @settings(max_examples=200, deadline=None, derandomize=True)
     @given(st.lists(alphabet, max_size=40).map("".join))
@@ -259,7 +326,7 @@ def test_merges_reproduce_tiktoken_on_arbitrary_text(smoke: Smoke):
 
     check()
     # Every learned token is reached through its recovered merges.
-    for b, rank in smoke.tok.mergeable_ranks.items():
+    for b in smoke.tok.mergeable_ranks:
         try:
             s = b.decode("utf-8")
         except UnicodeDecodeError:
@@ -303,17 +370,26 @@ def _ids(encoded) -> list[int]:
 def test_chat_template_gives_our_ids(smoke: Smoke, exported: Path, conv):
     transformers = _transformers()
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(exported))
-    assert _ids(hf_tok.apply_chat_template(conv, tokenize=True)) == \
-        smoke.tok.render_conversation(conv, max_tokens=10**9)[0]
-    assert _ids(hf_tok.apply_chat_template(conv, tokenize=True, add_generation_prompt=True)) == \
-        smoke.tok.render_for_completion(conv)
+    assert (
+        _ids(hf_tok.apply_chat_template(conv, tokenize=True))
+        == smoke.tok.render_conversation(conv, max_tokens=10**9)[0]
+    )
+    assert _ids(
+        hf_tok.apply_chat_template(conv, tokenize=True, add_generation_prompt=True)
+    ) == smoke.tok.render_for_completion(conv)
 
 
-@pytest.mark.parametrize("conv, message", [
-    ([{"role": "system", "content": "s"}], "must be followed by a user message"),
-    ([{"role": "user", "content": "u"}, {"role": "system", "content": "s"}], "only allowed first"),
-    ([{"role": "wizard", "content": "w"}], "unknown role"),
-])
+@pytest.mark.parametrize(
+    "conv, message",
+    [
+        ([{"role": "system", "content": "s"}], "must be followed by a user message"),
+        (
+            [{"role": "user", "content": "u"}, {"role": "system", "content": "s"}],
+            "only allowed first",
+        ),
+        ([{"role": "wizard", "content": "w"}], "unknown role"),
+    ],
+)
 def test_chat_template_refuses_what_we_refuse(smoke: Smoke, exported: Path, conv, message):
     transformers = _transformers()
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(exported))
@@ -325,6 +401,7 @@ def test_chat_template_refuses_what_we_refuse(smoke: Smoke, exported: Path, conv
 
 # ------------------------------------------------------------------------------- the export verb
 
+
 def test_export_verifies_and_reports(smoke: Smoke, tmp_path: Path):
     _transformers()
     out = tmp_path / "hf"
@@ -333,8 +410,13 @@ def test_export_verifies_and_reports(smoke: Smoke, tmp_path: Path):
     assert report.path == out and md["verified"] is True
     assert 0 <= md["max_abs_logit_diff"] <= 1e-4 and md["greedy_equal"] is True
     assert md["parameters"] == load_checkpoint(smoke.checkpoint)[0].num_parameters()
-    assert set(md["files"]) >= {"config.json", "model.safetensors", "tokenizer.json",
-                                "tokenizer_config.json", "generation_config.json"}
+    assert set(md["files"]) >= {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    }
     assert sorted(p.name for p in out.iterdir()) == md["files"]
     json.dumps(md)  # JSON-able, for the asset's metadata
     side = json.loads((out / hf_export.EXPORT_META).read_text())
@@ -355,8 +437,9 @@ def test_failed_verification_keeps_the_previous_export(smoke: Smoke, tmp_path: P
 
 def test_bfloat16_export(smoke: Smoke, tmp_path: Path):
     _transformers()
-    report = export_hf(smoke.varied, smoke.tokenizer_dir, tmp_path / "hf",
-                       ExportConfig(dtype="bfloat16"))
+    report = export_hf(
+        smoke.varied, smoke.tokenizer_dir, tmp_path / "hf", ExportConfig(dtype="bfloat16")
+    )
     assert report.metadata["verified"] and report.metadata["max_abs_logit_diff"] <= 1e-4
     cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert cfg["torch_dtype"] == "bfloat16"
@@ -382,24 +465,45 @@ def test_chat_template_is_the_shipped_jinja_file():
 
 
 def test_command(smoke: Smoke, tmp_path: Path, capsys):
-    rc = export_cli.main(["--checkpoint", str(smoke.varied), "--tokenizer", str(smoke.tokenizer_dir),
-                         "--out", str(tmp_path / "hf"), "--verify", "never"])
+    rc = export_cli.main(
+        [
+            "--checkpoint",
+            str(smoke.varied),
+            "--tokenizer",
+            str(smoke.tokenizer_dir),
+            "--out",
+            str(tmp_path / "hf"),
+            "--verify",
+            "never",
+        ]
+    )
     assert rc == 0
     assert json.loads(capsys.readouterr().out)["path"] == str(tmp_path / "hf")
-    rc = export_cli.main(["--checkpoint", str(tmp_path / "missing"), "--tokenizer",
-                         str(smoke.tokenizer_dir), "--out", str(tmp_path / "hf2")])
+    rc = export_cli.main(
+        [
+            "--checkpoint",
+            str(tmp_path / "missing"),
+            "--tokenizer",
+            str(smoke.tokenizer_dir),
+            "--out",
+            str(tmp_path / "hf2"),
+        ]
+    )
     assert rc == 2 and "not found" in capsys.readouterr().err
 
 
-def test_without_transformers_the_export_is_written_unverified(smoke: Smoke, tmp_path: Path,
-                                                               monkeypatch):
+def test_without_transformers_the_export_is_written_unverified(
+    smoke: Smoke, tmp_path: Path, monkeypatch
+):
     monkeypatch.setattr(verify, "_transformers", lambda: None)
     messages: list[str] = []
     report = export_hf(smoke.varied, smoke.tokenizer_dir, tmp_path / "hf", log=messages.append)
     assert report.metadata["verified"] is False and "max_abs_logit_diff" not in report.metadata
     assert any("not verified" in m for m in messages)
     with pytest.raises(ExportError, match="needs transformers"):
-        export_hf(smoke.varied, smoke.tokenizer_dir, tmp_path / "hf2", ExportConfig(verify="always"))
+        export_hf(
+            smoke.varied, smoke.tokenizer_dir, tmp_path / "hf2", ExportConfig(verify="always")
+        )
     assert not (tmp_path / "hf2").exists()
 
 
@@ -407,10 +511,12 @@ def test_core_modules_import_without_the_optional_extras():
     import subprocess
     import sys
 
-    code = ("import sys\n"
-            "for name in ('transformers', 'tokenizers', 'fastapi', 'uvicorn', 'openai'):\n"
-            "    sys.modules[name] = None  # any import of it now fails\n"
-            "import minillm_core.export, minillm_core.inference, minillm_core.eval\n"
-            "import minillm_cli.serve, minillm_cli.chat, minillm_cli.export\n")
+    code = (
+        "import sys\n"
+        "for name in ('transformers', 'tokenizers', 'fastapi', 'uvicorn', 'openai'):\n"
+        "    sys.modules[name] = None  # any import of it now fails\n"
+        "import minillm_core.export, minillm_core.inference, minillm_core.eval\n"
+        "import minillm_cli.serve, minillm_cli.chat, minillm_cli.export\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -26,8 +26,12 @@ from tests.faults_helpers import REPO, Payload, count, payload_bytes
 
 pytestmark = pytest.mark.faults
 
-TEXTS = ["你好，世界！今天天气很好。", "The quick brown fox jumps over the lazy dog.",
-         "机器学习是人工智能的一个分支。", "数字 12345 和 emoji 😀"] * 20
+TEXTS = [
+    "你好，世界！今天天气很好。",
+    "The quick brown fox jumps over the lazy dog.",
+    "机器学习是人工智能的一个分支。",
+    "数字 12345 和 emoji 😀",
+] * 20
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +41,23 @@ def arts(tmp_path_factory):
     tok = Tokenizer.train_from_iterator(TEXTS, vocab_size=300, trainer="auto")
     tok.save(root / "tokenizer")
     mix = root / "pretrain.jsonl"
-    mix.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in TEXTS),
-                   encoding="utf-8")
-    export_tokens(TensorConfig(max_length=16, shard_rows=8), "pretrain", mix, root / "tokenizer",
-                  root / "tokens")
-    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), hidden_size=16, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1)
+    mix.write_text(
+        "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in TEXTS), encoding="utf-8"
+    )
+    export_tokens(
+        TensorConfig(max_length=16, shard_rows=8),
+        "pretrain",
+        mix,
+        root / "tokenizer",
+        root / "tokens",
+    )
+    cfg = ModelConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     torch.manual_seed(0)
     save_checkpoint(root / "ckpt", MiniLLM(cfg), {"stage": "pretrain", "tokenizer_hash": tok.hash})
     return root
@@ -69,8 +84,13 @@ def test_tokenizer_pkl_with_a_payload_is_never_unpickled(arts, tmp_path):
     tok = load_tokenizer(tok_dir)
     assert tok.decode(tok.encode("你好 world")) == "你好 world"
     assert check_tokenizer(tok_dir) == []
-    export_tokens(TensorConfig(max_length=16), "pretrain", arts / "pretrain.jsonl", tok_dir,
-                  tmp_path / "tokens")
+    export_tokens(
+        TensorConfig(max_length=16),
+        "pretrain",
+        arts / "pretrain.jsonl",
+        tok_dir,
+        tmp_path / "tokens",
+    )
     assert not marker.exists(), "tokenizer.pkl was unpickled"
     count("hostile_files_refused")
 
@@ -89,9 +109,17 @@ def test_resume_state_with_a_payload_is_refused_and_never_run(arts, tmp_path):
     from minillm_core.train import TrainConfig, train
 
     model_cfg = ModelConfig(**json.loads((ckpt / "model.json").read_text())["model"])
-    cfg = TrainConfig(stage="pretrain", data_path=str(arts / "tokens"), out_dir=str(ckpt),
-                      batch_size=2, max_steps=1, save_interval=1, log_interval=1, device="cpu",
-                      dtype="float32")
+    cfg = TrainConfig(
+        stage="pretrain",
+        data_path=str(arts / "tokens"),
+        out_dir=str(ckpt),
+        batch_size=2,
+        max_steps=1,
+        save_interval=1,
+        log_interval=1,
+        device="cpu",
+        dtype="float32",
+    )
     with pytest.raises(ArtifactError, match="refused"):
         train(cfg, model_cfg)
     assert not marker.exists(), "resume.pt was unpickled"
@@ -155,14 +183,22 @@ def test_truncated_files_give_an_error_naming_the_file(arts, tmp_path, what):
 
 
 # Loaders that can run code from a file. The project must never call them on its artifacts.
-_UNSAFE_CALLS = {("pickle", "load"), ("pickle", "loads"), ("pickle", "Unpickler"),
-                 ("dill", "load"), ("joblib", "load"), ("cloudpickle", "load")}
+_UNSAFE_CALLS = {
+    ("pickle", "load"),
+    ("pickle", "loads"),
+    ("pickle", "Unpickler"),
+    ("dill", "load"),
+    ("joblib", "load"),
+    ("cloudpickle", "load"),
+}
 
 
 def _project_sources() -> list[Path]:
-    files = [*sorted((REPO / "minillm_core").glob("*.py")),
-             *sorted((REPO / "minillm_assets").glob("*.py")),
-             *sorted((REPO / "scripts").glob("*.py"))]
+    files = [
+        *sorted((REPO / "minillm_core").glob("*.py")),
+        *sorted((REPO / "minillm_assets").glob("*.py")),
+        *sorted((REPO / "scripts").glob("*.py")),
+    ]
     assert len(files) > 20
     return files
 

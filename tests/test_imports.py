@@ -29,18 +29,20 @@ def test_core_never_imports_dagster_or_assets():
 
 
 def test_only_the_tokenizer_imports_the_rust_extension():
-    for f in sorted((REPO / "minillm_core").rglob("*.py")) + \
-            sorted((REPO / "minillm_assets").rglob("*.py")):
+    for f in sorted((REPO / "minillm_core").rglob("*.py")) + sorted(
+        (REPO / "minillm_assets").rglob("*.py")
+    ):
         if "minillm_rustbpe" in _imports(f):
             assert f.relative_to(REPO).as_posix() == "minillm_core/tokenizer/trainers.py", f
 
 
 def test_importing_every_core_module_loads_no_dagster():
-    code = ("import importlib, pkgutil, sys, minillm_core\n"
-            "for m in pkgutil.walk_packages(minillm_core.__path__, 'minillm_core.'):\n"
-            "    importlib.import_module(m.name)\n"
-            "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('dagster', 'minillm_assets'))\n"
-            "assert not bad, bad\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
+    code = (
+        "import importlib, pkgutil, sys, minillm_core\n"
+        "for m in pkgutil.walk_packages(minillm_core.__path__, 'minillm_core.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('dagster', 'minillm_assets'))\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

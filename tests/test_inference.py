@@ -64,20 +64,35 @@ def test_seeded_sampling_repeats_and_bad_settings_are_refused():
     p = SamplingParams(temperature=0.9, top_p=0.9, min_p=0.05, seed=3)
     logits = torch.randn(1, 50, generator=torch.Generator().manual_seed(0))
     a, b = Sampler(p), Sampler(p)
-    assert [int(a.sample(logits)[0]) for _ in range(20)] == [int(b.sample(logits)[0])
-                                                              for _ in range(20)]
-    for bad in ({"top_p": 0.0}, {"top_p": 1.5}, {"min_p": -0.1}, {"temperature": -1.0},
-                {"repetition_penalty": 0.0}, {"top_k": -1}, {"seed": 2**64},
-                {"seed": -(2**63) - 1}):
+    assert [int(a.sample(logits)[0]) for _ in range(20)] == [
+        int(b.sample(logits)[0]) for _ in range(20)
+    ]
+    for bad in (
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+        {"min_p": -0.1},
+        {"temperature": -1.0},
+        {"repetition_penalty": 0.0},
+        {"top_k": -1},
+        {"seed": 2**64},
+        {"seed": -(2**63) - 1},
+    ):
         with pytest.raises(ConfigError):
             SamplingParams(**bad)
 
 
 def test_generate_honours_max_context_and_stops():
     torch.manual_seed(0)
-    m = MiniLLM(ModelConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
-                            num_attention_heads=2, initializer_range=0.5,
-                            max_position_embeddings=32)).eval()
+    m = MiniLLM(
+        ModelConfig(
+            vocab_size=64,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            initializer_range=0.5,
+            max_position_embeddings=32,
+        )
+    ).eval()
     full = complete(m, [1, 2, 3], 40)
     assert len(full) == 29  # the model's context bounds prompt + output
     assert list(generate(m, [1, 2, 3], 40, max_context=10)) == full[:7]
@@ -89,6 +104,7 @@ def test_generate_honours_max_context_and_stops():
 
 
 # ------------------------------------------------------------------- one sampler everywhere
+
 
 class Echo(nn.Module):
     """Greedy output: the byte 'a' forever (any module returning logits can generate)."""
@@ -124,11 +140,26 @@ def test_chat_eval_serve_and_export_all_sample_through_the_one_sampler(calls, tm
     tok = Tokenizer({bytes([b]): b for b in range(256)})
     model = Echo(tok.get_vocab_size())
 
-    chat.chat_loop(model, tok, temperature=0.0, max_new_tokens=3, max_context=64,
-                   stdout=io.StringIO(), prompt="hi")
+    chat.chat_loop(
+        model,
+        tok,
+        temperature=0.0,
+        max_new_tokens=3,
+        max_context=64,
+        stdout=io.StringIO(),
+        prompt="hi",
+    )
     assert len(calls) == 3
-    s = scoring.generate_samples(model, tok, ["x"], chat=False, max_new_tokens=4, max_seq_len=64,
-                                 device=torch.device("cpu"), dtype=torch.float32)
+    s = scoring.generate_samples(
+        model,
+        tok,
+        ["x"],
+        chat=False,
+        max_new_tokens=4,
+        max_seq_len=64,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
     assert s[0]["completion"] == "aaaa" and len(calls) == 7
     engine = serve_engine.Engine(model, tok, max_context=64)
     events = list(engine.events([1, 2], 2, SamplingParams(temperature=0.7, seed=1)))
@@ -138,13 +169,23 @@ def test_chat_eval_serve_and_export_all_sample_through_the_one_sampler(calls, tm
         pass
 
     torch.manual_seed(0)
-    native = Native(ModelConfig(vocab_size=tok.get_vocab_size(), hidden_size=16,
-                                num_hidden_layers=1, num_attention_heads=2))
+    native = Native(
+        ModelConfig(
+            vocab_size=tok.get_vocab_size(),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        )
+    )
 
     class HF:  # stands in for transformers' model: returns what the native model generates
         def generate(self, ids, max_new_tokens, eos_token_id, **kw):
-            new = complete(native, ids[0].tolist(), max_new_tokens,
-                           SamplingParams(stop_ids=tuple(eos_token_id)))
+            new = complete(
+                native,
+                ids[0].tolist(),
+                max_new_tokens,
+                SamplingParams(stop_ids=tuple(eos_token_id)),
+            )
             return torch.tensor([ids[0].tolist() + new])
 
     before = len(calls)
@@ -156,15 +197,21 @@ def test_chat_eval_serve_and_export_all_sample_through_the_one_sampler(calls, tm
 def test_no_other_module_samples():
     """Only minillm_core/inference.py draws tokens (multinomial) or defines a sampling helper."""
     offenders = []
-    for path in sorted((REPO / "minillm_core").rglob("*.py")) + \
-            sorted((REPO / "minillm_cli").rglob("*.py")):
+    for path in sorted((REPO / "minillm_core").rglob("*.py")) + sorted(
+        (REPO / "minillm_cli").rglob("*.py")
+    ):
         if path == REPO / "minillm_core" / "inference.py":
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Attribute) and node.attr == "multinomial":
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno} multinomial")
             if isinstance(node, ast.FunctionDef) and node.name in (
-                    "sample_next", "_pick", "stream_tokens", "stream", "generate"):
+                "sample_next",
+                "_pick",
+                "stream_tokens",
+                "stream",
+                "generate",
+            ):
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno} def {node.name}")
     assert not offenders, offenders
     assert inference.Sampler.sample.__module__ == "minillm_core.inference"

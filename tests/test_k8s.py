@@ -76,10 +76,15 @@ def _construct(kubernetes, model: str, doc: dict) -> Any:
     return kubernetes.client.ApiClient().deserialize(Response(), model)
 
 
-KINDS = {("v1", "Pod"): "V1Pod", ("v1", "Service"): "V1Service", ("batch/v1", "Job"): "V1Job",
-         ("v1", "ServiceAccount"): "V1ServiceAccount", ("v1", "PersistentVolumeClaim"): "V1PersistentVolumeClaim",
-         ("rbac.authorization.k8s.io/v1", "Role"): "V1Role",
-         ("rbac.authorization.k8s.io/v1", "RoleBinding"): "V1RoleBinding"}
+KINDS = {
+    ("v1", "Pod"): "V1Pod",
+    ("v1", "Service"): "V1Service",
+    ("batch/v1", "Job"): "V1Job",
+    ("v1", "ServiceAccount"): "V1ServiceAccount",
+    ("v1", "PersistentVolumeClaim"): "V1PersistentVolumeClaim",
+    ("rbac.authorization.k8s.io/v1", "Role"): "V1Role",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "V1RoleBinding",
+}
 
 
 def _docs(name: str) -> list[dict]:
@@ -89,8 +94,9 @@ def _docs(name: str) -> list[dict]:
 def test_manifests_are_current_renderings():
     render = _render()
     for name, text in render.documents().items():
-        assert (DEPLOY / name).read_text(encoding="utf-8") == text, \
+        assert (DEPLOY / name).read_text(encoding="utf-8") == text, (
             f"deploy/k8s/{name} is stale: run python deploy/k8s/render.py"
+        )
 
 
 @pytest.mark.parametrize("name", ["training-pod.yaml", "multinode-job.yaml", "rbac.yaml"])
@@ -131,11 +137,20 @@ def test_pipes_k8s_client_builds_its_pod_from_the_asset_spec():
     from minillm_core.train.ddp import DistributedConfig
 
     dist = DistributedConfig(launcher="k8s", nproc_per_node=4)
-    spec = k8s_pod_spec(K8sPodConfig(image="img:1", volume_claim="claim", node_selector={"gpu": "h100"}),
-                        dist, gpu=True, mount_path="/project")
-    pod = pipes.build_pod_body(pod_name="p", image="img:1", command=["python", "-m", "x"],
-                               env_vars={"DAGSTER_PIPES_CONTEXT": "ctx", "DAGSTER_PIPES_MESSAGES": "msg"},
-                               base_pod_meta={"labels": {"minillm/stage": "pretrain"}}, base_pod_spec=spec)
+    spec = k8s_pod_spec(
+        K8sPodConfig(image="img:1", volume_claim="claim", node_selector={"gpu": "h100"}),
+        dist,
+        gpu=True,
+        mount_path="/project",
+    )
+    pod = pipes.build_pod_body(
+        pod_name="p",
+        image="img:1",
+        command=["python", "-m", "x"],
+        env_vars={"DAGSTER_PIPES_CONTEXT": "ctx", "DAGSTER_PIPES_MESSAGES": "msg"},
+        base_pod_meta={"labels": {"minillm/stage": "pretrain"}},
+        base_pod_spec=spec,
+    )
     c = pod.spec.containers[0]
     assert c.image == "img:1" and c.command == ["python", "-m", "x"]
     assert c.resources.limits["nvidia.com/gpu"] == "4"
@@ -149,8 +164,9 @@ def test_cpu_pod_asks_for_no_gpu():
     from minillm_assets.k8s import K8sPodConfig, k8s_pod_spec
     from minillm_core.train.ddp import DistributedConfig
 
-    spec = k8s_pod_spec(K8sPodConfig(image="i"), DistributedConfig(nproc_per_node=2), gpu=False,
-                        mount_path="/p")
+    spec = k8s_pod_spec(
+        K8sPodConfig(image="i"), DistributedConfig(nproc_per_node=2), gpu=False, mount_path="/p"
+    )
     assert "nvidia.com/gpu" not in str(spec) and len(spec["volumes"]) == 1  # no claim: shm only
 
 
@@ -161,13 +177,21 @@ def test_multinode_job_agrees_with_itself():
     cmd = pod["containers"][0]["command"]
     nnodes = int(cmd[cmd.index("--nnodes") + 1])
     nproc = cmd[cmd.index("--nproc_per_node") + 1]
-    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == nnodes == 2
+    assert (
+        spec["completionMode"] == "Indexed"
+        and spec["completions"] == spec["parallelism"] == nnodes == 2
+    )
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == nproc
     host, port = cmd[cmd.index("--rdzv_endpoint") + 1].split(":")
     name = job["metadata"]["name"]
     # pod 0 of the Indexed Job answers at <job>-0.<service> through the headless Service
-    assert host == f"{name}-0.{service['metadata']['name']}" and pod["subdomain"] == service["metadata"]["name"]
-    assert service["spec"]["clusterIP"] == "None" and service["spec"]["selector"] == {"job-name": name}
+    assert (
+        host == f"{name}-0.{service['metadata']['name']}"
+        and pod["subdomain"] == service["metadata"]["name"]
+    )
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["selector"] == {
+        "job-name": name
+    }
     assert int(port) == service["spec"]["ports"][0]["port"]
     assert cmd[cmd.index("-m", 3) + 1] == "minillm_cli.train"  # no Dagster needed in the pods
     assert cmd[cmd.index("--dist_backend") + 1] == "nccl"
@@ -183,4 +207,13 @@ def test_k8s_launcher_refuses_several_nodes_and_a_missing_image():
     with pytest.raises(ConfigError, match="one pod"):
         run_k8s(None, "a", "pretrain", None, None, two, K8sPodConfig(image="i"), Path("/"))
     with pytest.raises(ConfigError, match="image"):
-        run_k8s(None, "a", "pretrain", None, None, DistributedConfig(launcher="k8s"), K8sPodConfig(), Path("/"))
+        run_k8s(
+            None,
+            "a",
+            "pretrain",
+            None,
+            None,
+            DistributedConfig(launcher="k8s"),
+            K8sPodConfig(),
+            Path("/"),
+        )

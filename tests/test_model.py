@@ -10,8 +10,9 @@ from minillm_core.inference import SamplingParams, complete
 from minillm_core.model import MiniLLM, ModelConfig
 from minillm_core.train.checkpointer import load_checkpoint, require_same_model, save_checkpoint
 
-TINY = dict(vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2)
+TINY = dict(
+    vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+)
 
 
 def tiny(**over) -> MiniLLM:
@@ -22,19 +23,32 @@ def tiny(**over) -> MiniLLM:
 
 def test_defaults_are_the_seed_configuration():
     cfg = ModelConfig()
-    assert (cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads) == (6400, 512, 8, 8)
+    assert (cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads) == (
+        6400,
+        512,
+        8,
+        8,
+    )
     assert cfg.kv_heads == 8 and cfg.ffn_size == 1408 and cfg.tie_word_embeddings
 
 
 def test_llama_weight_names_and_tied_count():
     m = tiny()
     names = set(m.state_dict())
-    for n in ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
-              "model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.weight",
-              "model.layers.1.self_attn.v_proj.weight", "model.layers.1.self_attn.o_proj.weight",
-              "model.layers.1.mlp.gate_proj.weight", "model.layers.1.mlp.up_proj.weight",
-              "model.layers.1.mlp.down_proj.weight", "model.layers.1.input_layernorm.weight",
-              "model.layers.1.post_attention_layernorm.weight"]:
+    for n in [
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+        "model.layers.1.self_attn.q_proj.weight",
+        "model.layers.1.self_attn.k_proj.weight",
+        "model.layers.1.self_attn.v_proj.weight",
+        "model.layers.1.self_attn.o_proj.weight",
+        "model.layers.1.mlp.gate_proj.weight",
+        "model.layers.1.mlp.up_proj.weight",
+        "model.layers.1.mlp.down_proj.weight",
+        "model.layers.1.input_layernorm.weight",
+        "model.layers.1.post_attention_layernorm.weight",
+    ]:
         assert n in names
     assert m.state_dict()["model.layers.0.self_attn.k_proj.weight"].shape == (2 * 16, 64)  # GQA
     untied = tiny(tie_word_embeddings=False)
@@ -86,6 +100,7 @@ def test_kv_cache_generation_equals_recomputing_everything():
 
 def test_cache_prefill_in_chunks_matches_one_pass():
     from minillm_core.model import KVCache
+
     m = tiny()
     x = torch.randint(0, 96, (2, 9))
     full = m(x)

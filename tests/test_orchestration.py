@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import dagster as dg
 
@@ -24,8 +23,9 @@ def test_weekly_schedule_is_stopped_and_requests_the_full_graph():
 
 
 def _tick(resource, cursor):
-    with dg.build_sensor_context(cursor=cursor, resources={"minillm": resource},
-                                 repository_def=defs.get_repository_def()) as ctx:
+    with dg.build_sensor_context(
+        cursor=cursor, resources={"minillm": resource}, repository_def=defs.get_repository_def()
+    ) as ctx:
         result = source_data_changed.evaluate_tick(ctx)
         return result, ctx.cursor if result.cursor is None else result.cursor
 
@@ -50,9 +50,11 @@ def test_sensor_requests_one_run_per_content_change(tmp_path):
     assert not touched.run_requests
 
     with pref.open("a", encoding="utf-8") as f:
-        f.write('{"chosen": [{"role": "user", "content": "一加一等于几？"}, {"role": "assistant", '
-                '"content": "等于二。"}], "rejected": [{"role": "user", "content": "一加一等于几？"}, '
-                '{"role": "assistant", "content": "等于三。"}]}\n')
+        f.write(
+            '{"chosen": [{"role": "user", "content": "一加一等于几？"}, {"role": "assistant", '
+            '"content": "等于二。"}], "rejected": [{"role": "user", "content": "一加一等于几？"}, '
+            '{"role": "assistant", "content": "等于三。"}]}\n'
+        )
     changed, new_cursor = _tick(res, cursor)
     (request,) = changed.run_requests
     selected = {k.to_user_string() for k in request.asset_selection}
@@ -78,22 +80,29 @@ def test_source_edit_marks_the_mix_stale_until_rebuilt(tmp_path):
     sources = tmp_path / "sources"
     sources.mkdir()
     general = sources / "general_notes.jsonl"
-    general.write_text("".join(
-        f'{{"text": "第{i}条：春天来了，公园里的花都开了，孩子们在草地上放风筝。"}}\n'
-        for i in range(40)), encoding="utf-8")
+    general.write_text(
+        "".join(
+            f'{{"text": "第{i}条：春天来了，公园里的花都开了，孩子们在草地上放风筝。"}}\n'
+            for i in range(40)
+        ),
+        encoding="utf-8",
+    )
     res = smoke_resource(tmp_path)
     assets = [chinese_sources, pretrain_mix, sft_mix]
     with dg.instance_for_test() as instance:
+
         def status(key: str) -> StaleStatus:
             return get_stale_status_resolver(instance, assets).get_status(dg.AssetKey(key))
 
         def observe() -> None:
-            dg.materialize(assets, instance=instance, resources={"minillm": res},
-                           selection=["chinese_sources"])
+            dg.materialize(
+                assets, instance=instance, resources={"minillm": res}, selection=["chinese_sources"]
+            )
 
         observe()
-        dg.materialize(assets, instance=instance, resources={"minillm": res},
-                       selection=["pretrain_mix"])
+        dg.materialize(
+            assets, instance=instance, resources={"minillm": res}, selection=["pretrain_mix"]
+        )
         assert status("pretrain_mix") == StaleStatus.FRESH
 
         with general.open("a", encoding="utf-8") as f:
@@ -101,8 +110,9 @@ def test_source_edit_marks_the_mix_stale_until_rebuilt(tmp_path):
         observe()
         assert status("pretrain_mix") == StaleStatus.STALE
 
-        dg.materialize(assets, instance=instance, resources={"minillm": res},
-                       selection=["pretrain_mix"])
+        dg.materialize(
+            assets, instance=instance, resources={"minillm": res}, selection=["pretrain_mix"]
+        )
         assert status("pretrain_mix") == StaleStatus.FRESH
 
 

@@ -19,16 +19,21 @@ def test_every_asset_materialized_and_checks_passed(smoke_graph):
 
     result = smoke_graph.result
     assert result.success
-    keys = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()
-            for m in [m.event_specific_data.materialization]}
+    keys = {
+        m.asset_key.to_user_string()
+        for m in result.get_asset_materialization_events()
+        for m in [m.event_specific_data.materialization]
+    }
     graph = defs.resolve_asset_graph()
-    expected = {k.to_user_string() for k in graph.get_all_asset_keys()
-                if graph.get(k).is_materializable}
+    expected = {
+        k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).is_materializable
+    }
     assert keys == expected
     checks = result.get_asset_check_evaluations()
     assert checks, "asset checks ran"
-    failed = [c.check_name for c in checks
-              if not c.passed and c.severity == dg.AssetCheckSeverity.ERROR]
+    failed = [
+        c.check_name for c in checks if not c.passed and c.severity == dg.AssetCheckSeverity.ERROR
+    ]
     assert not failed, failed
 
 
@@ -67,6 +72,7 @@ def test_eval_numbers_shown_on_eval_assets(smoke_graph):
     for stage in STAGES:
         mats = smoke_graph.result.asset_materializations_for_node(f"{stage}_eval")
         assert mats
-        numbers = {k: v.value for k, v in mats[-1].metadata.items()
-                   if isinstance(v.value, (int, float))}
+        numbers = {
+            k: v.value for k, v in mats[-1].metadata.items() if isinstance(v.value, (int, float))
+        }
         assert numbers, f"{stage}_eval shows numbers"

@@ -12,13 +12,31 @@ from tests.conftest import REPO
 
 
 def test_pipeline_command_materializes_everything_and_passes_stage_args(tmp_path):
-    env = {**os.environ, "MINILLM_ROOT": str(tmp_path), "TF_DIR": str(tmp_path / "tf"),
-           "DAGSTER_HOME": str(tmp_path / "home")}
+    env = {
+        **os.environ,
+        "MINILLM_ROOT": str(tmp_path),
+        "TF_DIR": str(tmp_path / "tf"),
+        "DAGSTER_HOME": str(tmp_path / "home"),
+    }
     (tmp_path / "home").mkdir()
     proc = subprocess.run(
-        [sys.executable, "-m", "minillm_assets.pipeline", "--profile", "smoke",
-         "--pretrain-args", "--batch_size 2 --learning_rate 0.002", "--dpo-args", "--beta 0.2"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "minillm_assets.pipeline",
+            "--profile",
+            "smoke",
+            "--pretrain-args",
+            "--batch_size 2 --learning_rate 0.002",
+            "--dpo-args",
+            "--beta 0.2",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "dagster asset materialize -m minillm_assets --select '*'" in out

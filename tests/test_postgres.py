@@ -60,24 +60,60 @@ class Prod:
 
     def __init__(self, tmp: Path, cluster: PgCluster):
         self.tmp = tmp
-        self.env = {**isolated_env(tmp), **cluster.env(),
-                    "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        self.env = {
+            **isolated_env(tmp),
+            **cluster.env(),
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        }
         self.home = Path(self.env["DAGSTER_HOME"])
         (self.home / "dagster.yaml").unlink()  # isolated_env's local instance; prod copies ours
         self.workspace = tmp / "workspace.yaml"
-        self.workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": {
-            "module_name": "tests.pg_location", "attribute": "defs",
-            "working_directory": str(REPO)}}]}))
+        self.workspace.write_text(
+            yaml.safe_dump(
+                {
+                    "load_from": [
+                        {
+                            "python_module": {
+                                "module_name": "tests.pg_location",
+                                "attribute": "defs",
+                                "working_directory": str(REPO),
+                            }
+                        }
+                    ]
+                }
+            )
+        )
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._location: tuple[str, str] | None = None
 
-    def cli(self, *args: str, env: dict[str, str] | None = None, home: Path | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "minillm_cli.prod", *args, "--home",
-                               str(home or self.home), "-w", str(self.workspace), "--port", str(self.port)],
-                              cwd=REPO, env=env or self.env, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+    def cli(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        home: Path | None = None,
+        timeout: float = 300,
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "minillm_cli.prod",
+                *args,
+                "--home",
+                str(home or self.home),
+                "-w",
+                str(self.workspace),
+                "--port",
+                str(self.port),
+            ],
+            cwd=REPO,
+            env=env or self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def start(self) -> None:
         proc = self.cli("start")
@@ -117,8 +153,10 @@ class Prod:
     def wait(self, run_id: str, timeout: float = RUN_TIMEOUT_S) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while (run := self.run(run_id))["status"] not in TERMINAL:
-            assert time.monotonic() < deadline, f"run {run_id} still {run['status']}; daemon log:" \
+            assert time.monotonic() < deadline, (
+                f"run {run_id} still {run['status']}; daemon log:"
                 f"\n{(self.home / 'logs' / 'daemon.log').read_text(errors='replace')[-3000:]}"
+            )
             time.sleep(0.5)
         return run
 
@@ -148,12 +186,16 @@ def smoke_run(prod) -> dict[str, Any]:
 def test_smoke_graph_goes_through_the_queue_and_the_daemon(prod, smoke_run):
     assert smoke_run["status"] == "SUCCESS", smoke_run
     assert {"key": DEVICE_POOL_TAG, "value": "default"} in smoke_run["tags"]
-    events = [e["__typename"] for e in
-              prod.gql(RUN_EVENTS, id=smoke_run["runId"])["logsForRun"]["events"]]
+    events = [
+        e["__typename"] for e in prod.gql(RUN_EVENTS, id=smoke_run["runId"])["logsForRun"]["events"]
+    ]
     # queued by the webserver's run coordinator, then launched by the daemon's queue loop
     assert "RunEnqueuedEvent" in events, " ".join(sorted(set(events)))
-    assert events.index("RunEnqueuedEvent") < events.index("RunStartingEvent") \
+    assert (
+        events.index("RunEnqueuedEvent")
+        < events.index("RunStartingEvent")
         < events.index("RunStartEvent")
+    )
     assert (prod.tmp / "root" / "out" / "dpo" / "model.json").exists()
 
 
@@ -179,8 +221,9 @@ def test_second_training_run_waits_in_the_queue(prod, smoke_run):
     while True:
         a, b = prod.run(first), prod.run(second)
         status = (a["status"], b["status"])
-        assert not (status[0] in IN_PROGRESS and status[1] in IN_PROGRESS), \
+        assert not (status[0] in IN_PROGRESS and status[1] in IN_PROGRESS), (
             "two training runs in progress on one device pool"
+        )
         if status[0] in IN_PROGRESS and status[1] == "QUEUED":
             seen_waiting = b
         if status[0] == "QUEUED" and status[1] in IN_PROGRESS:
@@ -195,8 +238,11 @@ def test_second_training_run_waits_in_the_queue(prod, smoke_run):
     assert {"key": DEVICE_POOL_TAG, "value": "default"} in seen_waiting["tags"]
     queue = prod.gql(QUEUE_CONFIG)["instance"]["runQueueConfig"]
     limits = yaml.safe_load(queue["tagConcurrencyLimitsYaml"])
-    assert {"key": DEVICE_POOL_TAG, "value": {"applyLimitPerUniqueValue": True},
-            "limit": 1} in limits, limits
+    assert {
+        "key": DEVICE_POOL_TAG,
+        "value": {"applyLimitPerUniqueValue": True},
+        "limit": 1,
+    } in limits, limits
     assert queue["isOpConcurrencyAware"]
     # one after the other: the later run started once the earlier had ended
     runs = sorted((a, b), key=lambda r: r["startTime"])
@@ -205,10 +251,16 @@ def test_second_training_run_waits_in_the_queue(prod, smoke_run):
 
 def _step_span(prod: Prod, run_id: str, step: str) -> tuple[int, int]:
     events = prod.gql(RUN_EVENTS, id=run_id)["logsForRun"]["events"]
-    start = [int(e["timestamp"]) for e in events
-             if e["__typename"] == "ExecutionStepStartEvent" and e["stepKey"] == step]
-    end = [int(e["timestamp"]) for e in events
-           if e["__typename"] == "ExecutionStepSuccessEvent" and e["stepKey"] == step]
+    start = [
+        int(e["timestamp"])
+        for e in events
+        if e["__typename"] == "ExecutionStepStartEvent" and e["stepKey"] == step
+    ]
+    end = [
+        int(e["timestamp"])
+        for e in events
+        if e["__typename"] == "ExecutionStepSuccessEvent" and e["stepKey"] == step
+    ]
     assert start and end, f"{step} did not run in {run_id}"
     return start[0], end[-1]
 
@@ -230,8 +282,11 @@ def test_schedule_tick_is_recorded_by_the_daemon(prod):
     # the probe ticks at each minute boundary, evaluated by the daemon's scheduler loop
     deadline = time.monotonic() + 150
     while True:
-        schedules = {s["name"]: s for n in prod.gql(REPOS)["repositoriesOrError"]["nodes"]
-                     for s in n["schedules"]}
+        schedules = {
+            s["name"]: s
+            for n in prod.gql(REPOS)["repositoriesOrError"]["nodes"]
+            for s in n["schedules"]
+        }
         state = schedules[PROBE_SCHEDULE]["scheduleState"]
         if state["ticks"]:
             break
@@ -263,7 +318,8 @@ def test_stopped_database_is_one_clear_line(prod, cluster):
     assert "Connection refused" in err, err
     # `start` stops at the same line before it starts any process
     other = prod.tmp / "other_home"
-    proc = prod.cli("start", env={**prod.env, "DAGSTER_PG_PORT": str(stopped)}, home=other,
-                    timeout=60)
+    proc = prod.cli(
+        "start", env={**prod.env, "DAGSTER_PG_PORT": str(stopped)}, home=other, timeout=60
+    )
     _one_line_error(proc, cluster, stopped)
     assert not (other / "run").exists()

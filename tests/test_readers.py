@@ -82,10 +82,11 @@ def test_json_array_elements_report_their_start_line():
     text = (DATASET / "math_word_problems_sample.json").read_text(encoding="utf-8").splitlines()
     for line, value in got:
         assert text[line - 1].strip() == "{"
-        assert value["question"] in "\n".join(text[line - 1:line + 3])
+        assert value["question"] in "\n".join(text[line - 1 : line + 3])
 
 
 # ------------------------------------------------------------------------------- containers
+
 
 def write(tmp_path: Path, name: str, data: bytes | str) -> Path:
     p = tmp_path / name
@@ -96,8 +97,11 @@ def write(tmp_path: Path, name: str, data: bytes | str) -> Path:
 def test_sniff_by_content_not_extension(tmp_path):
     one_line_array = write(tmp_path, "a.jsonl", json.dumps([{"text": "一"}, {"text": "二"}]))
     assert readers.sniff(one_line_array, "a").container == "json_array"
-    nanochat = write(tmp_path, "b.json", json.dumps([{"role": "user", "content": "你好"},
-                                                     {"role": "assistant", "content": "好"}]))
+    nanochat = write(
+        tmp_path,
+        "b.json",
+        json.dumps([{"role": "user", "content": "你好"}, {"role": "assistant", "content": "好"}]),
+    )
     assert readers.sniff(nanochat, "b").container == "jsonl"
     stream = write(tmp_path, "c.jsonl", '{\n  "text": "一"\n}\n{\n  "text": "二"\n}\n')
     assert readers.sniff(stream, "c").container == "json_stream"
@@ -106,32 +110,46 @@ def test_sniff_by_content_not_extension(tmp_path):
 
 
 def test_concatenated_objects_on_one_line(tmp_path):
-    p = write(tmp_path, "ff.jsonl",
-              '{"input": "甲", "target": "乙"}{"input": "丙", "target": "丁"}\n')
+    p = write(
+        tmp_path, "ff.jsonl", '{"input": "甲", "target": "乙"}{"input": "丙", "target": "丁"}\n'
+    )
     got = items(p)
     assert [(line, v["input"]) for line, v in got] == [(1, "甲"), (1, "丙")]
 
 
 def test_bom_and_crlf(tmp_path):
-    p = write(tmp_path, "x.jsonl",
-              b"\xef\xbb\xbf" + '{"text": "你好"}\r\n{"text": "再见"}\r\n'.encode())
+    p = write(
+        tmp_path, "x.jsonl", b"\xef\xbb\xbf" + '{"text": "你好"}\r\n{"text": "再见"}\r\n'.encode()
+    )
     assert [v for _, v in items(p)] == [{"text": "你好"}, {"text": "再见"}]
     arr = write(tmp_path, "y.json", b"\xef\xbb\xbf[\r\n" + '{"text": "你好"}\r\n]\r\n'.encode())
     assert [v for _, v in items(arr)] == [{"text": "你好"}]
 
 
-@pytest.mark.parametrize("data,needle", [
-    (gzip.compress(b'{"text": "x"}\n'), "gzip"),
-    (b"PK\x03\x04" + b"\x00" * 40, "zip"),
-    (b"PAR1\x00\x00", "Parquet"),
-    (b"\x28\xb5\x2f\xfd\x00", "zstd"),
-    (b"<!DOCTYPE html>\n<html><body>502 Bad Gateway</body></html>", "HTML"),
-    (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n", "Git LFS pointer"),
-    (("\n".join(json.dumps({"text": f"第{i}行中文内容"}, ensure_ascii=False)
-                for i in range(10))).encode("gbk"), "GBK"),
-    (b'{"text": "a"}\x00\x00\x00', "NUL bytes"),
-    (b"just some words without structure\n", "container to 'lines'"),
-])
+@pytest.mark.parametrize(
+    "data,needle",
+    [
+        (gzip.compress(b'{"text": "x"}\n'), "gzip"),
+        (b"PK\x03\x04" + b"\x00" * 40, "zip"),
+        (b"PAR1\x00\x00", "Parquet"),
+        (b"\x28\xb5\x2f\xfd\x00", "zstd"),
+        (b"<!DOCTYPE html>\n<html><body>502 Bad Gateway</body></html>", "HTML"),
+        (
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n",
+            "Git LFS pointer",
+        ),
+        (
+            (
+                "\n".join(
+                    json.dumps({"text": f"第{i}行中文内容"}, ensure_ascii=False) for i in range(10)
+                )
+            ).encode("gbk"),
+            "GBK",
+        ),
+        (b'{"text": "a"}\x00\x00\x00', "NUL bytes"),
+        (b"just some words without structure\n", "container to 'lines'"),
+    ],
+)
 def test_non_text_sources_are_named(tmp_path, data, needle):
     p = write(tmp_path, "data.jsonl", data)
     with pytest.raises(MixError) as exc:
@@ -150,8 +168,10 @@ def test_one_bad_utf8_line_is_not_called_gbk(tmp_path):
 
 def test_plain_lines_on_request(tmp_path):
     p = write(tmp_path, "t.txt", "第一篇文档。\n\n第二篇文档。\n")
-    assert [(line, v["text"]) for line, v in items(p, "lines")] == [(1, "第一篇文档。"),
-                                                                    (3, "第二篇文档。")]
+    assert [(line, v["text"]) for line, v in items(p, "lines")] == [
+        (1, "第一篇文档。"),
+        (3, "第二篇文档。"),
+    ]
 
 
 def test_array_syntax_error_is_fatal_with_line(tmp_path):
@@ -181,11 +201,16 @@ def test_overlong_line_refused(tmp_path, monkeypatch):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**12, 10**12)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                max_size=4),
-    max_leaves=12)
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**12), 10**12)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -194,8 +219,9 @@ def test_stream_parser_matches_json_loads(tmp_path_factory, values, chunk, prett
     # Tiny chunks put every element, string and number across chunk edges.
     tmp = tmp_path_factory.mktemp("s")
     p = tmp / "a.json"
-    p.write_text(json.dumps(values, ensure_ascii=False, indent=2 if pretty else None),
-                 encoding="utf-8")
+    p.write_text(
+        json.dumps(values, ensure_ascii=False, indent=2 if pretty else None), encoding="utf-8"
+    )
     old = readers._CHUNK
     readers._CHUNK = chunk
     try:
@@ -206,6 +232,7 @@ def test_stream_parser_matches_json_loads(tmp_path_factory, values, chunk, prett
 
 
 # ------------------------------------------------------------------------------- schemas
+
 
 def conv(value, out="sft", fmt=None):
     return schemas.convert(value, fmt or schemas.detect_format(value), out)
@@ -218,18 +245,28 @@ def kind_of(value, out="sft", fmt=None) -> str:
 
 
 def test_belle_multiturn_split_into_turns():
-    rec = {"instruction": "Human:你好\nAssistant:你好！有什么可以帮你？\n"
-                          "Human：讲个笑话\nAssistant:",
-           "input": "", "output": "从前有座山……"}
+    rec = {
+        "instruction": "Human:你好\nAssistant:你好！有什么可以帮你？\nHuman：讲个笑话\nAssistant:",
+        "input": "",
+        "output": "从前有座山……",
+    }
     msgs = conv(rec)["conversations"]
     assert [(m["role"], m["content"]) for m in msgs] == [
-        ("user", "你好"), ("assistant", "你好！有什么可以帮你？"), ("user", "讲个笑话"),
-        ("assistant", "从前有座山……")]
+        ("user", "你好"),
+        ("assistant", "你好！有什么可以帮你？"),
+        ("user", "讲个笑话"),
+        ("assistant", "从前有座山……"),
+    ]
 
 
 def test_alpaca_input_system_and_history():
-    rec = {"instruction": "翻译成英文", "input": "早上好", "output": "Good morning",
-           "system": "你是翻译。", "history": [["", ""], ["你好", "你好！"]]}
+    rec = {
+        "instruction": "翻译成英文",
+        "input": "早上好",
+        "output": "Good morning",
+        "system": "你是翻译。",
+        "history": [["", ""], ["你好", "你好！"]],
+    }
     msgs = conv(rec)["conversations"]
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant"]
     assert msgs[3]["content"] == "翻译成英文\n早上好"
@@ -237,8 +274,10 @@ def test_alpaca_input_system_and_history():
 
 
 def test_sharegpt_roles_and_system():
-    rec = {"system": "简洁回答。", "conversations": [{"from": "human", "value": "1+1?"},
-                                                 {"from": "gpt", "value": "2"}]}
+    rec = {
+        "system": "简洁回答。",
+        "conversations": [{"from": "human", "value": "1+1?"}, {"from": "gpt", "value": "2"}],
+    }
     assert [m["role"] for m in conv(rec)["conversations"]] == ["system", "user", "assistant"]
     bad = {"conversations": [{"from": "robot", "value": "x"}, {"from": "gpt", "value": "y"}]}
     assert kind_of(bad) == "unknown role"
@@ -255,48 +294,83 @@ def test_mcq_and_math_rendering():
     assert conv(gsm, "pretrain")["text"] == "3个苹果加2个？\n3+2=5\n答案：5"
 
 
-@pytest.mark.parametrize("msgs,kind", [
-    ([{"role": "assistant", "content": "嗨"}], "bad role order"),
-    ([{"role": "user", "content": "嗨"}], "bad role order"),
-    ([{"role": "user", "content": "嗨"}, {"role": "user", "content": "在吗"},
-      {"role": "assistant", "content": "在"}], "bad role order"),
-    ([{"role": "user", "content": "嗨"}, {"role": "assistant", "content": "  "}], "empty content"),
-    ([{"role": "user", "content": ["嗨"]}, {"role": "assistant", "content": "x"}],
-     "non-string content"),
-    ([{"role": "user", "content": "嗨"}, {"role": "bot", "content": "x"}], "unknown role"),
-    ([{"role": "user"}, {"role": "assistant", "content": "x"}], "missing field"),
-    ([{"role": "user", "content": "x"}, {"role": "assistant", "content": "", "tool_calls": "{bad"}],
-     "invalid tool JSON"),
-    ([], "missing field"),
-])
+@pytest.mark.parametrize(
+    "msgs,kind",
+    [
+        ([{"role": "assistant", "content": "嗨"}], "bad role order"),
+        ([{"role": "user", "content": "嗨"}], "bad role order"),
+        (
+            [
+                {"role": "user", "content": "嗨"},
+                {"role": "user", "content": "在吗"},
+                {"role": "assistant", "content": "在"},
+            ],
+            "bad role order",
+        ),
+        (
+            [{"role": "user", "content": "嗨"}, {"role": "assistant", "content": "  "}],
+            "empty content",
+        ),
+        (
+            [{"role": "user", "content": ["嗨"]}, {"role": "assistant", "content": "x"}],
+            "non-string content",
+        ),
+        ([{"role": "user", "content": "嗨"}, {"role": "bot", "content": "x"}], "unknown role"),
+        ([{"role": "user"}, {"role": "assistant", "content": "x"}], "missing field"),
+        (
+            [
+                {"role": "user", "content": "x"},
+                {"role": "assistant", "content": "", "tool_calls": "{bad"},
+            ],
+            "invalid tool JSON",
+        ),
+        ([], "missing field"),
+    ],
+)
 def test_conversation_errors(msgs, kind):
     assert kind_of({"conversations": msgs}) == kind
 
 
 def test_tool_turns_accepted():
-    msgs = [{"role": "user", "content": "天气?"},
-            {"role": "assistant", "content": "", "tool_calls": '[{"name": "w"}]'},
-            {"role": "tool", "content": '{"t": 20}'}, {"role": "assistant", "content": "20度"}]
+    msgs = [
+        {"role": "user", "content": "天气?"},
+        {"role": "assistant", "content": "", "tool_calls": '[{"name": "w"}]'},
+        {"role": "tool", "content": '{"t": 20}'},
+        {"role": "assistant", "content": "20度"},
+    ]
     assert conv({"messages": msgs})["conversations"] == msgs
 
 
 def test_preference_forms():
     u = {"role": "user", "content": "问"}
-    full = {"chosen": [u, {"role": "assistant", "content": "好答案"}],
-            "rejected": [u, {"role": "assistant", "content": "坏答案"}]}
+    full = {
+        "chosen": [u, {"role": "assistant", "content": "好答案"}],
+        "rejected": [u, {"role": "assistant", "content": "坏答案"}],
+    }
     assert conv(full, "dpo")["chosen"][-1]["content"] == "好答案"
     flat = {"prompt": "问", "system": "", "chosen": "好答案", "rejected": "坏答案"}
     assert conv(flat, "dpo") == conv(full, "dpo")
-    sg = {"conversations": [{"from": "human", "value": "问"}],
-          "chosen": {"from": "gpt", "value": "好答案"},
-          "rejected": {"from": "gpt", "value": "坏答案"}}
+    sg = {
+        "conversations": [{"from": "human", "value": "问"}],
+        "chosen": {"from": "gpt", "value": "好答案"},
+        "rejected": {"from": "gpt", "value": "坏答案"},
+    }
     assert conv(sg, "dpo") == conv(full, "dpo")
-    shibing = {"question": "问", "history": [], "response_chosen": "好答案",
-               "response_rejected": "坏答案"}
+    shibing = {
+        "question": "问",
+        "history": [],
+        "response_chosen": "好答案",
+        "response_rejected": "坏答案",
+    }
     assert conv(shibing, "dpo") == conv(full, "dpo")
     assert kind_of({**flat, "rejected": " 好答案"}, "dpo") == "chosen equals rejected"
-    other = {"chosen": full["chosen"], "rejected": [{"role": "user", "content": "别的问题"},
-                                                    {"role": "assistant", "content": "坏答案"}]}
+    other = {
+        "chosen": full["chosen"],
+        "rejected": [
+            {"role": "user", "content": "别的问题"},
+            {"role": "assistant", "content": "坏答案"},
+        ],
+    }
     assert kind_of(other, "dpo") == "prompt differs"
     assert kind_of({**sg, "chosen": {"from": "human", "value": "x"}}, "dpo") == "bad role order"
     with pytest.raises(NotApplicable):
@@ -314,14 +388,18 @@ def test_text_has_no_sft_form_and_unknown_keys_refused():
 
 def test_placeholders_filled_or_refused():
     names = {"name": "小白", "author": "某团队"}
-    rec = [{"role": "user", "content": "你是谁？"},
-           {"role": "assistant", "content": "我是{{name}}，由{{ author }}开发。"}]
+    rec = [
+        {"role": "user", "content": "你是谁？"},
+        {"role": "assistant", "content": "我是{{name}}，由{{ author }}开发。"},
+    ]
     assert schemas.fill_placeholders(rec, names)[1]["content"] == "我是小白，由某团队开发。"
     with pytest.raises(RecordError, match=r"\{\{version\}\}"):
         schemas.fill_placeholders({"output": "版本{{version}}"}, names)
     # Single braces, as many published persona files write them, are filled the same way.
     rec = {"output": "我是{name}，由{ author }开发，不是{{name}}的{x"}
-    assert schemas.fill_placeholders(rec, names) == {"output": "我是小白，由某团队开发，不是小白的{x"}
+    assert schemas.fill_placeholders(rec, names) == {
+        "output": "我是小白，由某团队开发，不是小白的{x"
+    }
     with pytest.raises(RecordError, match=r"\{version\} has no value") as exc:
         schemas.fill_placeholders([{"content": "版本{version}"}], names)
     assert exc.value.kind == "unfilled placeholder"
@@ -334,8 +412,9 @@ def test_corrupt_first_line_still_json_lines(tmp_path):
     assert isinstance(got[0][1], RecordError) and got[0][0] == 1
     assert [v["text"] for _, v in got[1:]] == ["完整", "也完整"]
     # Pretty-printed objects whose indented inner lines are whole objects: still a stream.
-    stream = write(tmp_path, "s.json", '{\n  "messages": [\n    {"role": "user", "content": "a"}\n'
-                                       '  ]\n}\n')
+    stream = write(
+        tmp_path, "s.json", '{\n  "messages": [\n    {"role": "user", "content": "a"}\n  ]\n}\n'
+    )
     assert readers.sniff(stream, "s").container == "json_stream"
 
 
@@ -366,9 +445,14 @@ def test_json_error_names_the_column_once():
 
 
 def test_metamath_layout_prefers_the_chinese_fields():
-    rec = {"question": "Natalia sold clips to 48 friends.", "answer": "48/2 = 24\n#### 72",
-           "question_zh": "娜塔莉亚卖给了48个朋友发夹。", "answer_zh": "48/2 = <<48/2=24>>24\n#### 72",
-           "answer_only": "72", "split": "train"}
+    rec = {
+        "question": "Natalia sold clips to 48 friends.",
+        "answer": "48/2 = 24\n#### 72",
+        "question_zh": "娜塔莉亚卖给了48个朋友发夹。",
+        "answer_zh": "48/2 = <<48/2=24>>24\n#### 72",
+        "answer_only": "72",
+        "split": "train",
+    }
     assert schemas.detect_format(rec) == "math"
     msgs = conv(rec)["conversations"]
     assert [m["content"] for m in msgs] == ["娜塔莉亚卖给了48个朋友发夹。", "48/2 = 24\n答案：72"]
@@ -378,5 +462,7 @@ def test_metamath_layout_prefers_the_chinese_fields():
     # An empty Chinese field falls back to the English one.
     english = {**rec, "question_zh": " ", "answer_zh": None}
     assert [m["content"] for m in conv(english)["conversations"]] == [
-        "Natalia sold clips to 48 friends.", "48/2 = 24\n答案：72"]
+        "Natalia sold clips to 48 friends.",
+        "48/2 = 24\n答案：72",
+    ]
     assert kind_of({"question_zh": "问题", "answer_zh": "#### "}) == "empty content"

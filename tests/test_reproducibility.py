@@ -30,8 +30,15 @@ from tests.faults_helpers import (
 
 STAGES = ("pretrain", "sft", "dpo")
 # Wall-clock content: the only files allowed to differ between two runs (docs/reliability.md).
-TIMED = (".meta.json", "tokenizer_meta.json", "model.json", "eval_results.jsonl", "events.out.tfevents",
-         "hf/README.md", "hf/minillm_export.json")  # the last two: hf_export's verify_seconds
+TIMED = (
+    ".meta.json",
+    "tokenizer_meta.json",
+    "model.json",
+    "eval_results.jsonl",
+    "events.out.tfevents",
+    "hf/README.md",
+    "hf/minillm_export.json",
+)  # the last two: hf_export's verify_seconds
 
 
 def _files(base: Path) -> dict[str, str]:
@@ -54,14 +61,19 @@ def test_two_runs_from_scratch_give_the_same_artifacts(tmp_path_factory, smoke_g
     b = smoke_graph.root
     da, db = normalized_digest(a), normalized_digest(b)
     assert len(da) >= 20, da
-    assert da == db, {k: (da.get(k), db.get(k)) for k in set(da) | set(db) if da.get(k) != db.get(k)}
+    assert da == db, {
+        k: (da.get(k), db.get(k)) for k in set(da) | set(db) if da.get(k) != db.get(k)
+    }
     count("artifacts_byte_identical", len(da))
 
     fa, fb = _files(a), _files(b)
     assert fa.keys() == fb.keys()
     differ = sorted(k for k in fa if fa[k] != fb[k])
-    unexpected = [k for k in differ if not k.endswith(TIMED)
-                  and not k.endswith((".safetensors", "resume.pt", "loss.png"))]
+    unexpected = [
+        k
+        for k in differ
+        if not k.endswith(TIMED) and not k.endswith((".safetensors", "resume.pt", "loss.png"))
+    ]
     assert not unexpected, unexpected
     print("files differing between the two runs (timings, or float weights):", differ)
 

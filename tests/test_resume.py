@@ -67,8 +67,13 @@ SCRIPT = textwrap.dedent('''
 
 def _run(script: Path, *args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    return subprocess.Popen([sys.executable, str(script), *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+    return subprocess.Popen(
+        [sys.executable, str(script), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        **kw,
+    )
 
 
 def _finish(p: subprocess.Popen) -> None:
@@ -76,11 +81,15 @@ def _finish(p: subprocess.Popen) -> None:
     assert p.returncode == 0, err.decode()[-2000:]
 
 
-def _wait_for(path: Path, p: subprocess.Popen, newer_than: float = 0.0, timeout: float = 120) -> None:
+def _wait_for(
+    path: Path, p: subprocess.Popen, newer_than: float = 0.0, timeout: float = 120
+) -> None:
     """Until `path` exists and was written after `newer_than` (a time.time())."""
     t0 = time.monotonic()
     while not (path.exists() and path.stat().st_mtime > newer_than):
-        assert p.poll() is None, f"run ended before {path} appeared: {p.stderr.read().decode()[-2000:]}"
+        assert p.poll() is None, (
+            f"run ended before {path} appeared: {p.stderr.read().decode()[-2000:]}"
+        )
         assert time.monotonic() - t0 < timeout
         time.sleep(0.01)
 

@@ -34,14 +34,16 @@ def _run(monkeypatch, resource, failures):
     monkeypatch.setattr(training, "train", flaky)
     asset, _ = training.checkpoint_asset("pretrain", retry_policy=dg.RetryPolicy(max_retries=2))
     with dg.instance_for_test() as instance:
-        result = dg.materialize([asset], resources={"minillm": resource}, instance=instance,
-                                raise_on_error=False)
+        result = dg.materialize(
+            [asset], resources={"minillm": resource}, instance=instance, raise_on_error=False
+        )
     return result, len(calls)
 
 
 def test_a_nan_loss_is_not_retried(smoke_graph, tmp_path, monkeypatch):
-    result, attempts = _run(monkeypatch, _resource(smoke_graph, tmp_path),
-                            [NonFiniteLossError("loss is nan at step 3")])
+    result, attempts = _run(
+        monkeypatch, _resource(smoke_graph, tmp_path), [NonFiniteLossError("loss is nan at step 3")]
+    )
     assert not result.success
     assert attempts == 1
     failure = result.failure_data_for_node("pretrain_checkpoint")

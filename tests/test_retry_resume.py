@@ -30,11 +30,17 @@ def test_sigterm_then_retry_resumes_from_the_saved_step(smoke_graph, tmp_path):
 
     stopper = threading.Thread(target=stop_after_first_save, daemon=True)
     stopper.start()
-    config = {"ops": {"pretrain_checkpoint": {"config": {
-        "epochs": 40, "max_steps": 400, "save_interval": 5, "log_interval": 50}}}}
+    config = {
+        "ops": {
+            "pretrain_checkpoint": {
+                "config": {"epochs": 40, "max_steps": 400, "save_interval": 5, "log_interval": 50}
+            }
+        }
+    }
     with dg.instance_for_test() as instance:
-        result = dg.materialize([pretrain_checkpoint], resources={"minillm": res},
-                                run_config=config, instance=instance)
+        result = dg.materialize(
+            [pretrain_checkpoint], resources={"minillm": res}, run_config=config, instance=instance
+        )
         stopper.join(timeout=5)
         assert result.success
         retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]

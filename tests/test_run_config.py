@@ -11,12 +11,19 @@ from tests.conftest import smoke_resource
 
 
 def test_stage_args_become_run_config():
-    cfg = run_config("smoke", {"pretrain": "--batch_size 8 --learning_rate 3e-4 --hidden_size 96",
-                               "sft": "", "dpo": "--beta 0.2"})
+    cfg = run_config(
+        "smoke",
+        {
+            "pretrain": "--batch_size 8 --learning_rate 3e-4 --hidden_size 96",
+            "sft": "",
+            "dpo": "--beta 0.2",
+        },
+    )
     assert cfg["resources"] == {"minillm": {"config": {"profile": "smoke"}}}
     assert cfg["ops"] == {
-        "pretrain_checkpoint": {"config": {"batch_size": 8, "learning_rate": 3e-4,
-                                           "model": {"hidden_size": 96}}},
+        "pretrain_checkpoint": {
+            "config": {"batch_size": 8, "learning_rate": 3e-4, "model": {"hidden_size": 96}}
+        },
         "dpo_checkpoint": {"config": {"beta": 0.2}},
     }
 
@@ -41,9 +48,11 @@ def test_bad_run_config_value_names_field_and_rule(tmp_path):
     from minillm_assets.data import pretrain_mix
 
     result = dg.materialize(
-        [pretrain_mix], resources={"minillm": smoke_resource(tmp_path)},
+        [pretrain_mix],
+        resources={"minillm": smoke_resource(tmp_path)},
         run_config={"ops": {"pretrain_mix": {"config": {"heldout_fraction": 2.0}}}},
-        raise_on_error=False)
+        raise_on_error=False,
+    )
     assert not result.success
     msg = _failure_message(result)
     assert "heldout_fraction" in msg and "less than 1" in msg

@@ -60,8 +60,9 @@ def running(app) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def engine(smoke: Smoke) -> Engine:
     # The varied checkpoint: its greedy answers change from token to token.
-    return load_engine(smoke.varied, smoke.tokenizer_dir,
-                       ServeConfig(device="cpu", max_context=128))
+    return load_engine(
+        smoke.varied, smoke.tokenizer_dir, ServeConfig(device="cpu", max_context=128)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,24 +72,28 @@ def url(engine: Engine) -> Iterator[str]:
 
 
 def sse_events(response) -> list[str]:
-    return [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
+    return [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
 
 
 def native_greedy(smoke: Smoke, messages, n: int) -> tuple[str, list[int], str]:
     model, _ = load_checkpoint(smoke.varied)
     stops = [smoke.tok.encode_special("<|assistant_end|>"), smoke.tok.bos_token_id]
-    ids = complete(model, smoke.tok.render_for_completion(messages), n,
-                   SamplingParams(stop_ids=tuple(stops)))
+    ids = complete(
+        model, smoke.tok.render_for_completion(messages), n, SamplingParams(stop_ids=tuple(stops))
+    )
     finish = "stop" if ids and ids[-1] in stops else "length"
     text_ids = ids[:-1] if finish == "stop" else ids
     return smoke.tok.decode(text_ids), ids, finish
 
 
-MESSAGES = [{"role": "system", "content": "你是一个助手。"},
-            {"role": "user", "content": "你好，介绍一下你自己"}]
+MESSAGES = [
+    {"role": "system", "content": "你是一个助手。"},
+    {"role": "user", "content": "你好，介绍一下你自己"},
+]
 
 
 # ------------------------------------------------------------------------------------- answers
+
 
 def test_models(url: str):
     r = httpx.get(f"{url}/v1/models")
@@ -101,8 +106,11 @@ def test_models(url: str):
 
 
 def test_non_streaming_greedy_is_the_models_generation(smoke: Smoke, url: str):
-    r = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
-        "model": "minillm", "messages": MESSAGES, "max_tokens": 12, "temperature": 0})
+    r = httpx.post(
+        f"{url}/v1/chat/completions",
+        timeout=60,
+        json={"model": "minillm", "messages": MESSAGES, "max_tokens": 12, "temperature": 0},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     text, ids, finish = native_greedy(smoke, MESSAGES, 12)
@@ -111,13 +119,22 @@ def test_non_streaming_greedy_is_the_models_generation(smoke: Smoke, url: str):
     assert choice["message"] == {"role": "assistant", "content": text}
     assert choice["finish_reason"] == finish
     prompt = len(smoke.tok.render_for_completion(MESSAGES))
-    assert body["usage"] == {"prompt_tokens": prompt, "completion_tokens": len(ids),
-                             "total_tokens": prompt + len(ids)}
+    assert body["usage"] == {
+        "prompt_tokens": prompt,
+        "completion_tokens": len(ids),
+        "total_tokens": prompt + len(ids),
+    }
 
 
 def test_streaming_gives_the_same_text_in_chunks(smoke: Smoke, url: str):
-    req = {"model": "minillm", "messages": MESSAGES, "max_tokens": 12, "temperature": 0,
-           "stream": True, "stream_options": {"include_usage": True}}
+    req = {
+        "model": "minillm",
+        "messages": MESSAGES,
+        "max_tokens": 12,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=req, timeout=60) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -136,8 +153,13 @@ def test_streaming_gives_the_same_text_in_chunks(smoke: Smoke, url: str):
 
 
 def test_seeded_sampling_repeats(url: str):
-    req = {"model": "minillm", "messages": MESSAGES, "max_tokens": 10, "temperature": 1.0,
-           "seed": 7}
+    req = {
+        "model": "minillm",
+        "messages": MESSAGES,
+        "max_tokens": 10,
+        "temperature": 1.0,
+        "seed": 7,
+    }
     a = httpx.post(f"{url}/v1/chat/completions", json=req, timeout=60).json()
     b = httpx.post(f"{url}/v1/chat/completions", json=req, timeout=60).json()
     assert a["choices"][0]["message"] == b["choices"][0]["message"]
@@ -149,14 +171,21 @@ def test_seeded_sampling_repeats(url: str):
 def test_top_p_is_nucleus_sampling(smoke: Smoke, url: str):
     """top_p < 1 is accepted (UIs and LangChain send 0.9), seeded, and a tiny top_p keeps only
     the likeliest token: the greedy answer, whatever the temperature."""
-    req = {"model": "minillm", "messages": MESSAGES, "max_tokens": 10, "temperature": 1.0,
-           "top_p": 0.9, "seed": 3}
+    req = {
+        "model": "minillm",
+        "messages": MESSAGES,
+        "max_tokens": 10,
+        "temperature": 1.0,
+        "top_p": 0.9,
+        "seed": 3,
+    }
     a = httpx.post(f"{url}/v1/chat/completions", json=req, timeout=60)
     b = httpx.post(f"{url}/v1/chat/completions", json=req, timeout=60)
     assert a.status_code == 200, a.text
     assert a.json()["choices"][0]["message"] == b.json()["choices"][0]["message"]
-    nucleus = httpx.post(f"{url}/v1/chat/completions", timeout=60,
-                         json={**req, "top_p": 1e-6, "top_k": 0})
+    nucleus = httpx.post(
+        f"{url}/v1/chat/completions", timeout=60, json={**req, "top_p": 1e-6, "top_k": 0}
+    )
     text, _, _ = native_greedy(smoke, MESSAGES, 10)
     assert nucleus.json()["choices"][0]["message"]["content"] == text
 
@@ -164,14 +193,22 @@ def test_top_p_is_nucleus_sampling(smoke: Smoke, url: str):
 def test_penalties_go_to_the_one_sampler(smoke: Smoke, url: str):
     """Greedy with penalties over HTTP gives what `complete` gives with the same settings (a
     negative presence penalty favours repeats, so the answer differs from plain greedy)."""
-    body = {"model": "minillm", "messages": MESSAGES, "max_tokens": 12, "temperature": 0,
-            "presence_penalty": -2, "frequency_penalty": 0.5, "repetition_penalty": 1.3}
+    body = {
+        "model": "minillm",
+        "messages": MESSAGES,
+        "max_tokens": 12,
+        "temperature": 0,
+        "presence_penalty": -2,
+        "frequency_penalty": 0.5,
+        "repetition_penalty": 1.3,
+    }
     r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
     assert r.status_code == 200, r.text
     model, _ = load_checkpoint(smoke.varied)
     stops = (smoke.tok.encode_special("<|assistant_end|>"), smoke.tok.bos_token_id)
-    params = SamplingParams(presence_penalty=-2, frequency_penalty=0.5, repetition_penalty=1.3,
-                            stop_ids=stops)
+    params = SamplingParams(
+        presence_penalty=-2, frequency_penalty=0.5, repetition_penalty=1.3, stop_ids=stops
+    )
     ids = complete(model, smoke.tok.render_for_completion(MESSAGES), 12, params)
     assert isinstance(ids, list)
     want = smoke.tok.decode([i for i in ids if i not in stops])
@@ -190,11 +227,18 @@ def test_n_choices(smoke: Smoke, url: str):
     a = httpx.post(f"{url}/v1/chat/completions", json=sampled, timeout=60).json()["choices"]
     b = httpx.post(f"{url}/v1/chat/completions", json=sampled, timeout=60).json()["choices"]
     assert a == b and len({c["message"]["content"] for c in a}) > 1  # reproducible, distinct
-    with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=60,
-                      json={**sampled, "stream": True}) as r:
+    with httpx.stream(
+        "POST", f"{url}/v1/chat/completions", timeout=60, json={**sampled, "stream": True}
+    ) as r:
         chunks = [json.loads(e) for e in sse_events(r)[:-1]]
-    streamed = ["".join(c["choices"][0]["delta"].get("content", "") for c in chunks
-                        if c["choices"][0]["index"] == i) for i in range(3)]
+    streamed = [
+        "".join(
+            c["choices"][0]["delta"].get("content", "")
+            for c in chunks
+            if c["choices"][0]["index"] == i
+        )
+        for i in range(3)
+    ]
     assert streamed == [c["message"]["content"] for c in a]
 
 
@@ -203,11 +247,13 @@ def test_openai_client(smoke: Smoke, url: str):
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
     assert [m.id for m in client.models.list()] == ["minillm"]
     text, _, finish = native_greedy(smoke, MESSAGES, 10)
-    out = client.chat.completions.create(model="minillm", messages=MESSAGES, max_tokens=10,
-                                         temperature=0)
+    out = client.chat.completions.create(
+        model="minillm", messages=MESSAGES, max_tokens=10, temperature=0
+    )
     assert out.choices[0].message.content == text and out.choices[0].finish_reason == finish
-    stream = client.chat.completions.create(model="minillm", messages=MESSAGES, max_tokens=10,
-                                            temperature=0, stream=True)
+    stream = client.chat.completions.create(
+        model="minillm", messages=MESSAGES, max_tokens=10, temperature=0, stream=True
+    )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == text
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4", messages=MESSAGES)
@@ -217,48 +263,76 @@ def test_openai_client(smoke: Smoke, url: str):
 
 # ------------------------------------------------------------------------------------ rejections
 
+
 def _post(url: str, body, **kw) -> httpx.Response:
     if isinstance(body, (dict, list)):
         return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30, **kw)
-    return httpx.post(f"{url}/v1/chat/completions", content=body, timeout=30,
-                      headers={"content-type": "application/json"}, **kw)
+    return httpx.post(
+        f"{url}/v1/chat/completions",
+        content=body,
+        timeout=30,
+        headers={"content-type": "application/json"},
+        **kw,
+    )
 
 
 OK = {"model": "minillm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
-@pytest.mark.parametrize("body, status, needle", [
-    (b'{"model": "minillm", "messages": [', 400, "not valid JSON"),
-    (b"\xff\xfe", 400, "not valid JSON"),
-    ([1, 2], 400, "JSON object"),
-    ({"model": "minillm"}, 400, "messages"),
-    ({**OK, "messages": []}, 400, "messages"),
-    ({**OK, "messages": [{"role": "user", "content": 5}]}, 400, "messages"),
-    ({**OK, "messages": [{"role": "wizard", "content": "x"}]}, 400, "unknown role"),
-    ({**OK, "messages": [{"role": "system", "content": "x"}]}, 400, "followed by a user"),
-    ({**OK, "max_tokens": 0}, 400, "max_tokens"),
-    ({**OK, "max_tokens": "many"}, 400, "max_tokens"),
-    ({**OK, "temperature": 3}, 400, "temperature"),
-    ({**OK, "top_p": 0}, 400, "top_p"),
-    ({**OK, "seed": 2**70}, 400, "seed"),
-    ({**OK, "seed": -(2**63) - 1}, 400, "seed"),
-    ({**OK, "top_p": 1.5}, 400, "top_p"),
-    ({**OK, "n": 0}, 400, "n"),
-    ({**OK, "n": 9}, 400, "n"),
-    ({**OK, "presence_penalty": 2.5}, 400, "presence_penalty"),
-    ({**OK, "repetition_penalty": 0}, 400, "repetition_penalty"),
-    ({**OK, "logprobs": True}, 400, "logprobs"),
-    ({**OK, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
-    ({**OK, "frobnicate": True}, 400, "unrecognized request argument: frobnicate"),
-    ({**OK, "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "这是什么？"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
-     400, "reads text only"),
-    ({**OK, "model": "gpt-4o"}, 404, "does not exist"),
-    ({**OK, "max_tokens": 10_000}, 400, "maximum context length is 128"),
-    ({**OK, "messages": [{"role": "user", "content": "长" * 300}]}, 400, "maximum context length"),
-    ({**OK, "messages": [{"role": "user", "content": "x" * 5000}]}, 413, "exceeds 4096"),
-])
+@pytest.mark.parametrize(
+    "body, status, needle",
+    [
+        (b'{"model": "minillm", "messages": [', 400, "not valid JSON"),
+        (b"\xff\xfe", 400, "not valid JSON"),
+        ([1, 2], 400, "JSON object"),
+        ({"model": "minillm"}, 400, "messages"),
+        ({**OK, "messages": []}, 400, "messages"),
+        ({**OK, "messages": [{"role": "user", "content": 5}]}, 400, "messages"),
+        ({**OK, "messages": [{"role": "wizard", "content": "x"}]}, 400, "unknown role"),
+        ({**OK, "messages": [{"role": "system", "content": "x"}]}, 400, "followed by a user"),
+        ({**OK, "max_tokens": 0}, 400, "max_tokens"),
+        ({**OK, "max_tokens": "many"}, 400, "max_tokens"),
+        ({**OK, "temperature": 3}, 400, "temperature"),
+        ({**OK, "top_p": 0}, 400, "top_p"),
+        ({**OK, "seed": 2**70}, 400, "seed"),
+        ({**OK, "seed": -(2**63) - 1}, 400, "seed"),
+        ({**OK, "top_p": 1.5}, 400, "top_p"),
+        ({**OK, "n": 0}, 400, "n"),
+        ({**OK, "n": 9}, 400, "n"),
+        ({**OK, "presence_penalty": 2.5}, 400, "presence_penalty"),
+        ({**OK, "repetition_penalty": 0}, 400, "repetition_penalty"),
+        ({**OK, "logprobs": True}, 400, "logprobs"),
+        ({**OK, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+        ({**OK, "frobnicate": True}, 400, "unrecognized request argument: frobnicate"),
+        (
+            {
+                **OK,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "这是什么？"},
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": "data:image/png;base64,AAAA"},
+                            },
+                        ],
+                    }
+                ],
+            },
+            400,
+            "reads text only",
+        ),
+        ({**OK, "model": "gpt-4o"}, 404, "does not exist"),
+        ({**OK, "max_tokens": 10_000}, 400, "maximum context length is 128"),
+        (
+            {**OK, "messages": [{"role": "user", "content": "长" * 300}]},
+            400,
+            "maximum context length",
+        ),
+        ({**OK, "messages": [{"role": "user", "content": "x" * 5000}]}, 413, "exceeds 4096"),
+    ],
+)
 def test_malformed_requests_are_refused(url: str, body, status, needle):
     r = _post(url, body)
     assert r.status_code == status, r.text
@@ -267,11 +341,21 @@ def test_malformed_requests_are_refused(url: str, body, status, needle):
 
 
 def test_defaults_and_openai_spellings_are_accepted(url: str):
-    body = {**OK, "messages": [{"role": "developer", "content": "简短回答"},
-                               {"role": "user", "content": [{"type": "text", "text": "hi"}],
-                                "name": "me"}],
-            "n": 1, "top_p": 1, "presence_penalty": 0, "frequency_penalty": 0, "logprobs": False,
-            "max_completion_tokens": 3, "user": "u1", "stop": "。"}
+    body = {
+        **OK,
+        "messages": [
+            {"role": "developer", "content": "简短回答"},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}], "name": "me"},
+        ],
+        "n": 1,
+        "top_p": 1,
+        "presence_penalty": 0,
+        "frequency_penalty": 0,
+        "logprobs": False,
+        "max_completion_tokens": 3,
+        "user": "u1",
+        "stop": "。",
+    }
     r = _post(url, body)
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] <= 3
@@ -279,11 +363,27 @@ def test_defaults_and_openai_spellings_are_accepted(url: str):
 
 def test_nulls_mean_not_given(url: str):
     """Optional fields sent as null, as clients and the SDK's own dumps send them."""
-    body = {**OK, "n": None, "tools": None, "tool_choice": None, "response_format": None,
-            "logit_bias": None, "stop": None, "stream": None, "stream_options": None,
-            "temperature": None, "top_p": None, "seed": None, "presence_penalty": None,
-            "frequency_penalty": None, "logprobs": None, "top_logprobs": None, "user": None,
-            "max_tokens": None, "max_completion_tokens": 2}
+    body = {
+        **OK,
+        "n": None,
+        "tools": None,
+        "tool_choice": None,
+        "response_format": None,
+        "logit_bias": None,
+        "stop": None,
+        "stream": None,
+        "stream_options": None,
+        "temperature": None,
+        "top_p": None,
+        "seed": None,
+        "presence_penalty": None,
+        "frequency_penalty": None,
+        "logprobs": None,
+        "top_logprobs": None,
+        "user": None,
+        "max_tokens": None,
+        "max_completion_tokens": 2,
+    }
     r = _post(url, body)
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] <= 2
@@ -298,8 +398,9 @@ def test_sdk_dumped_messages_are_accepted(url: str):
     assert {"refusal", "audio", "function_call", "tool_calls"} <= dumped.keys()
     messages = [{"role": "user", "content": "hi"}, dumped, {"role": "user", "content": "再见"}]
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-    out = client.chat.completions.create(model="minillm", messages=messages, max_tokens=2,
-                                         temperature=0)
+    out = client.chat.completions.create(
+        model="minillm", messages=messages, max_tokens=2, temperature=0
+    )
     assert out.choices[0].message.role == "assistant"
     again = out.choices[0].message.model_dump()  # the SDK's own answer, sent back as history
     r = _post(url, {**OK, "messages": [*messages, again, {"role": "user", "content": "x"}]})
@@ -320,13 +421,18 @@ def test_unknown_route_and_method(url: str):
 def test_api_key(engine: Engine):
     with running(create_app(engine, ServeConfig(api_key="s3cret"))) as u:
         assert httpx.get(f"{u}/v1/models").status_code == 401
-        assert httpx.get(f"{u}/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
-        assert httpx.get(f"{u}/v1/models",
-                         headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert (
+            httpx.get(f"{u}/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
+        )
+        assert (
+            httpx.get(f"{u}/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code
+            == 200
+        )
         assert httpx.get(f"{u}/health").status_code == 200
 
 
 # ---------------------------------------------------------------------------------- concurrency
+
 
 class Wrapped(torch.nn.Module):
     """A model seen through `step`, called before each of its forward passes (one per token)."""
@@ -373,12 +479,16 @@ def test_concurrency_is_bounded_and_slots_come_back(smoke: Smoke, engine: Engine
     eng = Engine(held, engine.tokenizer, max_context=engine.max_context)
     with running(create_app(eng, ServeConfig(max_concurrency=1, max_queue=1))) as u:
         results: dict[str, httpx.Response] = {}
-        threads = [threading.Thread(target=lambda k=k: results.__setitem__(k, _post(u, OK)))
-                   for k in ("a", "b")]
+        threads = [
+            threading.Thread(target=lambda k=k: results.__setitem__(k, _post(u, OK)))
+            for k in ("a", "b")
+        ]
         for t in threads:
             t.start()
-        _wait(lambda: _health(u)["running"] == 1 and _health(u)["waiting"] == 1,
-              "one request running, one waiting")
+        _wait(
+            lambda: _health(u)["running"] == 1 and _health(u)["waiting"] == 1,
+            "one request running, one waiting",
+        )
         r = _post(u, OK)  # a third has no room
         assert r.status_code == 429 and r.json()["error"]["code"] == "server_busy"
         assert httpx.get(f"{u}/v1/models").status_code == 200  # the loop still answers
@@ -425,8 +535,11 @@ def test_a_client_leaving_a_non_streaming_request_stops_generation(engine: Engin
     with running(create_app(eng, ServeConfig(max_concurrency=1, max_queue=0))) as u:
         t0 = time.monotonic()
         with pytest.raises(httpx.ReadTimeout):  # the client gives up and hangs up
-            httpx.post(f"{u}/v1/chat/completions", timeout=0.5,
-                       json={**OK, "max_tokens": 100, "temperature": 0})
+            httpx.post(
+                f"{u}/v1/chat/completions",
+                timeout=0.5,
+                json={**OK, "max_tokens": 100, "temperature": 0},
+            )
         _wait(lambda: _health(u)["running"] == 0, "the slot was not released")
         assert time.monotonic() - t0 < 3.0
         assert slow.produced < 40, slow.produced  # generation stopped soon after the hang-up
@@ -446,8 +559,12 @@ def test_a_failing_generation_is_a_500_and_frees_its_slot(engine: Engine):
     with running(create_app(eng, ServeConfig(max_concurrency=1, max_queue=0))) as u:
         r = _post(u, {**OK, "max_tokens": 8})
         assert r.status_code == 500 and "device lost" in r.json()["error"]["message"]
-        with httpx.stream("POST", f"{u}/v1/chat/completions", timeout=30,
-                          json={**OK, "max_tokens": 8, "stream": True}) as r:
+        with httpx.stream(
+            "POST",
+            f"{u}/v1/chat/completions",
+            timeout=30,
+            json={**OK, "max_tokens": 8, "stream": True},
+        ) as r:
             events = sse_events(r)
         assert r.status_code == 200  # the headers had gone out: the error comes in-band
         assert "device lost" in json.loads(events[-1])["error"]["message"]
@@ -456,6 +573,7 @@ def test_a_failing_generation_is_a_500_and_frees_its_slot(engine: Engine):
 
 
 # ---------------------------------------------------------------------- text release and stops
+
 
 class Script(torch.nn.Module):
     """A model whose greedy output is fixed tokens after a one-token prompt (then the end token)."""
@@ -517,6 +635,7 @@ def test_release_rule():
 
 # -------------------------------------------------------------------------------------- command
 
+
 def test_serve_command_end_to_end(smoke: Smoke):
     """`scripts/serve.py` (= `minillm serve`) in its own process, asked over HTTP, then stopped."""
     with socket.socket() as s:
@@ -524,9 +643,23 @@ def test_serve_command_end_to_end(smoke: Smoke):
         port = s.getsockname()[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "scripts" / "serve.py"), "--checkpoint", str(smoke.checkpoint),
-         "--tokenizer", str(smoke.tokenizer_dir), "--port", str(port), "--device", "cpu"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        [
+            sys.executable,
+            str(REPO / "scripts" / "serve.py"),
+            "--checkpoint",
+            str(smoke.checkpoint),
+            "--tokenizer",
+            str(smoke.tokenizer_dir),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
 
@@ -547,10 +680,23 @@ def test_serve_command_end_to_end(smoke: Smoke):
 
 def test_port_0_prints_the_port_it_bound(smoke: Smoke):
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "scripts" / "serve.py"), "--checkpoint", str(smoke.checkpoint),
-         "--tokenizer", str(smoke.tokenizer_dir), "--port", "0", "--device", "cpu"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        [
+            sys.executable,
+            str(REPO / "scripts" / "serve.py"),
+            "--checkpoint",
+            str(smoke.checkpoint),
+            "--tokenizer",
+            str(smoke.tokenizer_dir),
+            "--port",
+            "0",
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     try:
         for line in proc.stdout:
             if line.startswith("minillm serve: model"):

@@ -25,18 +25,26 @@ def _run_setup(tmp_path: Path, free_kb: int) -> subprocess.CompletedProcess:
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     # pip fails as a full disk makes it fail; the log shows it was the install that ran.
-    _stub(venv / "bin" / "python",
-          f'echo "$@" >> {tmp_path}/pip.log\n'
-          'echo "ERROR: Could not install packages due to an OSError: [Errno 28] '
-          'No space left on device" >&2\nexit 1')
+    _stub(
+        venv / "bin" / "python",
+        f'echo "$@" >> {tmp_path}/pip.log\n'
+        'echo "ERROR: Could not install packages due to an OSError: [Errno 28] '
+        'No space left on device" >&2\nexit 1',
+    )
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
-    _stub(fake_bin / "df", "echo 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
-                           f"echo '/dev/vda 264000000 263000000 {free_kb} 99% /'")
-    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "VENV_DIR": str(venv),
-           "DAGSTER_HOME": str(tmp_path / "dagster_home")}
-    return subprocess.run(["bash", str(SETUP)], env=env, capture_output=True, text=True,
-                          timeout=60)
+    _stub(
+        fake_bin / "df",
+        "echo 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
+        f"echo '/dev/vda 264000000 263000000 {free_kb} 99% /'",
+    )
+    env = {
+        **os.environ,
+        "PATH": f"{fake_bin}:{os.environ['PATH']}",
+        "VENV_DIR": str(venv),
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+    }
+    return subprocess.run(["bash", str(SETUP)], env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_low_disk_warns_and_a_failed_install_says_where(tmp_path):

@@ -26,8 +26,10 @@ from minillm_core.tokenizer import (
 )
 from minillm_core.tokenizer import reference as ref
 
-ZH = ("今天天气很好，我们一起去公园散步吧。公园里有很多人，有的在跑步，有的在下棋。"
-      "我喜欢读书，也喜欢写字。学习中文需要耐心和时间。机器学习模型需要大量的数据来训练。")
+ZH = (
+    "今天天气很好，我们一起去公园散步吧。公园里有很多人，有的在跑步，有的在下棋。"
+    "我喜欢读书，也喜欢写字。学习中文需要耐心和时间。机器学习模型需要大量的数据来训练。"
+)
 EN = "The quick brown fox jumps over the lazy dog. It's 2024, we'll see 12345 numbers. "
 
 
@@ -37,25 +39,49 @@ def mixes(tmp_path_factory) -> list[Path]:
     pre = d / "pretrain.jsonl"
     with open(pre, "w", encoding="utf-8") as f:
         for i in range(60):
-            f.write(json.dumps({"text": f"{ZH[i % 20:]}{EN}{i} {ZH}", "source": "t"},
-                               ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {"text": f"{ZH[i % 20 :]}{EN}{i} {ZH}", "source": "t"}, ensure_ascii=False
+                )
+                + "\n"
+            )
         f.write("not json\n\n")
     sft = d / "sft.jsonl"
     with open(sft, "w", encoding="utf-8") as f:
         for i in range(10):
-            f.write(json.dumps({"conversations": [
-                {"role": "system", "content": "你是一个助手。"},
-                {"role": "user", "content": f"问题{i}：什么是机器学习？"},
-                {"role": "assistant", "content": "机器学习是让计算机从数据中学习规律的方法。"}]},
-                ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "conversations": [
+                            {"role": "system", "content": "你是一个助手。"},
+                            {"role": "user", "content": f"问题{i}：什么是机器学习？"},
+                            {
+                                "role": "assistant",
+                                "content": "机器学习是让计算机从数据中学习规律的方法。",
+                            },
+                        ]
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
     dpo = d / "dpo.jsonl"
     with open(dpo, "w", encoding="utf-8") as f:
         prompt = [{"role": "user", "content": "你好"}]
-        f.write(json.dumps({"chosen": prompt + [{"role": "assistant", "content": "你好！很高兴见到你。"}],
-                            "rejected": prompt + [{"role": "assistant", "content": "嗯。"}]},
-                           ensure_ascii=False) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "chosen": prompt + [{"role": "assistant", "content": "你好！很高兴见到你。"}],
+                    "rejected": prompt + [{"role": "assistant", "content": "嗯。"}],
+                },
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
     (d / "pretrain_heldout.jsonl").write_text(
-        json.dumps({"text": "公园里的花开了，春天来了。"}, ensure_ascii=False) + "\n", encoding="utf-8")
+        json.dumps({"text": "公园里的花开了，春天来了。"}, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
     return [pre, sft, dpo]
 
 
@@ -70,8 +96,11 @@ def trained(mixes, tmp_path_factory):
 def test_train_writes_a_loadable_directory(trained):
     report, tok = trained
     d = report.path
-    assert sorted(p.name for p in d.iterdir()) == ["tokenizer.pkl", "tokenizer.tiktoken",
-                                                   "tokenizer_meta.json"]
+    assert sorted(p.name for p in d.iterdir()) == [
+        "tokenizer.pkl",
+        "tokenizer.tiktoken",
+        "tokenizer_meta.json",
+    ]
     assert not list(d.parent.glob(".tokenizer.tmp-*"))
     meta = json.loads((d / "tokenizer_meta.json").read_text(encoding="utf-8"))
     assert meta["pattern"] == tk.DEFAULT_PATTERN
@@ -96,8 +125,10 @@ def test_report_metadata_is_json_and_complete(trained):
 
 
 def test_dpo_prompt_counted_once():
-    rec = {"chosen": [{"role": "user", "content": "P"}, {"role": "assistant", "content": "A"}],
-           "rejected": [{"role": "user", "content": "P"}, {"role": "assistant", "content": "B"}]}
+    rec = {
+        "chosen": [{"role": "user", "content": "P"}, {"role": "assistant", "content": "A"}],
+        "rejected": [{"role": "user", "content": "P"}, {"role": "assistant", "content": "B"}],
+    }
     assert tk.record_texts(rec) == ["P\nA", "B"]
     assert tk.record_texts({"messages": [{"role": "user", "content": "x"}]}) == ["x"]
     assert tk.record_texts([{"role": "user", "content": "bare"}]) == ["bare"]
@@ -139,7 +170,8 @@ def test_python_fallback_logs_one_line_and_matches_rust(mixes, tmp_path, monkeyp
     py = train_tokenizer(cfg, mixes, tmp_path / "py", logs.append)
     assert [line for line in logs if "not built" in line] == [
         "minillm_rustbpe not built; training with the pure-Python reference trainer (slow; "
-        "build it with `.venv/bin/pip install ./rustbpe`)"]
+        "build it with `.venv/bin/pip install ./rustbpe`)"
+    ]
     assert py.metadata["trainer"].startswith("bpe_reference")
     monkeypatch.undo()
     if tk.rust_module() is None:
@@ -153,6 +185,7 @@ def test_python_fallback_logs_one_line_and_matches_rust(mixes, tmp_path, monkeyp
 
 def test_load_refuses_tampered_files_and_never_reads_the_pickle(trained, tmp_path):
     import shutil
+
     src = trained[0].path
     d = tmp_path / "copy"
     shutil.copytree(src, d)
@@ -171,6 +204,7 @@ def test_load_refuses_tampered_files_and_never_reads_the_pickle(trained, tmp_pat
 
 def test_missing_directory_is_a_clear_error(tmp_path):
     from minillm_core.artifacts import MissingArtifactError
+
     with pytest.raises(MissingArtifactError, match="tokenizer directory"):
         load_tokenizer(tmp_path / "nope")
 
@@ -186,8 +220,15 @@ def test_roundtrip_arbitrary_text(trained, text):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.one_of(st.sampled_from(SPECIAL_TOKENS + ("<|endoftext|>", "<|im_start|>")),
-                          st.text(max_size=10)), max_size=8))
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(SPECIAL_TOKENS + ("<|endoftext|>", "<|im_start|>")),
+            st.text(max_size=10),
+        ),
+        max_size=8,
+    )
+)
 def test_special_strings_in_text_never_become_special_ids(trained, parts):
     tok = trained[1]
     text = "".join(parts)
@@ -200,7 +241,9 @@ def test_encode_api(trained):
     tok = trained[1]
     bos = tok.bos_token_id
     assert bos == tok.get_bos_token_id() == tok.encode_special("<|bos|>") == 391
-    ids = tok.encode("你好 hello", prepend="<|bos|>", append=tok.encode_special("<|assistant_end|>"))
+    ids = tok.encode(
+        "你好 hello", prepend="<|bos|>", append=tok.encode_special("<|assistant_end|>")
+    )
     assert ids[0] == bos and ids[-1] == tok.encode_special("<|assistant_end|>")
     batch = tok.encode(["你好", "hello"], prepend=bos, num_threads=2)
     assert batch == [[bos] + tok.encode("你好"), [bos] + tok.encode("hello")]
@@ -245,13 +288,15 @@ def _spans(tok, ids, mask):
 
 def test_render_conversation_masks_exactly_the_assistant_spans(trained):
     tok = trained[1]
-    conv = {"conversations": [
-        {"role": "system", "content": "你是助手。"},
-        {"role": "user", "content": "你好<|assistant_start|>"},
-        {"role": "assistant", "content": "你好！"},
-        {"role": "user", "content": "1+1?"},
-        {"role": "assistant", "content": "2"},
-    ]}
+    conv = {
+        "conversations": [
+            {"role": "system", "content": "你是助手。"},
+            {"role": "user", "content": "你好<|assistant_start|>"},
+            {"role": "assistant", "content": "你好！"},
+            {"role": "user", "content": "1+1?"},
+            {"role": "assistant", "content": "2"},
+        ]
+    }
     ids, mask = tok.render_conversation(conv)
     assert len(ids) == len(mask) and ids[0] == tok.bos_token_id and mask[0] == 0
     assert _spans(tok, ids, mask) == ["你好！<|assistant_end|>", "2<|assistant_end|>"]
@@ -259,7 +304,7 @@ def test_render_conversation_masks_exactly_the_assistant_spans(trained):
     # The system message is folded into the first user message; no system token exists.
     start = ids.index(sp["<|user_start|>"])
     end = ids.index(sp["<|user_end|>"])
-    assert tok.decode(ids[start + 1:end]) == "你是助手。\n\n你好<|assistant_start|>"
+    assert tok.decode(ids[start + 1 : end]) == "你是助手。\n\n你好<|assistant_start|>"
     assert ids.count(sp["<|assistant_start|>"]) == 2  # the literal in user text is plain text
     # The same with "messages" or a bare list; truncation keeps ids and mask aligned.
     assert tok.render_conversation({"messages": conv["conversations"]}) == (ids, mask)
@@ -269,15 +314,21 @@ def test_render_conversation_masks_exactly_the_assistant_spans(trained):
 
 def test_render_tool_parts(trained):
     tok = trained[1]
-    ids, mask = tok.render_conversation([
-        {"role": "user", "content": "calc"},
-        {"role": "assistant", "content": [{"type": "text", "text": "ok "},
-                                          {"type": "python", "text": "1+1"},
-                                          {"type": "python_output", "text": "2"},
-                                          {"type": "text", "text": "=2"}]},
-    ])
-    assert _spans(tok, ids, mask) == ["ok <|python_start|>1+1<|python_end|>",
-                                      "=2<|assistant_end|>"]
+    ids, mask = tok.render_conversation(
+        [
+            {"role": "user", "content": "calc"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "text", "text": "ok "},
+                    {"type": "python", "text": "1+1"},
+                    {"type": "python_output", "text": "2"},
+                    {"type": "text", "text": "=2"},
+                ],
+            },
+        ]
+    )
+    assert _spans(tok, ids, mask) == ["ok <|python_start|>1+1<|python_end|>", "=2<|assistant_end|>"]
 
 
 def test_render_rejects_bad_conversations(trained):
@@ -285,7 +336,9 @@ def test_render_rejects_bad_conversations(trained):
     with pytest.raises(ValueError, match="unknown role"):
         tok.render_conversation([{"role": "robot", "content": "x"}])
     with pytest.raises(ValueError, match="only allowed first"):
-        tok.render_conversation([{"role": "user", "content": "x"}, {"role": "system", "content": "y"}])
+        tok.render_conversation(
+            [{"role": "user", "content": "x"}, {"role": "system", "content": "y"}]
+        )
     with pytest.raises(ValueError, match="non-empty"):
         tok.render_conversation([])
 
@@ -296,16 +349,23 @@ def test_render_for_completion(trained):
     ids = tok.render_for_completion(conv)
     assert ids[-1] == tok.encode_special("<|assistant_start|>")
     full, _ = tok.render_conversation(conv)
-    assert full[:len(ids)] == ids
+    assert full[: len(ids)] == ids
     assert tok.render_for_completion(conv[:1]) == ids
 
 
 def test_command_trains_and_checks(mixes, tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = tokenizer_cli.main(["--data_path", str(mixes[0]), "--out_dir", str(out), "--vocab_size", "300"])
+    rc = tokenizer_cli.main(
+        ["--data_path", str(mixes[0]), "--out_dir", str(out), "--vocab_size", "300"]
+    )
     assert rc == 0
     assert json.loads(capsys.readouterr().out)["vocab_size"] == 300
-    assert tokenizer_cli.main(["--data_path", str(mixes[0]), "--out_dir", str(out), "--vocab-size", "10"]) == 2
+    assert (
+        tokenizer_cli.main(
+            ["--data_path", str(mixes[0]), "--out_dir", str(out), "--vocab-size", "10"]
+        )
+        == 2
+    )
 
 
 def test_nanochat_name_and_error_types():

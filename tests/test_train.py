@@ -22,8 +22,9 @@ from minillm_core.train.objectives import DPOLoss, sft_loss
 from minillm_core.train.state import lr_at
 
 V = 64
-MODEL = ModelConfig(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2)
+MODEL = ModelConfig(
+    vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+)
 
 
 class Rows(torch.utils.data.Dataset):
@@ -31,8 +32,13 @@ class Rows(torch.utils.data.Dataset):
 
     def __init__(self, rows, stage, vocab_size=V, pad_id=0, tokenizer_hash="tok-a"):
         self.rows = rows
-        self.meta = {"stage": stage, "vocab_size": vocab_size, "pad_id": pad_id,
-                     "tokenizer_hash": tokenizer_hash, "data_hash": f"{stage}-{len(rows)}"}
+        self.meta = {
+            "stage": stage,
+            "vocab_size": vocab_size,
+            "pad_id": pad_id,
+            "tokenizer_hash": tokenizer_hash,
+            "data_hash": f"{stage}-{len(rows)}",
+        }
 
     def __len__(self):
         return len(self.rows)
@@ -82,9 +88,19 @@ def dpo_rows(n=4):
 
 
 def cfg(stage, out, **kw) -> TrainConfig:
-    base = dict(stage=stage, out_dir=str(out), data_path="mem", batch_size=4, accumulation_steps=1,
-                epochs=1000, log_interval=50, save_interval=1000, warmup_steps=0, min_lr_ratio=1.0,
-                weight_decay=0.0)
+    base = dict(
+        stage=stage,
+        out_dir=str(out),
+        data_path="mem",
+        batch_size=4,
+        accumulation_steps=1,
+        epochs=1000,
+        log_interval=50,
+        save_interval=1000,
+        warmup_steps=0,
+        min_lr_ratio=1.0,
+        weight_decay=0.0,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -98,8 +114,11 @@ def _few_threads():
 
 # ------------------------------------------------------------------------------ overfitting
 
+
 def test_pretrain_overfits_a_tiny_batch_and_writes_artifacts(tmp_path):
-    rep = train(cfg("pretrain", tmp_path, learning_rate=1e-2, max_steps=80), MODEL, dataset=pretrain_rows())
+    rep = train(
+        cfg("pretrain", tmp_path, learning_rate=1e-2, max_steps=80), MODEL, dataset=pretrain_rows()
+    )
     assert rep.final_loss < 0.1, rep.final_loss
     assert rep.steps == 80 and rep.num_parameters == MiniLLM(MODEL).num_parameters()
     assert rep.tokens_seen == 80 * sum(9 + 2 * i for i in range(4))
@@ -123,20 +142,34 @@ def _pretrained(tmp_path) -> Path:
 
 def test_sft_overfits_from_pretrained_weights(tmp_path):
     pre = _pretrained(tmp_path)
-    rep = train(cfg("sft", tmp_path / "sft", learning_rate=1e-2, max_steps=60, pretrained_path=str(pre)),
-                MODEL, dataset=sft_rows())
+    rep = train(
+        cfg("sft", tmp_path / "sft", learning_rate=1e-2, max_steps=60, pretrained_path=str(pre)),
+        MODEL,
+        dataset=sft_rows(),
+    )
     assert rep.final_loss < 0.1, rep.final_loss
     assert json.loads((tmp_path / "sft" / "model.json").read_text())["init_from"] == str(pre)
 
 
 def test_dpo_overfits(tmp_path):
     pre = _pretrained(tmp_path)
-    rep = train(cfg("dpo", tmp_path / "dpo", learning_rate=1e-2, max_steps=40, beta=0.5,
-                    pretrained_path=str(pre)), MODEL, dataset=dpo_rows())
+    rep = train(
+        cfg(
+            "dpo",
+            tmp_path / "dpo",
+            learning_rate=1e-2,
+            max_steps=40,
+            beta=0.5,
+            pretrained_path=str(pre),
+        ),
+        MODEL,
+        dataset=dpo_rows(),
+    )
     assert rep.final_loss < 0.05, rep.final_loss
 
 
 # ------------------------------------------------------------------------------ objectives
+
 
 def test_sft_loss_ignores_non_assistant_targets():
     torch.manual_seed(0)
@@ -169,8 +202,11 @@ def test_dpo_step0_loss_is_ln2(tmp_path):
     assert abs(loss.item() - math.log(2)) < 1e-6
     assert m["reward_margin"].item() == 0.0
     # and through the loop: the first step's loss
-    rep = train(cfg("dpo", tmp_path / "dpo", learning_rate=1e-3, max_steps=1, pretrained_path=str(pre)),
-                MODEL, dataset=dpo_rows())
+    rep = train(
+        cfg("dpo", tmp_path / "dpo", learning_rate=1e-3, max_steps=1, pretrained_path=str(pre)),
+        MODEL,
+        dataset=dpo_rows(),
+    )
     assert abs(rep.final_loss - math.log(2)) < 1e-6
 
 
@@ -196,6 +232,7 @@ def test_dpo_reference_cache_gives_the_same_numbers():
 
 # ------------------------------------------------------------------------------ guards
 
+
 def test_nan_in_a_batch_stops_with_step_records_and_last_checkpoint(tmp_path):
     """A corrupted embedding row for token 63 makes exactly the batches holding 63 non-finite."""
     torch.manual_seed(0)
@@ -205,26 +242,48 @@ def test_nan_in_a_batch_stops_with_step_records_and_last_checkpoint(tmp_path):
         bad.model.embed_tokens.weight[V - 1] = float("nan")
     save_checkpoint(tmp_path / "pre", bad, {"stage": "pretrain", "tokenizer_hash": "tok-a"})
     rows = [{"input_ids": torch.arange(1, 9), "labels": torch.arange(2, 10)} for _ in range(7)]
-    rows.append({"input_ids": torch.tensor([1, 2, V - 1, 3]), "labels": torch.tensor([2, V - 1, 3, 4])})
+    rows.append(
+        {"input_ids": torch.tensor([1, 2, V - 1, 3]), "labels": torch.tensor([2, V - 1, 3, 4])}
+    )
     ds = Rows(rows, "sft")
-    c = cfg("sft", tmp_path / "sft", learning_rate=1e-3, batch_size=1, epochs=1, save_interval=2,
-            pretrained_path=str(tmp_path / "pre"), seed=0)
+    c = cfg(
+        "sft",
+        tmp_path / "sft",
+        learning_rate=1e-3,
+        batch_size=1,
+        epochs=1,
+        save_interval=2,
+        pretrained_path=str(tmp_path / "pre"),
+        seed=0,
+    )
     at = SampleStream(0, 8).indices(0, 8).index(7)  # where row 7 falls in the data order
     with pytest.raises(NonFiniteLossError) as err:
         train(c, model_cfg, dataset=ds)
     msg = str(err.value)
     assert f"at step {at + 1}" in msg and "rows [7]" in msg
     last = (at // 2) * 2
-    assert (f"last good checkpoint: {tmp_path / 'sft'} (step {last})" in msg) if last else "none yet" in msg
+    assert (
+        (f"last good checkpoint: {tmp_path / 'sft'} (step {last})" in msg)
+        if last
+        else "none yet" in msg
+    )
 
 
 def test_data_of_another_stage_vocab_or_tokenizer_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="holds sft rows"):
         train(cfg("pretrain", tmp_path, max_steps=1), MODEL, dataset=sft_rows())
     with pytest.raises(ConfigError, match="100-token tokenizer but the model has vocab_size 64"):
-        train(cfg("pretrain", tmp_path, max_steps=1), MODEL, dataset=Rows([], "pretrain", vocab_size=100))
+        train(
+            cfg("pretrain", tmp_path, max_steps=1),
+            MODEL,
+            dataset=Rows([], "pretrain", vocab_size=100),
+        )
     with pytest.raises(ConfigError, match="tokenizer mismatch"):
-        train(cfg("pretrain", tmp_path, max_steps=1, tokenizer_hash="tok-b"), MODEL, dataset=pretrain_rows())
+        train(
+            cfg("pretrain", tmp_path, max_steps=1, tokenizer_hash="tok-b"),
+            MODEL,
+            dataset=pretrain_rows(),
+        )
 
 
 def test_resume_state_from_other_settings_is_refused_naming_the_difference(tmp_path):
@@ -232,6 +291,7 @@ def test_resume_state_from_other_settings_is_refused_naming_the_difference(tmp_p
     first = pretrain_rows()
     # leave an unfinished resume state behind: stop right after the step-2 save
     import minillm_core.train.checkpointer as T
+
     orig = T.save_resume
     calls = []
 
@@ -257,6 +317,7 @@ def test_resume_state_from_other_settings_is_refused_naming_the_difference(tmp_p
 
 # ------------------------------------------------------------------------------ plumbing
 
+
 def test_stream_is_a_pure_function_of_seed_epoch_and_position():
     s = SampleStream(5, 10)
     whole = s.indices(0, 30)
@@ -275,25 +336,43 @@ def test_lr_warms_up_then_decays_to_the_floor():
     c = TrainConfig(stage="pretrain", learning_rate=1.0, warmup_steps=10, min_lr_ratio=0.1)
     lrs = [lr_at(s, 100, c) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] == pytest.approx(
+        0.1, abs=1e-3
+    )
 
 
 def test_stage_defaults_and_cli_overrides():
     assert TrainConfig(stage="pretrain").epochs == 2
     assert TrainConfig(stage="dpo").pretrained_path is None  # the front end fills paths
-    t, m = train_overrides("pretrain", ["--batch_size", "8", "--learning_rate", "3e-4", "--hidden_size", "64",
-                                        "--resume", "false", "--compile"])
+    t, m = train_overrides(
+        "pretrain",
+        [
+            "--batch_size",
+            "8",
+            "--learning_rate",
+            "3e-4",
+            "--hidden_size",
+            "64",
+            "--resume",
+            "false",
+            "--compile",
+        ],
+    )
     assert t == {"batch_size": 8, "learning_rate": 3e-4, "resume": False, "compile": True}
     assert m == {"hidden_size": 64}
     c, mc = parse_train_args("sft", ["--profile", "smoke", "--max_steps", "2"])
     assert (c.max_steps, c.batch_size, c.learning_rate, mc.hidden_size) == (2, 4, 1e-3, 64)
     layout = Layout.at()
     assert c.accumulation_steps == 1 and c.pretrained_path == str(layout.checkpoint_dir("pretrain"))
-    assert (c.data_path, c.out_dir) == (str(layout.tokens_dir("sft")), str(layout.checkpoint_dir("sft")))
+    assert (c.data_path, c.out_dir) == (
+        str(layout.tokens_dir("sft")),
+        str(layout.checkpoint_dir("sft")),
+    )
 
 
 def test_smoke_profile_fields_exist():
     from minillm_core.profiles import PROFILES
+
     for stage in ("pretrain", "sft", "dpo"):
         for profile in PROFILES:
             TrainConfig(stage=stage, **PROFILES[profile][stage])
@@ -301,6 +380,7 @@ def test_smoke_profile_fields_exist():
 
 
 # ------------------------------------------------------------------------------ real artifacts
+
 
 def test_manual_commands_on_token_tensors_and_a_jsonl_mix(tmp_path, capsys):
     """`minillm pretrain` on exported token tensors, then `minillm sft` on a JSONL mix (tokenized
@@ -318,37 +398,96 @@ def test_manual_commands_on_token_tensors_and_a_jsonl_mix(tmp_path, capsys):
         return "".join(rnd.choice(words) for _ in range(n))
 
     pre = tmp_path / "pre.jsonl"
-    pre.write_text("".join(json.dumps({"text": say(rnd.randint(5, 30))}, ensure_ascii=False) + "\n"
-                           for _ in range(60)), encoding="utf-8")
+    pre.write_text(
+        "".join(
+            json.dumps({"text": say(rnd.randint(5, 30))}, ensure_ascii=False) + "\n"
+            for _ in range(60)
+        ),
+        encoding="utf-8",
+    )
     sft = tmp_path / "sft.jsonl"
-    sft.write_text("".join(json.dumps({"conversations": [{"role": "user", "content": say(4)},
-                                                         {"role": "assistant", "content": say(6)}]},
-                                      ensure_ascii=False) + "\n" for _ in range(12)), encoding="utf-8")
+    sft.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "conversations": [
+                        {"role": "user", "content": say(4)},
+                        {"role": "assistant", "content": say(6)},
+                    ]
+                },
+                ensure_ascii=False,
+            )
+            + "\n"
+            for _ in range(12)
+        ),
+        encoding="utf-8",
+    )
     tok = tmp_path / "tok"
     train_tokenizer(TokenizerConfig(vocab_size=320), [pre, sft], tok)
     export_tokens(TensorConfig(max_length=32), "pretrain", pre, tok, tmp_path / "tokens")
-    common = ["--profile", "smoke", "--max_steps", "3", "--hidden_size", "32",
-              "--num_hidden_layers", "1"]
-    assert main_pretrain(["--data_path", str(tmp_path / "tokens"), "--out_dir", str(tmp_path / "p"),
-                          *common]) == 0
+    common = [
+        "--profile",
+        "smoke",
+        "--max_steps",
+        "3",
+        "--hidden_size",
+        "32",
+        "--num_hidden_layers",
+        "1",
+    ]
+    assert (
+        main_pretrain(
+            ["--data_path", str(tmp_path / "tokens"), "--out_dir", str(tmp_path / "p"), *common]
+        )
+        == 0
+    )
     meta = json.loads((tmp_path / "p" / "model.json").read_text())
     assert meta["model"]["vocab_size"] == 320 and meta["step"] == 3
-    assert main_sft(["--data_path", str(sft), "--tokenizer_dir", str(tok), "--out_dir",
-                     str(tmp_path / "s"), "--pretrained_path", str(tmp_path / "p"),
-                     "--profile", "smoke", "--max_steps", "2"]) == 0
+    assert (
+        main_sft(
+            [
+                "--data_path",
+                str(sft),
+                "--tokenizer_dir",
+                str(tok),
+                "--out_dir",
+                str(tmp_path / "s"),
+                "--pretrained_path",
+                str(tmp_path / "p"),
+                "--profile",
+                "smoke",
+                "--max_steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     assert "trainable parameters" in out.out
     smeta = json.loads((tmp_path / "s" / "model.json").read_text())
     assert smeta["model"] == meta["model"] and smeta["tokenizer_hash"] == meta["tokenizer_hash"]
     # DPO without its data says what is missing
     from minillm_cli.train import main_dpo
-    assert main_dpo(["--data_path", str(tmp_path / "nope"), "--out_dir", str(tmp_path / "d"),
-                     "--pretrained_path", str(tmp_path / "s")]) == 1
+
+    assert (
+        main_dpo(
+            [
+                "--data_path",
+                str(tmp_path / "nope"),
+                "--out_dir",
+                str(tmp_path / "d"),
+                "--pretrained_path",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 1
+    )
     assert "dpo data" in capsys.readouterr().err
 
 
 def test_group_by_length_is_a_deterministic_permutation_of_similar_length_batches():
     from minillm_core.train.data import epoch_order
+
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(10, 500, (1000,), generator=g).tolist()
     a = epoch_order(3, 0, 1000, lengths, batch=4, chunk_batches=16)
@@ -363,6 +502,7 @@ def test_group_by_length_is_a_deterministic_permutation_of_similar_length_batche
 
 # ------------------------------------------------------------------------------ one sequence length
 
+
 def test_rows_longer_than_the_model_context_are_refused_before_training(tmp_path):
     short = MODEL.model_copy(update={"max_position_embeddings": 12})
     with pytest.raises(ConfigError) as err:  # rows of 9..15 positions, a context of 12
@@ -372,8 +512,11 @@ def test_rows_longer_than_the_model_context_are_refused_before_training(tmp_path
     assert "--max_seq_len" in msg
     assert not (tmp_path / "model.safetensors").exists()  # refused before any step
     # rows exactly as long as the context train
-    train(cfg("pretrain", tmp_path / "ok", max_steps=1), MODEL.model_copy(
-        update={"max_position_embeddings": 15}), dataset=pretrain_rows())
+    train(
+        cfg("pretrain", tmp_path / "ok", max_steps=1),
+        MODEL.model_copy(update={"max_position_embeddings": 15}),
+        dataset=pretrain_rows(),
+    )
 
 
 def test_cli_max_seq_len_sets_the_pretrain_context_and_must_match_a_parent(tmp_path):
@@ -395,14 +538,25 @@ def test_out_of_memory_becomes_a_resource_error_with_the_flags_to_change(tmp_pat
 
     monkeypatch.setattr(MiniLLM, "forward", oom)
     with pytest.raises(OutOfMemoryError) as err:
-        train(cfg("pretrain", tmp_path, max_steps=1, accumulation_steps=2), MODEL, dataset=pretrain_rows())
+        train(
+            cfg("pretrain", tmp_path, max_steps=1, accumulation_steps=2),
+            MODEL,
+            dataset=pretrain_rows(),
+        )
     advice = err.value.advice
     assert "\n" not in advice and err.value.retryable
     for flag in ("--batch_size", "--accumulation_steps", "--max_seq_len"):
         assert flag in advice, advice
     # the CPU allocator's failure is a plain RuntimeError: it is recognised too
-    monkeypatch.setattr(MiniLLM, "forward", lambda self, *a, **k: (_ for _ in ()).throw(
-        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")))
+    monkeypatch.setattr(
+        MiniLLM,
+        "forward",
+        lambda self, *a, **k: (_ for _ in ()).throw(
+            RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"
+            )
+        ),
+    )
     with pytest.raises(OutOfMemoryError):
         train(cfg("pretrain", tmp_path / "cpu", max_steps=1), MODEL, dataset=pretrain_rows())
 
@@ -414,4 +568,7 @@ def test_default_paths_come_from_the_project_root_not_the_current_directory(tmp_
     monkeypatch.chdir(elsewhere)
     c, _ = parse_train_args("dpo", [])
     assert (c.data_path, c.out_dir, c.pretrained_path) == (
-        str(root / "out" / "tokens" / "dpo"), str(root / "out" / "dpo"), str(root / "out" / "sft"))
+        str(root / "out" / "tokens" / "dpo"),
+        str(root / "out" / "dpo"),
+        str(root / "out" / "sft"),
+    )

@@ -34,9 +34,22 @@ CHROMIUM = Path("/usr/bin/chromium")
 RUN_TIMEOUT_S = 600  # the smoke graph takes 35-60 s alone; CI machines may be slower and shared
 EVAL_ASSET = "sft_eval"
 SHOWN_METRICS = ("loss", "perplexity")
-ASSETS = ("pretrain_mix", "sft_mix", "dpo_mix", "tokenizer", "pretrain_tokens", "sft_tokens",
-          "dpo_tokens", "pretrain_checkpoint", "sft_checkpoint", "dpo_checkpoint",
-          "pretrain_eval", "sft_eval", "dpo_eval", "hf_export")
+ASSETS = (
+    "pretrain_mix",
+    "sft_mix",
+    "dpo_mix",
+    "tokenizer",
+    "pretrain_tokens",
+    "sft_tokens",
+    "dpo_tokens",
+    "pretrain_checkpoint",
+    "sft_checkpoint",
+    "dpo_checkpoint",
+    "pretrain_eval",
+    "sft_eval",
+    "dpo_eval",
+    "hf_export",
+)
 
 
 def _in_ci() -> bool:
@@ -83,9 +96,12 @@ LATEST = """query($path: [String!]!) { assetOrError(assetKey: {path: $path}) { _
 
 
 def gql(url: str, query: str, **variables) -> dict:
-    req = urllib.request.Request(f"{url}/graphql", method="POST",
-                                 data=json.dumps({"query": query, "variables": variables}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{url}/graphql",
+        method="POST",
+        data=json.dumps({"query": query, "variables": variables}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=60) as resp:
         body = json.load(resp)
     assert not body.get("errors"), f"GraphQL errors: {body['errors']}"
@@ -100,9 +116,11 @@ def run_errors(url: str, run_id: str) -> str:
         if e["__typename"] == "ExecutionStepFailureEvent":
             err = e.get("error") or {}
             root = err.get("cause") or err  # a retried step's own exception is the cause
-            lines.append(f"[{e.get('stepKey')}] {err.get('message', '').strip()}\n"
-                         + "".join(root.get("stack") or [])[-2000:]
-                         + (root.get("message") or "").strip())
+            lines.append(
+                f"[{e.get('stepKey')}] {err.get('message', '').strip()}\n"
+                + "".join(root.get("stack") or [])[-2000:]
+                + (root.get("message") or "").strip()
+            )
         elif e["__typename"] == "ExecutionStepUpForRetryEvent":
             err = e.get("retryError") or {}
             cause = (err.get("cause") or {}).get("message") or err.get("message") or ""
@@ -128,11 +146,15 @@ def wait_for_new_run(server: DagsterDev, known: set[str], timeout: float) -> str
             if status == "SUCCESS":
                 return run_id
             if status in ("FAILURE", "CANCELING", "CANCELED"):
-                pytest.fail(f"run {run_id} ended {status}:\n{run_errors(server.url, run_id)}\n"
-                            f"--- dagster dev log tail ---\n{server.log_tail()}")
+                pytest.fail(
+                    f"run {run_id} ended {status}:\n{run_errors(server.url, run_id)}\n"
+                    f"--- dagster dev log tail ---\n{server.log_tail()}"
+                )
         time.sleep(2)
-    pytest.fail(f"run {run_id} still {status} after {timeout:.0f} s\n"
-                f"--- dagster dev log tail ---\n{server.log_tail()}")
+    pytest.fail(
+        f"run {run_id} still {status} after {timeout:.0f} s\n"
+        f"--- dagster dev log tail ---\n{server.log_tail()}"
+    )
 
 
 # -- the page --------------------------------------------------------------------------------
@@ -147,8 +169,11 @@ def expand_all_groups(page) -> None:
 
 
 def graph_node(page, asset: str):
-    return page.locator("svg foreignObject").filter(
-        has_text=re.compile(rf"^\s*{re.escape(asset)}\s*$")).first
+    return (
+        page.locator("svg foreignObject")
+        .filter(has_text=re.compile(rf"^\s*{re.escape(asset)}\s*$"))
+        .first
+    )
 
 
 def metadata_value(page, label: str) -> float:
@@ -156,8 +181,7 @@ def metadata_value(page, label: str) -> float:
     cell is `label`; markdown tables further down repeat the numbers, rounded)."""
     from playwright.sync_api import expect
 
-    row = page.get_by_role("row").filter(
-        has=page.get_by_role("cell", name=label, exact=True)).first
+    row = page.get_by_role("row").filter(has=page.get_by_role("cell", name=label, exact=True)).first
     expect(row).to_be_visible()
     cells = [c.strip() for c in row.get_by_role("cell").all_inner_texts()]
     assert cells[0] == label, cells
@@ -198,8 +222,11 @@ def test_materialize_smoke_graph_from_the_ui(server: DagsterDev, tmp_path: Path)
     # Playwright starts Chromium without its sandbox (chromium_sandbox=False), so this also runs
     # as root and in containers without user namespaces; /dev/shm is small in many containers.
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                     args=["--disable-dev-shm-usage", "--disable-gpu"])
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--disable-dev-shm-usage", "--disable-gpu"],
+        )
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1100})
             page.set_default_timeout(60_000)
@@ -222,7 +249,8 @@ def test_materialize_smoke_graph_from_the_ui(server: DagsterDev, tmp_path: Path)
             expect(launched.or_(dialog).first).to_be_visible()
             if not launched.first.is_visible() and dialog.first.is_visible():
                 dialog.first.get_by_role(
-                    "button", name=re.compile(r"^(Launch|Materialize|Confirm)", re.I)).first.click()
+                    "button", name=re.compile(r"^(Launch|Materialize|Confirm)", re.I)
+                ).first.click()
                 expect(launched.first).to_be_visible()
 
             # 3. wait for the run through GraphQL
@@ -232,8 +260,9 @@ def test_materialize_smoke_graph_from_the_ui(server: DagsterDev, tmp_path: Path)
             run = gql(url, RUN, id=run_id)["runOrError"]
             stats = run["stats"]
             nodes = gql(url, ASSET_NODES)["assetNodes"]
-            materializable = {"/".join(n["assetKey"]["path"]) for n in nodes
-                              if n["isMaterializable"]}
+            materializable = {
+                "/".join(n["assetKey"]["path"]) for n in nodes if n["isMaterializable"]
+            }
             assert set(ASSETS) <= materializable, materializable
             assert stats["stepsFailed"] == 0, stats
             assert stats["materializations"] == len(materializable), stats
@@ -253,16 +282,20 @@ def test_materialize_smoke_graph_from_the_ui(server: DagsterDev, tmp_path: Path)
             assert latest["__typename"] == "Asset", latest
             (mat,) = latest["assetMaterializations"]
             assert mat["runId"] == run_id, mat["runId"]
-            expected = {e["label"]: e.get("floatValue", e.get("intValue"))
-                        for e in mat["metadataEntries"]}
+            expected = {
+                e["label"]: e.get("floatValue", e.get("intValue")) for e in mat["metadataEntries"]
+            }
             page.goto(f"{url}/assets/{EVAL_ASSET}")
             expect(page.get_by_text(EVAL_ASSET).first).to_be_visible()
             for label in SHOWN_METRICS:
                 assert isinstance(expected.get(label), float), (label, expected.get(label))
                 shown = metadata_value(page, label)
                 assert math.isfinite(shown), (label, shown)
-                assert math.isclose(shown, expected[label], rel_tol=1e-6), (label, shown,
-                                                                           expected[label])
+                assert math.isclose(shown, expected[label], rel_tol=1e-6), (
+                    label,
+                    shown,
+                    expected[label],
+                )
             save(page, f"{EVAL_ASSET}.png", shots)
         finally:
             browser.close()

@@ -61,14 +61,16 @@ def isolated_env(tmp: Path, profile: str = "smoke") -> dict[str, str]:
     (root / "data" / "chinese").mkdir(parents=True, exist_ok=True)
     (tmp / "tf_dir").mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_")}
-    env.update({
-        "DAGSTER_HOME": str(home),
-        "MINILLM_ROOT": str(root),
-        "TF_DIR": str(tmp / "tf_dir"),
-        "MINILLM_PROFILE": profile,
-        "MPLBACKEND": "Agg",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "DAGSTER_HOME": str(home),
+            "MINILLM_ROOT": str(root),
+            "TF_DIR": str(tmp / "tf_dir"),
+            "MINILLM_PROFILE": profile,
+            "MPLBACKEND": "Agg",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
@@ -91,11 +93,31 @@ class DagsterDev:
 
 
 def _spawn(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--exec", sys.executable, "-m",
-           "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--exec",
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-w",
+        "workspace.yaml",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
     with open(log, "ab") as out:
-        return subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _answers(url: str) -> bool:
@@ -149,13 +171,16 @@ def dagster_dev(tmp: Path, ready_timeout: float = 180.0, attempts: int = 3) -> I
                 if _answers(f"{url}/server_info"):
                     break
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"dagster dev not ready on {url} after {ready_timeout:.0f} "
-                                       f"s; log tail:\n{server.log_tail()}")
+                    raise TimeoutError(
+                        f"dagster dev not ready on {url} after {ready_timeout:.0f} "
+                        f"s; log tail:\n{server.log_tail()}"
+                    )
                 time.sleep(1)
             if proc.poll() is not None:
                 if attempt == attempts:
-                    raise RuntimeError(f"dagster dev exited with {proc.returncode}; log tail:\n"
-                                       f"{server.log_tail()}")
+                    raise RuntimeError(
+                        f"dagster dev exited with {proc.returncode}; log tail:\n{server.log_tail()}"
+                    )
                 continue
             yield server
             return
@@ -184,8 +209,10 @@ if __name__ == "__main__":
         signal.signal(signal.SIGTERM, _interrupt)
         with tempfile.TemporaryDirectory(prefix="minillm_ui_") as d:
             with dagster_dev(Path(d)) as srv:
-                print(f"dagster dev ready at {srv.url} (artifacts under {d}); Ctrl-C stops it",
-                      flush=True)
+                print(
+                    f"dagster dev ready at {srv.url} (artifacts under {d}); Ctrl-C stops it",
+                    flush=True,
+                )
                 with contextlib.suppress(KeyboardInterrupt):
                     srv.proc.wait()
     else:

@@ -46,16 +46,32 @@ def _configs(nnodes: int) -> tuple[Any, Any, Any, Any]:
     from minillm_core.train import TrainConfig
     from minillm_core.train.ddp import DistributedConfig
 
-    train = TrainConfig.resolve(preset("gpu", "pretrain"), {
-        "stage": "pretrain", "data_path": f"{ROOT}/out/tokens/pretrain",
-        "out_dir": f"{ROOT}/out/pretrain", "tensorboard_dir": f"{ROOT}/tf_dir/pretrain"})
+    train = TrainConfig.resolve(
+        preset("gpu", "pretrain"),
+        {
+            "stage": "pretrain",
+            "data_path": f"{ROOT}/out/tokens/pretrain",
+            "out_dir": f"{ROOT}/out/pretrain",
+            "tensorboard_dir": f"{ROOT}/tf_dir/pretrain",
+        },
+    )
     model = ModelConfig.resolve(preset("gpu", "model"), {"vocab_size": 6400})
     name = "minillm-pretrain"
     dist = DistributedConfig(
-        launcher="k8s" if nnodes == 1 else "torchrun", nproc_per_node=GPUS, nnodes=nnodes,
-        rdzv_endpoint=None if nnodes == 1 else f"{name}-0.{name}:{RDZV_PORT}", rdzv_id=name)
-    k8s = K8sPodConfig(image=IMAGE, volume_claim=CLAIM, mount_path=ROOT, cpu="32", memory="256Gi",
-                       tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+        launcher="k8s" if nnodes == 1 else "torchrun",
+        nproc_per_node=GPUS,
+        nnodes=nnodes,
+        rdzv_endpoint=None if nnodes == 1 else f"{name}-0.{name}:{RDZV_PORT}",
+        rdzv_id=name,
+    )
+    k8s = K8sPodConfig(
+        image=IMAGE,
+        volume_claim=CLAIM,
+        mount_path=ROOT,
+        cpu="32",
+        memory="256Gi",
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    )
     return train, model, dist, k8s
 
 
@@ -67,11 +83,17 @@ def training_pod() -> dict[str, Any]:
     spec["containers"][0]["image"] = IMAGE
     out = Path(train.out_dir)  # the asset writes the rank config here, on the claim
     spec["containers"][0]["command"] = k8s_command(
-        out / ".torchrun-config-RUN_ID.json", dist, "RUN_ID", out / ".torchrun-failure-RUN_ID.json")
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "dagster-RUN_ID-pretrain-checkpoint",
-                         "labels": {"app.kubernetes.io/part-of": "minillm", "minillm/stage": "pretrain"}},
-            "spec": spec}
+        out / ".torchrun-config-RUN_ID.json", dist, "RUN_ID", out / ".torchrun-failure-RUN_ID.json"
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "dagster-RUN_ID-pretrain-checkpoint",
+            "labels": {"app.kubernetes.io/part-of": "minillm", "minillm/stage": "pretrain"},
+        },
+        "spec": spec,
+    }
 
 
 def multinode_job() -> list[dict[str, Any]]:
@@ -84,34 +106,65 @@ def multinode_job() -> list[dict[str, Any]]:
     c = spec["containers"][0]
     c["image"] = IMAGE
     # torchrun with the training command: no Dagster in the loop, pod 0 hosts the rendezvous.
-    c["command"] = ["python", "-m", "torch.distributed.run", *dist.torchrun_args(),
-                    "-m", "minillm_cli.train", "pretrain", "--dist_backend", "nccl",
-                    "--dist_timeout_s", repr(dist.timeout_s), *stage_flags(train, model)]
+    c["command"] = [
+        "python",
+        "-m",
+        "torch.distributed.run",
+        *dist.torchrun_args(),
+        "-m",
+        "minillm_cli.train",
+        "pretrain",
+        "--dist_backend",
+        "nccl",
+        "--dist_timeout_s",
+        repr(dist.timeout_s),
+        *stage_flags(train, model),
+    ]
     c["ports"] = [{"name": "rendezvous", "containerPort": RDZV_PORT}]
     spec["subdomain"] = name  # pod i answers at <name>-i.<name> through the headless Service
-    service = {"apiVersion": "v1", "kind": "Service",
-               "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "minillm"}},
-               "spec": {"clusterIP": "None", "selector": {"job-name": name},
-                        "ports": [{"name": "rendezvous", "port": RDZV_PORT}],
-                        # the rendezvous must resolve before the pods are ready
-                        "publishNotReadyAddresses": True}}
-    job = {"apiVersion": "batch/v1", "kind": "Job",
-           "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "minillm"}},
-           "spec": {"completionMode": "Indexed", "completions": NODES, "parallelism": NODES,
-                    # a lost node fails the job at once (torchrun restarts nothing either);
-                    # rerunning continues from the resume state on the claim
-                    "backoffLimit": 0,
-                    "template": {"metadata": {"labels": {"app.kubernetes.io/part-of": "minillm"}},
-                                 "spec": spec}}}
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "minillm"}},
+        "spec": {
+            "clusterIP": "None",
+            "selector": {"job-name": name},
+            "ports": [{"name": "rendezvous", "port": RDZV_PORT}],
+            # the rendezvous must resolve before the pods are ready
+            "publishNotReadyAddresses": True,
+        },
+    }
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "minillm"}},
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": NODES,
+            "parallelism": NODES,
+            # a lost node fails the job at once (torchrun restarts nothing either);
+            # rerunning continues from the resume state on the claim
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": {"app.kubernetes.io/part-of": "minillm"}},
+                "spec": spec,
+            },
+        },
+    }
     return [service, job]
 
 
-HEADER = "# Rendered by deploy/k8s/render.py (do not edit by hand; edit the renderer and re-run it).\n"
+HEADER = (
+    "# Rendered by deploy/k8s/render.py (do not edit by hand; edit the renderer and re-run it).\n"
+)
 
 
 def documents() -> dict[str, str]:
-    return {"training-pod.yaml": HEADER + yaml.safe_dump(training_pod(), sort_keys=False, width=100),
-            "multinode-job.yaml": HEADER + yaml.safe_dump_all(multinode_job(), sort_keys=False, width=100)}
+    return {
+        "training-pod.yaml": HEADER + yaml.safe_dump(training_pod(), sort_keys=False, width=100),
+        "multinode-job.yaml": HEADER
+        + yaml.safe_dump_all(multinode_job(), sort_keys=False, width=100),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

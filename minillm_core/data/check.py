@@ -67,8 +67,9 @@ def _content(rec: dict, output: str) -> dict:
     return {k: rec[k] for k in CANONICAL_KEYS[output]}
 
 
-def _heldout_index(held: Path, output: str, with_keys: bool
-                   ) -> tuple[set[tuple[str, int]], set[int]]:
+def _heldout_index(
+    held: Path, output: str, with_keys: bool
+) -> tuple[set[tuple[str, int]], set[int]]:
     """The (file, line) sources of the held-out records and, `with_keys`, their dedup keys."""
     sources: set[tuple[str, int]] = set()
     keys: set[int] = set()
@@ -84,8 +85,13 @@ def _heldout_index(held: Path, output: str, with_keys: bool
     return sources, keys
 
 
-def _check_records(p: Path, output: str, held: tuple[set[tuple[str, int]], set[int]],
-                   held_name: str, problem: _Problems) -> tuple[int, Counter]:
+def _check_records(
+    p: Path,
+    output: str,
+    held: tuple[set[tuple[str, int]], set[int]],
+    held_name: str,
+    problem: _Problems,
+) -> tuple[int, Counter]:
     """(records, records per category) of a mix file, each record checked."""
     per_cat: Counter = Counter()
     n = 0
@@ -102,9 +108,14 @@ def _check_records(p: Path, output: str, held: tuple[set[tuple[str, int]], set[i
                 problem(f"{where}: not an object")
                 continue
             src = rec.get("source")
-            if not (isinstance(src, dict) and isinstance(src.get("file"), str) and src["file"]
-                    and isinstance(src.get("line"), int) and src["line"] >= 1
-                    and isinstance(src.get("category"), str)):
+            if not (
+                isinstance(src, dict)
+                and isinstance(src.get("file"), str)
+                and src["file"]
+                and isinstance(src.get("line"), int)
+                and src["line"] >= 1
+                and isinstance(src.get("category"), str)
+            ):
                 problem(f"{where}: missing or malformed source (need file, line, category)")
             else:
                 per_cat[src["category"]] += 1
@@ -132,8 +143,9 @@ def _check_counts(p: Path, n: int, per_cat: Counter, problem: _Problems) -> None
         want_cat = counts.get("heldout_per_category", {})
     else:
         want_total = counts.get("records")
-        want_cat = {c: counts["quotas"][c] * counts["category_repeat"][c]
-                    for c in counts.get("quotas", {})}
+        want_cat = {
+            c: counts["quotas"][c] * counts["category_repeat"][c] for c in counts.get("quotas", {})
+        }
     if want_total is not None and n != want_total:
         problem(f"{p}: {n} records, the sidecar says {want_total}")
     for c, want in want_cat.items():
@@ -160,5 +172,6 @@ def _check_canonical(rec: dict, output: str) -> None:
     elif output == "dpo":
         formats.check_pair(conv("chosen"), conv("rejected"))
     else:
-        raise MixError(f"output must be one of {', '.join(OUTPUTS)} (got {output!r})",
-                       field="output")
+        raise MixError(
+            f"output must be one of {', '.join(OUTPUTS)} (got {output!r})", field="output"
+        )

@@ -52,13 +52,18 @@ class CategoryConfig(CoreConfig):
     sources: list[str] = Field(description="globs relative to sources_dir (and samples_dir)")
     target: int = Field(ge=1, description="distinct-draw quota per output, before `repeat`")
     outputs: list[Output] = Field(min_length=1)
-    repeat: int = Field(1, ge=1, description="each drawn record appears this many times "
-                                             "(identity: 2, as nanochat's SFT)")
+    repeat: int = Field(
+        1,
+        ge=1,
+        description="each drawn record appears this many times (identity: 2, as nanochat's SFT)",
+    )
     format: str | None = Field(None, description="record format for every file (else detected)")
     overrides: dict[str, SourceOverride] = Field(
-        default_factory=dict, description="file glob (relative to its directory) -> override")
-    fill_placeholders: bool = Field(False, description="fill {{name}}/{{author}} from "
-                                                       "model_name/model_author; refuse others")
+        default_factory=dict, description="file glob (relative to its directory) -> override"
+    )
+    fill_placeholders: bool = Field(
+        False, description="fill {{name}}/{{author}} from model_name/model_author; refuse others"
+    )
 
     @field_validator("format")
     @classmethod
@@ -69,8 +74,13 @@ class CategoryConfig(CoreConfig):
 def _default_categories() -> dict[str, CategoryConfig]:
     # The seed's quotas; every category also looks for a top-level file named after it, so
     # dropping `identity_conversations.jsonl` into data/chinese/ is enough.
-    def cat(name: str, target: int, outputs: list[Output], exts: tuple[str, ...] = (".json*",),
-            **kw: Any) -> CategoryConfig:
+    def cat(
+        name: str,
+        target: int,
+        outputs: list[Output],
+        exts: tuple[str, ...] = (".json*",),
+        **kw: Any,
+    ) -> CategoryConfig:
         globs = [f"{name}/**/*{e}" for e in exts] + [f"{name}*{e}" for e in exts]
         return CategoryConfig(sources=globs, target=target, outputs=outputs, **kw)
 
@@ -87,25 +97,35 @@ class MixConfig(CoreConfig):
     """Settings of the data mix (defaults: the seed's)."""
 
     sources_dir: Path = Field(Path(SOURCES_DIR), description="the user's sources")
-    samples_dir: Path = Field(Path(SAMPLES_DIR), description="shipped samples, used per category "
-                                                           "when sources_dir has none for it")
+    samples_dir: Path = Field(
+        Path(SAMPLES_DIR),
+        description="shipped samples, used per category when sources_dir has none for it",
+    )
     allow_samples: bool = Field(True, description="False: a category without user files fails")
     categories: dict[str, CategoryConfig] = Field(default_factory=_default_categories)
     seed: int = 42
     max_records: dict[Output, int] = Field(
-        default_factory=dict, description="cap per output; the quotas feeding it are scaled "
-                                          "down proportionally (smoke: 64/16/8)")
-    heldout_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="per category, of the "
-                                    "distinct records used")
+        default_factory=dict,
+        description="cap per output; the quotas feeding it are scaled "
+        "down proportionally (smoke: 64/16/8)",
+    )
+    heldout_fraction: float = Field(
+        0.01, ge=0.0, lt=1.0, description="per category, of the distinct records used"
+    )
     heldout_min: int = Field(1, ge=0, description="held-out records per category, at least")
-    max_bad_fraction: float = Field(0.1, ge=0.0, le=1.0, description="a file with more bad "
-                                    "records than this fails the build")
-    dedup: bool = Field(True, description="drop exact duplicates per output (NFKC, whitespace "
-                        "collapsed, metadata ignored), across files and categories, before "
-                        "the held-out split")
+    max_bad_fraction: float = Field(
+        0.1, ge=0.0, le=1.0, description="a file with more bad records than this fails the build"
+    )
+    dedup: bool = Field(
+        True,
+        description="drop exact duplicates per output (NFKC, whitespace "
+        "collapsed, metadata ignored), across files and categories, before "
+        "the held-out split",
+    )
     model_name: str = Field("MiniLLM", min_length=1, description="fills {{name}} in identity data")
-    model_author: str = Field("MiniLLM 开源社区", min_length=1,
-                              description="fills {{author}} in identity data")
+    model_author: str = Field(
+        "MiniLLM 开源社区", min_length=1, description="fills {{author}} in identity data"
+    )
 
     @field_validator("max_records")
     @classmethod
@@ -126,6 +146,7 @@ class MixConfig(CoreConfig):
         try:
             if p.suffix.lower() in (".yaml", ".yml"):
                 import yaml  # only when a YAML file is given (a dagster dependency)
+
                 data = yaml.safe_load(text)
             else:
                 data = json.loads(text)
@@ -152,7 +173,10 @@ def quotas(cfg: MixConfig, output: str) -> dict[str, int]:
     weight = sum(c.target * c.repeat for c in cats.values())
     ideal = {n: cap * c.target / weight for n, c in cats.items()}  # draws, before repeats
     q = {n: min(cats[n].target, max(1, math.floor(x))) for n, x in ideal.items()}
-    used = lambda: sum(q[n] * cats[n].repeat for n in q)
+
+    def used() -> int:
+        return sum(q[n] * cats[n].repeat for n in q)
+
     # Categories forced up to one draw may push the total over; take back from the largest.
     while used() > cap and any(v > 1 for v in q.values()):
         big = max((n for n in q if q[n] > 1), key=lambda n: (q[n] * cats[n].repeat, n))
@@ -161,5 +185,3 @@ def quotas(cfg: MixConfig, output: str) -> dict[str, int]:
         if used() + cats[n].repeat <= cap and q[n] < cats[n].target:
             q[n] += 1
     return q
-
-

@@ -42,8 +42,9 @@ def _collapse(value: Any) -> Any:
 # it changes in Chinese corpora are nearly always these: full-width ASCII, the ideographic space
 # and the ellipsis. They are mapped first; the full NFKC runs only when something else is left.
 _COMPAT = re.compile("[\uff01-\uff5e\u3000\u2026]")
-_COMPAT_MAP = {chr(c): unicodedata.normalize("NFKC", chr(c))
-               for c in [*range(0xFF01, 0xFF5F), 0x3000, 0x2026]}
+_COMPAT_MAP = {
+    chr(c): unicodedata.normalize("NFKC", chr(c)) for c in [*range(0xFF01, 0xFF5F), 0x3000, 0x2026]
+}
 
 
 def _nfkc(text: str) -> str:
@@ -64,8 +65,9 @@ def distinct_ordinals(scans: dict[str, list[FileScan]]) -> dict[str, np.ndarray]
     """Per category, the sorted valid-record ordinals that are first occurrences of their key;
     sets each file's `duplicates` count."""
     files = [fs for cat_files in scans.values() for fs in cat_files]
-    keys = np.concatenate([np.frombuffer(fs.keys, dtype=np.uint64) for fs in files]
-                          or [np.zeros(0, dtype=np.uint64)])
+    keys = np.concatenate(
+        [np.frombuffer(fs.keys, dtype=np.uint64) for fs in files] or [np.zeros(0, dtype=np.uint64)]
+    )
     keep = np.zeros(len(keys), dtype=bool)
     keep[np.unique(keys, return_index=True)[1]] = True
     del keys
@@ -73,10 +75,10 @@ def distinct_ordinals(scans: dict[str, list[FileScan]]) -> dict[str, np.ndarray]
     start = 0
     for cat, cat_files in scans.items():
         n = sum(fs.valid for fs in cat_files)
-        k = keep[start:start + n]
+        k = keep[start : start + n]
         at = start
         for fs in cat_files:
-            fs.duplicates = int(fs.valid - keep[at:at + fs.valid].sum())
+            fs.duplicates = int(fs.valid - keep[at : at + fs.valid].sum())
             at += fs.valid
         out[cat] = np.flatnonzero(k).astype(np.int64, copy=False)
         start += n

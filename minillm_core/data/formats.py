@@ -17,25 +17,46 @@ from minillm_core.data.readers import MixError, NotApplicable, RecordError, stri
 from minillm_core.schema import ROLE_ALIASES, ROLES
 
 FORMATS: tuple[str, ...] = (
-    "text", "messages", "sharegpt", "alpaca", "belle_multiturn", "firefly", "mcq", "math",
-    "dpo_messages", "dpo_conversation", "dpo_prompt",
+    "text",
+    "messages",
+    "sharegpt",
+    "alpaca",
+    "belle_multiturn",
+    "firefly",
+    "mcq",
+    "math",
+    "dpo_messages",
+    "dpo_conversation",
+    "dpo_prompt",
 )
 
 _ROLE_SET = frozenset(ROLES)
 # ShareGPT and its variants (Belle 3.5M uses "assistant" where ShareGPT uses "gpt").
-SHAREGPT_ROLES = {**{r: r for r in ROLES}, **ROLE_ALIASES,
-                  "chatgpt": "assistant", "bot": "assistant", "function_call": "assistant"}
+SHAREGPT_ROLES = {
+    **{r: r for r in ROLES},
+    **ROLE_ALIASES,
+    "chatgpt": "assistant",
+    "bot": "assistant",
+    "function_call": "assistant",
+}
 # Which role may follow which: an optional leading system, then user/assistant alternation, with
 # tool results allowed only after an assistant turn (which made the call) or another result.
-_NEXT = {None: ("system", "user"), "system": ("user",), "user": ("assistant",),
-         "assistant": ("user", "tool"), "tool": ("assistant", "tool")}
+_NEXT = {
+    None: ("system", "user"),
+    "system": ("user",),
+    "user": ("assistant",),
+    "assistant": ("user", "tool"),
+    "tool": ("assistant", "tool"),
+}
 _TOOL_STRING_FIELDS = ("tools", "tool_calls")
 _BELLE = re.compile(r"(?:^|\n)[ \t]*(Human|Assistant)[ \t]*[:：]")
 _BELLE_START = re.compile(r"\s*Human[ \t]*[:：]")
 _CALC = re.compile(r"<<[^<>]*>>")
 # `{{name}}` or `{name}` (published persona files use both; double braces are tried first).
-_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}"
-                          r"|\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}")
+_PLACEHOLDER = re.compile(
+    r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}"
+    r"|\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}"
+)
 
 
 def detect_format(value: Any) -> str:
@@ -121,11 +142,11 @@ def validate_conversation(msgs: list[dict], where: str) -> list[dict]:
     for i, m in enumerate(msgs):
         role, content = m["role"], m["content"]
         if content.__class__ is not str:
-            raise RecordError("non-string content", f"{where}[{i}].content is a "
-                              f"{type(content).__name__}")
+            raise RecordError(
+                "non-string content", f"{where}[{i}].content is a {type(content).__name__}"
+            )
         # isspace() instead of strip(): no copy of a long string on the hot path.
-        if (not content or content.isspace()) and not (role == "assistant"
-                                                        and m.get("tool_calls")):
+        if (not content or content.isspace()) and not (role == "assistant" and m.get("tool_calls")):
             raise RecordError("empty content", f"{where}[{i}] ({role})")
         if len(m) > 2:
             for key in _TOOL_STRING_FIELDS:
@@ -135,12 +156,12 @@ def validate_conversation(msgs: list[dict], where: str) -> list[dict]:
                     except (ValueError, RecursionError):
                         raise RecordError("invalid tool JSON", f"{where}[{i}].{key}") from None
         if role not in _NEXT[prev]:
-            raise RecordError("bad role order", f"{where}[{i}]: {role} after "
-                              f"{prev or 'the start'}")
+            raise RecordError("bad role order", f"{where}[{i}]: {role} after {prev or 'the start'}")
         prev = role
     if prev != "assistant":
-        raise RecordError("bad role order", f"{where} must end with an assistant turn "
-                          f"(ends with {prev})")
+        raise RecordError(
+            "bad role order", f"{where} must end with an assistant turn (ends with {prev})"
+        )
     return msgs
 
 
@@ -179,8 +200,12 @@ def _alpaca(d: dict) -> list[dict]:
     ins = _str_field(d, "instruction")
     inp = _str_field(d, "input", required=False)
     user = f"{ins}\n{inp}" if inp.strip() else ins
-    return [*_system(d), *_history(d), {"role": "user", "content": user},
-            {"role": "assistant", "content": _str_field(d, "output")}]
+    return [
+        *_system(d),
+        *_history(d),
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": _str_field(d, "output")},
+    ]
 
 
 def _belle_multiturn(d: dict) -> list[dict]:
@@ -199,8 +224,10 @@ def _belle_multiturn(d: dict) -> list[dict]:
 
 
 def _firefly(d: dict) -> list[dict]:
-    return [{"role": "user", "content": _str_field(d, "input")},
-            {"role": "assistant", "content": _str_field(d, "target")}]
+    return [
+        {"role": "user", "content": _str_field(d, "input")},
+        {"role": "assistant", "content": _str_field(d, "target")},
+    ]
 
 
 def _ci(d: dict) -> dict:
@@ -218,8 +245,10 @@ def _mcq(d: dict) -> list[dict]:
         raise RecordError("bad answer", f"answer must be one of A, B, C, D (got {ans!r})")
     choices = "\n".join(f"{k}. {v}" for k, v in opts.items())
     user = f"{q.strip()}\n{choices}\n请选出正确答案。"
-    return [{"role": "user", "content": user},
-            {"role": "assistant", "content": f"答案是 {ans}：{opts[ans]}"}]
+    return [
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": f"答案是 {ans}：{opts[ans]}"},
+    ]
 
 
 def _zh_first(c: dict, key: str) -> str:
@@ -239,8 +268,7 @@ def _math(d: dict) -> list[dict]:
     if isinstance(a, (int, float)) and not isinstance(a, bool):
         a = str(a)
     if not isinstance(a, str):
-        raise RecordError("non-string content" if a is not None else "missing field",
-                          answer_key)
+        raise RecordError("non-string content" if a is not None else "missing field", answer_key)
     steps, sep, final = a.rpartition("####")
     if sep:
         # GSM8K: "<<48/2=24>>" calculator annotations are stripped (not turned into tool calls)
@@ -270,10 +298,12 @@ def check_pair(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict], li
     validate_conversation(chosen, "chosen")
     validate_conversation(rejected, "rejected")
     if len(chosen) != len(rejected) or any(
-            (a["role"], a["content"]) != (b["role"], b["content"])
-            for a, b in zip(chosen[:-1], rejected[:-1])):
-        raise RecordError("prompt differs", "chosen and rejected must share every turn "
-                          "but the last")
+        (a["role"], a["content"]) != (b["role"], b["content"])
+        for a, b in zip(chosen[:-1], rejected[:-1])
+    ):
+        raise RecordError(
+            "prompt differs", "chosen and rejected must share every turn but the last"
+        )
     if chosen[-1]["content"].strip() == rejected[-1]["content"].strip():
         raise RecordError("chosen equals rejected", "the final assistant turns are identical")
     return chosen, rejected
@@ -281,15 +311,17 @@ def check_pair(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict], li
 
 def _dpo_messages(d: dict) -> tuple[list[dict], list[dict]]:
     sys_ = d.get("system")
-    return check_pair(_messages(d["chosen"], "chosen", sys_),
-                      _messages(d["rejected"], "rejected", sys_))
+    return check_pair(
+        _messages(d["chosen"], "chosen", sys_), _messages(d["rejected"], "rejected", sys_)
+    )
 
 
 def _dpo_conversation(d: dict) -> tuple[list[dict], list[dict]]:
     key = "conversations" if "conversations" in d else "messages"
     conv = _messages(d[key], key, d.get("system"))
-    return check_pair(conv + [_reply(d["chosen"], "chosen")],
-                 conv + [_reply(d["rejected"], "rejected")])
+    return check_pair(
+        conv + [_reply(d["chosen"], "chosen")], conv + [_reply(d["rejected"], "rejected")]
+    )
 
 
 def _dpo_prompt(d: dict) -> tuple[list[dict], list[dict]]:
@@ -326,15 +358,22 @@ def _conversation(value: Any, fmt: str) -> list[dict]:
     if fmt == "sharegpt":
         if "conversations" not in value:
             raise RecordError("missing field", "conversations")
-        return validate_conversation(_messages(value["conversations"], "conversations",
-                                               value.get("system")), "conversations")
+        return validate_conversation(
+            _messages(value["conversations"], "conversations", value.get("system")), "conversations"
+        )
     return validate_conversation(_BUILDERS[fmt](value), fmt)
 
 
 _BUILDERS: dict[str, Any] = {
-    "alpaca": _alpaca, "belle_multiturn": _belle_multiturn, "firefly": _firefly, "mcq": _mcq,
-    "math": _math, "dpo_messages": _dpo_messages, "dpo_conversation": _dpo_conversation,
-    "dpo_prompt": _dpo_prompt}
+    "alpaca": _alpaca,
+    "belle_multiturn": _belle_multiturn,
+    "firefly": _firefly,
+    "mcq": _mcq,
+    "math": _math,
+    "dpo_messages": _dpo_messages,
+    "dpo_conversation": _dpo_conversation,
+    "dpo_prompt": _dpo_prompt,
+}
 _FORMAT_SET = frozenset(FORMATS)
 
 
@@ -397,8 +436,10 @@ def fill_placeholders(value: Any, names: dict[str, str]) -> Any:
 
         value = _PLACEHOLDER.sub(fill, value)
         if unknown:
-            raise RecordError("unfilled placeholder", f"{unknown[0]} has no value in the mix "
-                              "config (model_name / model_author)")
+            raise RecordError(
+                "unfilled placeholder",
+                f"{unknown[0]} has no value in the mix config (model_name / model_author)",
+            )
         return value
     if isinstance(value, list):
         return [fill_placeholders(v, names) for v in value]

@@ -70,39 +70,64 @@ class MixReport(BaseModel):
     metadata: dict[str, Any]
 
 
-def build_mix(cfg: MixConfig, output: Output, out_dir: Path | str,
-              log: LogFn | None = None) -> MixReport:
+def build_mix(
+    cfg: MixConfig, output: Output, out_dir: Path | str, log: LogFn | None = None
+) -> MixReport:
     """Write `out_dir/{output}_chinese.jsonl` and its held-out split (module docstring)."""
     if output not in OUTPUTS:
-        raise MixError(f"output must be one of {', '.join(OUTPUTS)} (got {output!r})",
-                       field="output")
+        raise MixError(
+            f"output must be one of {', '.join(OUTPUTS)} (got {output!r})", field="output"
+        )
     t0, cpu0 = time.monotonic(), time.process_time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     q = quotas(cfg, output)
     if not q:
-        raise MixError(f"no category feeds {output!r}: set `outputs` of at least one category",
-                       field="categories")
+        raise MixError(
+            f"no category feeds {output!r}: set `outputs` of at least one category",
+            field="categories",
+        )
     found = _find_files(cfg, output, q, log)
     scans, samples_used = _scan_all(cfg, output, found, log)
     scan_seconds = time.monotonic() - t0
     scan_cpu_seconds = time.process_time() - cpu0  # the rate on one dedicated core
     main_path = out_dir / f"{output}_chinese.jsonl"
     held_path = out_dir / f"{output}_chinese_heldout.jsonl"
-    meta: dict[str, Any] = {"output": output, "quotas": q, "records_per_category": {},
-                            "distinct_per_category": {}, "heldout_per_category": {},
-                            "repeat_factors": {}, "category_repeat": {},
-                            "valid_per_category": {}, "records_per_file": {}}
+    meta: dict[str, Any] = {
+        "output": output,
+        "quotas": q,
+        "records_per_category": {},
+        "distinct_per_category": {},
+        "heldout_per_category": {},
+        "repeat_factors": {},
+        "category_repeat": {},
+        "valid_per_category": {},
+        "records_per_file": {},
+    }
     distinct = _dedup(output, scans, meta, log) if cfg.dedup else {}
     # Select every category first: the totals size the occurrence list exactly (no regrowth).
-    chosen = {cat: _choose(cfg, output, cat, files, q[cat], distinct.pop(cat, None), meta, log)
-              for cat, files in scans.items()}
-    slots, n_bytes, held_bytes = _write_outputs(cfg, output, scans, chosen, meta, out_dir,
-                                                main_path, held_path)
+    chosen = {
+        cat: _choose(cfg, output, cat, files, q[cat], distinct.pop(cat, None), meta, log)
+        for cat, files in scans.items()
+    }
+    slots, n_bytes, held_bytes = _write_outputs(
+        cfg, output, scans, chosen, meta, out_dir, main_path, held_path
+    )
     all_files = [fs for files in scans.values() for fs in files]
-    _write_sidecars(cfg, all_files, samples_used, meta, main_path, held_path,
-                    {"records": len(slots.train), "heldout_records": len(slots.held),
-                     "bytes": n_bytes, "heldout_bytes": held_bytes})
+    _write_sidecars(
+        cfg,
+        all_files,
+        samples_used,
+        meta,
+        main_path,
+        held_path,
+        {
+            "records": len(slots.train),
+            "heldout_records": len(slots.held),
+            "bytes": n_bytes,
+            "heldout_bytes": held_bytes,
+        },
+    )
     seconds = time.monotonic() - t0
     source_bytes = meta["source_bytes"]
     meta["seconds"] = round(seconds, 3)
@@ -112,11 +137,19 @@ def build_mix(cfg: MixConfig, output: Output, out_dir: Path | str,
     meta["source_mb_per_s"] = round(source_bytes / 1e6 / max(seconds, 1e-9), 2)
     for line in meta["skipped_examples"]:
         emit(log, f"mix {output}: skipped {line}")
-    emit(log, f"mix {output}: wrote {len(slots.train)} records ({n_bytes / 1e6:.1f} MB) to "
-              f"{main_path} and {len(slots.held)} held out, in {seconds:.1f}s; "
-              f"skipped {meta['skipped_total']} bad records")
-    return MixReport(path=main_path, heldout_path=held_path, records=len(slots.train),
-                     heldout_records=len(slots.held), metadata=meta)
+    emit(
+        log,
+        f"mix {output}: wrote {len(slots.train)} records ({n_bytes / 1e6:.1f} MB) to "
+        f"{main_path} and {len(slots.held)} held out, in {seconds:.1f}s; "
+        f"skipped {meta['skipped_total']} bad records",
+    )
+    return MixReport(
+        path=main_path,
+        heldout_path=held_path,
+        records=len(slots.train),
+        heldout_records=len(slots.held),
+        metadata=meta,
+    )
 
 
 def _find_files(cfg: MixConfig, output: str, q: dict[str, int], log: LogFn | None) -> Found:
@@ -128,16 +161,23 @@ def _find_files(cfg: MixConfig, output: str, q: dict[str, int], log: LogFn | Non
             if owner.setdefault(p.resolve(), cat) != cat:
                 # The same records in two categories would be drawn twice and could be held
                 # out in one and trained on in the other.
-                raise MixError(f"matched by the globs of both categories "
-                               f"{owner[p.resolve()]!r} and {cat!r}; narrow one of them", file=d)
+                raise MixError(
+                    f"matched by the globs of both categories "
+                    f"{owner[p.resolve()]!r} and {cat!r}; narrow one of them",
+                    file=d,
+                )
     total_bytes = sum(p.stat().st_size for files, _ in found.values() for p, _, _ in files)
-    emit(log, f"mix {output}: {sum(len(f) for f, _ in found.values())} files, "
-              f"{total_bytes / 1e6:.1f} MB, quotas {q}")
+    emit(
+        log,
+        f"mix {output}: {sum(len(f) for f, _ in found.values())} files, "
+        f"{total_bytes / 1e6:.1f} MB, quotas {q}",
+    )
     return found
 
 
-def _scan_all(cfg: MixConfig, output: str, found: Found, log: LogFn | None
-              ) -> tuple[dict[str, list[FileScan]], list[str]]:
+def _scan_all(
+    cfg: MixConfig, output: str, found: Found, log: LogFn | None
+) -> tuple[dict[str, list[FileScan]], list[str]]:
     """Pass 1 over every file; and the categories that fell back to the shipped samples."""
     total_bytes = sum(p.stat().st_size for files, _ in found.values() for p, _, _ in files)
     scans: dict[str, list[FileScan]] = {}
@@ -148,14 +188,24 @@ def _scan_all(cfg: MixConfig, output: str, found: Found, log: LogFn | None
             if used:
                 samples_used.append(cat)
     if samples_used:
-        emit(log, f"mix {output}: no files under {cfg.sources_dir} for "
-                  f"{', '.join(samples_used)}: using the shipped samples in {cfg.samples_dir}")
+        emit(
+            log,
+            f"mix {output}: no files under {cfg.sources_dir} for "
+            f"{', '.join(samples_used)}: using the shipped samples in {cfg.samples_dir}",
+        )
     return scans, samples_used
 
 
-def _choose(cfg: MixConfig, output: str, cat: str, files: list[FileScan], quota: int,
-            distinct: np.ndarray | None, meta: dict[str, Any], log: LogFn | None
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _choose(
+    cfg: MixConfig,
+    output: str,
+    cat: str,
+    files: list[FileScan],
+    quota: int,
+    distinct: np.ndarray | None,
+    meta: dict[str, Any],
+    log: LogFn | None,
+) -> tuple[np.ndarray, np.ndarray]:
     """One category's wanted ordinals, sorted, and how often each is written (0: held out).
     `distinct`: the ordinals left after dedup (None: dedup is off, every valid record)."""
     c = cfg.categories[cat]
@@ -166,7 +216,9 @@ def _choose(cfg: MixConfig, output: str, cat: str, files: list[FileScan], quota:
         raise MixError(
             f"category {cat!r}: no records usable for {output} in "
             f"{', '.join(fs.display for fs in files)} ({na} valid records of a format "
-            f"that has no {output} form, {bad} bad)", field=f"categories.{cat}")
+            f"that has no {output} form, {bad} bad)",
+            field=f"categories.{cat}",
+        )
     n_unique = n_valid if distinct is None else len(distinct)
     n_held = heldout_count(cfg, n_unique, quota)
     held, train, mult = select(cfg.seed, output, cat, n_unique, quota, n_held)
@@ -181,25 +233,38 @@ def _choose(cfg: MixConfig, output: str, cat: str, files: list[FileScan], quota:
     meta["repeat_factors"][cat] = round(quota / pool, 3) if quota > pool else 1.0
     meta["category_repeat"][cat] = c.repeat
     if quota > pool:
-        emit(log, f"mix {output}: category {cat} has {pool} distinct training records "
-                  f"for a quota of {quota}: each repeated about {quota / pool:.1f}x")
+        emit(
+            log,
+            f"mix {output}: category {cat} has {pool} distinct training records "
+            f"for a quota of {quota}: each repeated about {quota / pool:.1f}x",
+        )
     # Both inputs are sorted and disjoint, so a merge by insertion does it without a sort.
     at = np.searchsorted(train, held)
     return np.insert(train, at, held), np.insert(mult * c.repeat, at, 0)
 
 
-def _dedup(output: str, scans: dict[str, list[FileScan]], meta: dict[str, Any],
-           log: LogFn | None) -> dict[str, np.ndarray]:
+def _dedup(
+    output: str, scans: dict[str, list[FileScan]], meta: dict[str, Any], log: LogFn | None
+) -> dict[str, np.ndarray]:
     """The distinct ordinals per category (`dedup`), the duplicates counted into `meta`."""
     distinct = distinct_ordinals(scans)
-    per_file = {fs.display: fs.duplicates for files in scans.values() for fs in files
-                if fs.duplicates}
-    meta.update({"duplicates_total": sum(per_file.values()), "duplicates_per_file": per_file,
-                 "duplicates_per_category": {}})
+    per_file = {
+        fs.display: fs.duplicates for files in scans.values() for fs in files if fs.duplicates
+    }
+    meta.update(
+        {
+            "duplicates_total": sum(per_file.values()),
+            "duplicates_per_file": per_file,
+            "duplicates_per_category": {},
+        }
+    )
     if per_file:
         shown = ", ".join(f"{d}: {n}" for d, n in list(per_file.items())[:EXAMPLES_KEPT])
-        emit(log, f"mix {output}: dropped {meta['duplicates_total']} exact duplicates "
-                  f"(first occurrence kept) in {shown}")
+        emit(
+            log,
+            f"mix {output}: dropped {meta['duplicates_total']} exact duplicates "
+            f"(first occurrence kept) in {shown}",
+        )
     return distinct
 
 
@@ -214,21 +279,31 @@ class _Slots:
 
     def emitter(self, m: list[int]) -> Callable[[int, int], None]:
         """The callback for one file, whose k-th wanted record is written m[k] times."""
+
         def emit_slot(k: int, slot: int) -> None:
             n = m[k]
             if n == 1:
                 self.train[self.filled] = slot
                 self.filled += 1
             elif n:
-                self.train[self.filled:self.filled + n] = array("q", [slot]) * n
+                self.train[self.filled : self.filled + n] = array("q", [slot]) * n
                 self.filled += n
             else:
                 self.held.append(slot)
+
         return emit_slot
 
 
-def _spool_category(cfg: MixConfig, output: str, files: list[FileScan], ords: np.ndarray,
-                    mults: np.ndarray, slots: _Slots, spool: Spool, meta: dict[str, Any]) -> None:
+def _spool_category(
+    cfg: MixConfig,
+    output: str,
+    files: list[FileScan],
+    ords: np.ndarray,
+    mults: np.ndarray,
+    slots: _Slots,
+    spool: Spool,
+    meta: dict[str, Any],
+) -> None:
     bounds = np.cumsum([0] + [fs.valid for fs in files])
     for i, fs in enumerate(files):
         lo, hi = np.searchsorted(ords, [bounds[i], bounds[i + 1]])
@@ -243,9 +318,16 @@ def _spool_category(cfg: MixConfig, output: str, files: list[FileScan], ords: np
         write_pass(fs, cfg, output, ords[lo:hi] - bounds[i], slots.emitter(m), spool)
 
 
-def _write_outputs(cfg: MixConfig, output: str, scans: dict[str, list[FileScan]],
-                   chosen: dict[str, tuple[np.ndarray, np.ndarray]], meta: dict[str, Any],
-                   out_dir: Path, main_path: Path, held_path: Path) -> tuple[_Slots, int, int]:
+def _write_outputs(
+    cfg: MixConfig,
+    output: str,
+    scans: dict[str, list[FileScan]],
+    chosen: dict[str, tuple[np.ndarray, np.ndarray]],
+    meta: dict[str, Any],
+    out_dir: Path,
+    main_path: Path,
+    held_path: Path,
+) -> tuple[_Slots, int, int]:
     """Pass 2 into the spool, then both outputs in their seeded orders; (slots, bytes of each)."""
     slots = _Slots(sum(meta["records_per_category"].values()))
     spool = Spool(out_dir)
@@ -268,37 +350,66 @@ def _write_outputs(cfg: MixConfig, output: str, scans: dict[str, list[FileScan]]
     return slots, n_bytes, held_bytes
 
 
-def _write_sidecars(cfg: MixConfig, all_files: list[FileScan], samples_used: list[str],
-                    meta: dict[str, Any], main_path: Path, held_path: Path,
-                    sizes: dict[str, int]) -> None:
+def _write_sidecars(
+    cfg: MixConfig,
+    all_files: list[FileScan],
+    samples_used: list[str],
+    meta: dict[str, Any],
+    main_path: Path,
+    held_path: Path,
+    sizes: dict[str, int],
+) -> None:
     """Complete `meta` with the per-file figures; write the sidecar of both outputs."""
     skipped = {fs.display: dict(fs.bad) for fs in all_files if fs.bad}
-    meta.update({
-        **sizes, "source_bytes": sum(fs.size for fs in all_files),
-        "source_files": len(all_files),
-        "formats_per_file": {fs.display: dict(fs.formats) for fs in all_files},
-        "containers_per_file": {fs.display: fs.sniff.container for fs in all_files},
-        "skipped": skipped, "skipped_total": sum(sum(d.values()) for d in skipped.values()),
-        "skipped_examples": [e for fs in all_files for e in fs.examples][:EXAMPLES_KEPT * 2],
-        "not_applicable": {fs.display: fs.not_applicable for fs in all_files
-                           if fs.not_applicable},
-        "shipped_samples_used": bool(samples_used), "samples_categories": samples_used,
-    })
-    sidecar = {"schema": SCHEMA_VERSION, "artifact": main_path.name, "heldout": held_path.name,
-               "config": cfg.model_dump(mode="json"),
-               "inputs": {fs.display: {"sha256": fs.sha256, "bytes": fs.size,
-                                       "category": fs.category} for fs in all_files},
-               "counts": {k: meta[k] for k in ("records", "heldout_records",
-                                               "records_per_category", "heldout_per_category",
-                                               "quotas", "category_repeat")},
-               "metadata": meta}
+    meta.update(
+        {
+            **sizes,
+            "source_bytes": sum(fs.size for fs in all_files),
+            "source_files": len(all_files),
+            "formats_per_file": {fs.display: dict(fs.formats) for fs in all_files},
+            "containers_per_file": {fs.display: fs.sniff.container for fs in all_files},
+            "skipped": skipped,
+            "skipped_total": sum(sum(d.values()) for d in skipped.values()),
+            "skipped_examples": [e for fs in all_files for e in fs.examples][: EXAMPLES_KEPT * 2],
+            "not_applicable": {
+                fs.display: fs.not_applicable for fs in all_files if fs.not_applicable
+            },
+            "shipped_samples_used": bool(samples_used),
+            "samples_categories": samples_used,
+        }
+    )
+    sidecar = {
+        "schema": SCHEMA_VERSION,
+        "artifact": main_path.name,
+        "heldout": held_path.name,
+        "config": cfg.model_dump(mode="json"),
+        "inputs": {
+            fs.display: {"sha256": fs.sha256, "bytes": fs.size, "category": fs.category}
+            for fs in all_files
+        },
+        "counts": {
+            k: meta[k]
+            for k in (
+                "records",
+                "heldout_records",
+                "records_per_category",
+                "heldout_per_category",
+                "quotas",
+                "category_repeat",
+            )
+        },
+        "metadata": meta,
+    }
     write_json(sidecar_path(main_path), sidecar)
-    write_json(sidecar_path(held_path), {**sidecar, "artifact": held_path.name,
-                                         "training_artifact": main_path.name})
+    write_json(
+        sidecar_path(held_path),
+        {**sidecar, "artifact": held_path.name, "training_artifact": main_path.name},
+    )
 
 
-def dry_run(cfg: MixConfig, outputs: list[str], show: int = 2,
-            out: Callable[[str], None] = print) -> None:
+def dry_run(
+    cfg: MixConfig, outputs: list[str], show: int = 2, out: Callable[[str], None] = print
+) -> None:
     """Print per file the detected container and formats, counts per output, a few samples."""
     for output in outputs:
         q = quotas(cfg, output)
@@ -310,11 +421,17 @@ def dry_run(cfg: MixConfig, outputs: list[str], show: int = 2,
             for p, d, root in files:
                 fs = scan_file(p, d, root, cfg, cat, output, None, keep_samples=show)
                 fmts = ", ".join(f"{k} x{v}" for k, v in fs.formats.most_common()) or "-"
-                out(f"{d}: {fs.sniff.container}, {fmts}; valid {fs.valid}, bad "
-                    f"{sum(fs.bad.values())}, no {output} form {fs.not_applicable}")
+                out(
+                    f"{d}: {fs.sniff.container}, {fmts}; valid {fs.valid}, bad "
+                    f"{sum(fs.bad.values())}, no {output} form {fs.not_applicable}"
+                )
                 for e in fs.examples:
                     out(f"  skipped {e}")
                 for s in fs.samples:
-                    out("  sample " + json.dumps({k: s[k] for k in (*CANONICAL_KEYS[output],
-                                                                    "source")},
-                                                 ensure_ascii=False)[:600])
+                    out(
+                        "  sample "
+                        + json.dumps(
+                            {k: s[k] for k in (*CANONICAL_KEYS[output], "source")},
+                            ensure_ascii=False,
+                        )[:600]
+                    )

@@ -54,8 +54,9 @@ class RecordError(DataError):
     Raised by the hot paths without a location: the caller knows file and line and reports them.
     """
 
-    def __init__(self, kind: str, detail: str = "", *, file: object = None,
-                 line: int | None = None):
+    def __init__(
+        self, kind: str, detail: str = "", *, file: object = None, line: int | None = None
+    ):
         super().__init__(f"{kind}: {detail}" if detail else kind, file=file, line=line)
         self.kind, self.detail = kind, detail
 
@@ -73,8 +74,11 @@ _MAGIC: list[tuple[bytes, str]] = [
     (b"\xfd7zXZ\x00", "xz-compressed bytes; decompress it first (unxz)"),
     (b"\x28\xb5\x2f\xfd", "zstd-compressed bytes; decompress it first (unzstd)"),
     (b"7z\xbc\xaf\x27\x1c", "a 7z archive; extract it first"),
-    (b"PAR1", "a Parquet file; export it to JSON Lines first (e.g. pandas.read_parquet(...)"
-              ".to_json(out, orient='records', lines=True, force_ascii=False))"),
+    (
+        b"PAR1",
+        "a Parquet file; export it to JSON Lines first (e.g. pandas.read_parquet(...)"
+        ".to_json(out, orient='records', lines=True, force_ascii=False))",
+    ),
 ]
 
 
@@ -111,22 +115,35 @@ def sniff(path: Path, display: str, override: str | None = None) -> Sniff:
             raise MixError(f"not a text file: it looks like {what}", file=display)
     stripped = body.lstrip()
     if stripped.startswith(b"version https://git-lfs.github.com/spec"):
-        raise MixError("is a Git LFS pointer, not the data: run `git lfs pull` in the "
-                       "repository you downloaded it from", file=display)
+        raise MixError(
+            "is a Git LFS pointer, not the data: run `git lfs pull` in the "
+            "repository you downloaded it from",
+            file=display,
+        )
     low = stripped[:512].lower()
     if low.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")):
-        raise MixError("looks like an HTML/XML page (a failed or redirected download?), not "
-                       "data: download the file again", file=display)
+        raise MixError(
+            "looks like an HTML/XML page (a failed or redirected download?), not "
+            "data: download the file again",
+            file=display,
+        )
     if b"\x00" in body[:8192]:
-        raise MixError("contains NUL bytes: binary data, or UTF-16 text (re-save it as UTF-8)",
-                       file=display)
+        raise MixError(
+            "contains NUL bytes: binary data, or UTF-16 text (re-save it as UTF-8)", file=display
+        )
     if _looks_gbk(body):
-        raise MixError("is not UTF-8; it decodes as GBK/GB18030: convert it with "
-                       f"`iconv -f GB18030 -t UTF-8 {display} > out.jsonl`", file=display)
+        raise MixError(
+            "is not UTF-8; it decodes as GBK/GB18030: convert it with "
+            f"`iconv -f GB18030 -t UTF-8 {display} > out.jsonl`",
+            file=display,
+        )
     if override is not None:
         if override not in CONTAINERS:
-            raise MixError(f"unknown container {override!r}; allowed: " + ", ".join(CONTAINERS),
-                           file=display, field="container")
+            raise MixError(
+                f"unknown container {override!r}; allowed: " + ", ".join(CONTAINERS),
+                file=display,
+                field="container",
+            )
         return Sniff(override, _delimiter(body))
     if not stripped:
         return Sniff("jsonl")  # empty file: no records, counted as such by the caller
@@ -147,17 +164,23 @@ def sniff(path: Path, display: str, override: str | None = None) -> Sniff:
             return Sniff("jsonl")
         # A one-line array is either a nanochat identity line (a list of messages) or a
         # whole-file array of records written on one line; the elements tell which.
-        if isinstance(value, list) and value and all(
-                isinstance(m, dict) and ("role" in m or "from" in m) for m in value):
+        if (
+            isinstance(value, list)
+            and value
+            and all(isinstance(m, dict) and ("role" in m or "from" in m) for m in value)
+        ):
             return Sniff("jsonl")
         return Sniff("json_array")
     delim = _delimiter(body)
     header = first_line.decode("utf-8", "replace")
     if header.count(delim) >= 1:
         return Sniff("csv", delim)
-    raise MixError(f"not JSON Lines, a JSON array or CSV (first line starts {header[:40]!r}); "
-                   "for one plain-text document per line set this source's container to "
-                   "'lines' in the mix config", file=display)
+    raise MixError(
+        f"not JSON Lines, a JSON array or CSV (first line starts {header[:40]!r}); "
+        "for one plain-text document per line set this source's container to "
+        "'lines' in the mix config",
+        file=display,
+    )
 
 
 def _whole_value(line: bytes) -> Any:
@@ -210,6 +233,8 @@ _lenient = json.JSONDecoder()
 def strict_loads(text: str) -> Any:
     """`json.loads` that refuses NaN/Infinity (NonFiniteNumber, a ValueError)."""
     return _decoder.decode(text)
+
+
 _WS = re.compile(r"[ \t\r\n]*")
 
 
@@ -248,8 +273,10 @@ def _check_value(text: str, values: list[Any]) -> list[Any]:
         try:
             json.dumps(values, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise RecordError("invalid UTF-8", f"a lone surrogate escape "
-                              f"({exc.object[exc.start:exc.end]!a}) is not a character") from None
+            raise RecordError(
+                "invalid UTF-8",
+                f"a lone surrogate escape ({exc.object[exc.start : exc.end]!a}) is not a character",
+            ) from None
     return values
 
 
@@ -295,9 +322,12 @@ def read_lines(f: BinaryIO, display: str) -> Iterator[bytes]:
     while raw := readline(MAX_VALUE_BYTES):
         line_no += 1
         if len(raw) >= MAX_VALUE_BYTES and not raw.endswith(b"\n"):
-            raise MixError(f"line longer than {MAX_VALUE_BYTES >> 20} MiB; is this one JSON "
-                           "document without newlines? Split it into JSON Lines",
-                           file=display, line=line_no)
+            raise MixError(
+                f"line longer than {MAX_VALUE_BYTES >> 20} MiB; is this one JSON "
+                "document without newlines? Split it into JSON Lines",
+                file=display,
+                line=line_no,
+            )
         yield raw
 
 
@@ -316,7 +346,7 @@ class _StreamWindow:
             chunk = chunk[3:]
         self.first_chunk = False
         self.eof = not chunk
-        self.buf = self.buf[self.pos:] + self.udec.decode(chunk, final=self.eof)
+        self.buf = self.buf[self.pos :] + self.udec.decode(chunk, final=self.eof)
         self.pos = 0
 
     def advance(self, to: int) -> None:
@@ -334,8 +364,9 @@ class _StreamWindow:
             self.fill()
 
     def fatal(self, what: str, at: int) -> MixError:
-        return MixError(what, file=self.display,
-                        line=self.line + self.buf.count("\n", self.pos, at))
+        return MixError(
+            what, file=self.display, line=self.line + self.buf.count("\n", self.pos, at)
+        )
 
     def decode(self) -> tuple[Any, int] | None:
         """The value at `pos` and where it ends; None when more input must be read first."""
@@ -348,14 +379,20 @@ class _StreamWindow:
                 value, end = _json_error(exc), _lenient.raw_decode(buf, pos)[1]
         except json.JSONDecodeError as exc:
             if self.eof or len(buf) - pos > MAX_VALUE_BYTES:
-                raise self.fatal(f"invalid JSON: {exc.msg} (an array or stream cannot be read "
-                                 "past a syntax error; fix the file)", exc.pos) from None
+                raise self.fatal(
+                    f"invalid JSON: {exc.msg} (an array or stream cannot be read "
+                    "past a syntax error; fix the file)",
+                    exc.pos,
+                ) from None
             return None
         except (ValueError, RecursionError) as exc:
             # Valid JSON the parser refuses (nesting near 1000 levels, a number of 4300+
             # digits): where the element ends is unknown, so the rest cannot be read either.
-            raise self.fatal(f"invalid JSON: {_json_error(exc).detail} (an array or stream "
-                             "cannot be read past it; fix the file)", pos) from None
+            raise self.fatal(
+                f"invalid JSON: {_json_error(exc).detail} (an array or stream "
+                "cannot be read past it; fix the file)",
+                pos,
+            ) from None
         # A number cut by the chunk edge ("0" of "0.5") decodes; keep some lookahead.
         if len(buf) - end < _LOOKAHEAD and not self.eof:
             return None
@@ -401,14 +438,15 @@ def iter_stream(f: BinaryIO, display: str, array: bool) -> Iterator[tuple[int, A
             after_value = False
             continue
         if after_value:
-            raise w.fatal(f"invalid JSON: expected ',' or ']' after an element, found {ch!r}",
-                          w.pos)
+            raise w.fatal(
+                f"invalid JSON: expected ',' or ']' after an element, found {ch!r}", w.pos
+            )
         got = w.decode()
         if got is None:
             w.fill()
             continue
         value, end = got
-        text, start_line = w.buf[w.pos:end], w.line
+        text, start_line = w.buf[w.pos : end], w.line
         w.advance(end)
         after_value = array
         yield start_line, _element(text, value)
@@ -464,8 +502,13 @@ def iter_csv(f: BinaryIO, display: str, delimiter: str) -> Iterator[tuple[int, A
         if any(n in bad_lines for n in range(start, last + 1)):
             yield start, RecordError("invalid UTF-8", "in this row")
         elif len(row) != len(header):
-            yield start, RecordError("wrong number of columns", f"expected {len(header)} "
-                                     f"({', '.join(header)}), got {len(row)}")
+            yield (
+                start,
+                RecordError(
+                    "wrong number of columns",
+                    f"expected {len(header)} ({', '.join(header)}), got {len(row)}",
+                ),
+            )
         else:
             yield start, dict(zip(header, row))
 
@@ -491,5 +534,3 @@ def iter_items(path: Path, display: str, sn: Sniff) -> Iterator[tuple[int, Any]]
             yield from iter_csv(f, display, sn.delimiter)
         else:
             yield from iter_stream(f, display, array=sn.container == "json_array")
-
-

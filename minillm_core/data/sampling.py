@@ -40,8 +40,9 @@ def sample_sorted(rng: random.Random, n: int, k: int) -> np.ndarray:
     return np.flatnonzero(np.frombuffer(mark, dtype=np.uint8)).astype(np.int64, copy=False)
 
 
-def select(seed: int, output: str, category: str, n_valid: int, quota: int,
-           n_heldout: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def select(
+    seed: int, output: str, category: str, n_valid: int, quota: int, n_heldout: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(heldout ordinals, training ordinals, multiplicities), ordinals sorted, disjoint."""
     held = sample_sorted(random.Random(f"{seed}:heldout:{category}"), n_valid, n_heldout)
     pool = n_valid - n_heldout

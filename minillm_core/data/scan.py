@@ -64,8 +64,9 @@ class Converter:
         self.dedup = cfg.dedup
         self.output, self.category = output, category
         self.check_only = check_only and not cfg.dedup
-        self.names = {"name": cfg.model_name, "author": cfg.model_author} \
-            if c.fill_placeholders else None
+        self.names = (
+            {"name": cfg.model_name, "author": cfg.model_author} if c.fill_placeholders else None
+        )
 
     def __call__(self, value: Any, fmt: str | None) -> tuple[str, Any, dict]:
         if self.names is not None:
@@ -87,16 +88,22 @@ def resolve_files(cfg: MixConfig, category: str) -> tuple[list[tuple[Path, str, 
                 for p in root.glob(pattern):
                     rel = p.relative_to(root)
                     # Editors' and our own temporaries, READMEs: never data.
-                    if p.is_file() and not any(part.startswith(".") for part in rel.parts) \
-                            and not p.name.lower().startswith("readme"):
+                    if (
+                        p.is_file()
+                        and not any(part.startswith(".") for part in rel.parts)
+                        and not p.name.lower().startswith("readme")
+                    ):
                         found[p] = None
         if found:
             files = sorted(found, key=lambda p: str(p.relative_to(root)))
             return [(p, str(p), root) for p in files], is_sample
-    where = f"under {lay.sources}" + (f" nor under {lay.samples} (shipped samples)"
-                                      if cfg.allow_samples else "")
-    raise MixError(f"category {category!r}: no files match {', '.join(c.sources)} {where}",
-                   field=f"categories.{category}.sources")
+    where = f"under {lay.sources}" + (
+        f" nor under {lay.samples} (shipped samples)" if cfg.allow_samples else ""
+    )
+    raise MixError(
+        f"category {category!r}: no files match {', '.join(c.sources)} {where}",
+        field=f"categories.{category}.sources",
+    )
 
 
 def _override(c: CategoryConfig, root: Path, path: Path) -> tuple[str | None, str | None]:
@@ -109,8 +116,7 @@ def _override(c: CategoryConfig, root: Path, path: Path) -> tuple[str | None, st
     return container, fmt
 
 
-def count_item(fs: FileScan, conv: Converter, line: int, value: Any,
-                keep_samples: int = 0) -> bool:
+def count_item(fs: FileScan, conv: Converter, line: int, value: Any, keep_samples: int = 0) -> bool:
     """Validate one item into `fs`'s counters; True when it is a usable record for the output."""
     if isinstance(value, RecordError):
         _bad(fs, line, value)
@@ -138,8 +144,9 @@ def _bad(fs: FileScan, line: int, exc: RecordError) -> None:
         fs.examples.append(f"{fs.display}:{line}: {exc}")
 
 
-def _scan_jsonl(fs: FileScan, conv: Converter, h: Any, progress: Progress | None,
-                keep_samples: int) -> None:
+def _scan_jsonl(
+    fs: FileScan, conv: Converter, h: Any, progress: Progress | None, keep_samples: int
+) -> None:
     """The JSON Lines scan: the hot loop of the whole stage, kept flat and free of per-line
     allocations beyond the parse itself (see bench/bench_mix.py)."""
     pending = 0
@@ -170,14 +177,29 @@ def _scan_jsonl(fs: FileScan, conv: Converter, h: Any, progress: Progress | None
         progress.update(pending)
 
 
-def scan_file(path: Path, display: str, root: Path, cfg: MixConfig, category: str, output: str,
-              progress: Progress | None = None, keep_samples: int = 0) -> FileScan:
+def scan_file(
+    path: Path,
+    display: str,
+    root: Path,
+    cfg: MixConfig,
+    category: str,
+    output: str,
+    progress: Progress | None = None,
+    keep_samples: int = 0,
+) -> FileScan:
     """Pass 1 over one file: counts, errors, formats, hash (module docstring, step 1)."""
     c = cfg.categories[category]
     container, fmt = _override(c, root, path)
     st = path.stat()
-    fs = FileScan(path, display, category, readers.sniff(path, display, container), fmt,
-                  size=st.st_size, mtime_ns=st.st_mtime_ns)
+    fs = FileScan(
+        path,
+        display,
+        category,
+        readers.sniff(path, display, container),
+        fmt,
+        size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
+    )
     # Fields are only needed here for the samples shown; counting only validates.
     conv = Converter(cfg, category, output, check_only=not keep_samples)
     h = hashlib.sha256()
@@ -195,9 +217,12 @@ def scan_file(path: Path, display: str, root: Path, cfg: MixConfig, category: st
     bad = sum(fs.bad.values())
     if bad and bad > cfg.max_bad_fraction * fs.items:
         reasons = ", ".join(f"{k}: {v}" for k, v in fs.bad.most_common())
-        raise MixError(f"{bad} of {fs.items} records are bad "
-                       f"({bad / fs.items:.0%} > max_bad_fraction {cfg.max_bad_fraction:.0%}; "
-                       f"{reasons}); first: " + "; ".join(fs.examples), file=display)
+        raise MixError(
+            f"{bad} of {fs.items} records are bad "
+            f"({bad / fs.items:.0%} > max_bad_fraction {cfg.max_bad_fraction:.0%}; "
+            f"{reasons}); first: " + "; ".join(fs.examples),
+            file=display,
+        )
     return fs
 
 
@@ -211,8 +236,11 @@ def canonical_record(fields: dict, value: Any, display: str, line: int, category
             if k in rec or k == "source":
                 if rec.get(k) != v:
                     rec[f"original_{k}"] = v
-            elif k in ("messages", "conversations") and "conversations" in fields \
-                    and v == fields["conversations"]:
+            elif (
+                k in ("messages", "conversations")
+                and "conversations" in fields
+                and v == fields["conversations"]
+            ):
                 continue  # the same messages under the other name: no need to keep twice
             else:
                 rec[k] = v

@@ -35,14 +35,23 @@ def _make_encoder() -> Callable[[Any], str]:
     Falls back to the encoder's own method where the C accelerator is missing.
     """
     from json import encoder as je
+
     # The C accelerator is private to the json package (no stubs); hence the ignores.
     if je.c_make_encoder is None or je.c_encode_basestring is None:  # type: ignore[attr-defined]
         return json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
     # (markers, default, encoder, indent, key_separator, item_separator, sort_keys, skipkeys,
     # allow_nan); markers is the circular-reference memo, empty again after every call.
     c_encode = je.c_make_encoder(  # type: ignore[attr-defined]
-        {}, json.JSONEncoder().default, je.c_encode_basestring,  # type: ignore[attr-defined]
-        None, ": ", ", ", False, False, False)
+        {},
+        json.JSONEncoder().default,
+        je.c_encode_basestring,  # type: ignore[attr-defined]
+        None,
+        ": ",
+        ", ",
+        False,
+        False,
+        False,
+    )
     return lambda rec: "".join(c_encode(rec, 0))
 
 
@@ -85,15 +94,22 @@ class Spool:
 
 
 def _changed(fs: FileScan, line: int | None = None) -> MixError:
-    return MixError("changed while the mix was being built; run it again", file=fs.display,
-                    line=line)
+    return MixError(
+        "changed while the mix was being built; run it again", file=fs.display, line=line
+    )
 
 
 class _Picker:
     """Converts the items of one file in order and spools those at the wanted ordinals."""
 
-    def __init__(self, fs: FileScan, conv: Converter, wanted: np.ndarray,
-                 emit_slot: Callable[[int, int], None], spool: Spool):
+    def __init__(
+        self,
+        fs: FileScan,
+        conv: Converter,
+        wanted: np.ndarray,
+        emit_slot: Callable[[int, int], None],
+        spool: Spool,
+    ):
         self.fs, self.conv, self.emit_slot, self.spool = fs, conv, emit_slot, spool
         self.want = array("q")
         contiguous = np.ascontiguousarray(wanted, dtype=np.int64)
@@ -168,8 +184,14 @@ def _pick_jsonl(fs: FileScan, p: _Picker) -> bool:
     return False
 
 
-def write_pass(fs: FileScan, cfg: MixConfig, output: str, wanted: np.ndarray,
-               emit_slot: Callable[[int, int], None], spool: Spool) -> None:
+def write_pass(
+    fs: FileScan,
+    cfg: MixConfig,
+    output: str,
+    wanted: np.ndarray,
+    emit_slot: Callable[[int, int], None],
+    spool: Spool,
+) -> None:
     """Pass 2 over one file: convert the records at the `wanted` local ordinals into the spool."""
     st = fs.path.stat()
     if (st.st_size, st.st_mtime_ns) != (fs.size, fs.mtime_ns):

@@ -39,15 +39,28 @@ tables, TensorBoard), `checks` (thresholds), `run` (evaluate, run_eval, finish).
 
 from minillm_core.eval.checks import VALID_RANGES, check_eval, eval_thresholds
 from minillm_core.eval.config import (
-                                      DEFAULT_CONTINUATIONS,
-                                      DEFAULT_FOREIGN_IDENTITIES,
-                                      DEFAULT_PROMPTS,
-                                      EvalConfig,
-                                      EvalReport,
+    DEFAULT_CONTINUATIONS,
+    DEFAULT_FOREIGN_IDENTITIES,
+    DEFAULT_PROMPTS,
+    EvalConfig,
+    EvalReport,
 )
 from minillm_core.eval.results import append_jsonl, print_latest, read_results
 from minillm_core.eval.run import evaluate, finish, run_eval
 
-__all__ = ["DEFAULT_CONTINUATIONS", "DEFAULT_FOREIGN_IDENTITIES", "DEFAULT_PROMPTS", "EvalConfig",
-           "EvalReport", "VALID_RANGES", "append_jsonl", "check_eval", "eval_thresholds",
-           "evaluate", "finish", "print_latest", "read_results", "run_eval"]
+__all__ = [
+    "DEFAULT_CONTINUATIONS",
+    "DEFAULT_FOREIGN_IDENTITIES",
+    "DEFAULT_PROMPTS",
+    "EvalConfig",
+    "EvalReport",
+    "VALID_RANGES",
+    "append_jsonl",
+    "check_eval",
+    "eval_thresholds",
+    "evaluate",
+    "finish",
+    "print_latest",
+    "read_results",
+    "run_eval",
+]

@@ -10,12 +10,22 @@ from minillm_core.eval.config import EvalReport
 
 # Valid range of every metric whatever the profile: a number outside it is a bug, not a bad model.
 VALID_RANGES: dict[str, tuple[float, float]] = {
-    "loss": (0.0, 100.0), "perplexity": (1.0, math.inf), "bits_per_byte": (0.0, 100.0),
-    "mc_accuracy": (0.0, 1.0), "mc_chance": (0.0, 1.0), "preference_accuracy": (0.0, 1.0),
-    "identity_name": (0.0, 1.0), "identity_author": (0.0, 1.0), "identity_score": (0.0, 1.0),
-    "chosen_logp": (-math.inf, 0.0), "rejected_logp": (-math.inf, 0.0),
-    "identity_foreign": (0.0, math.inf), "tokens": (1.0, math.inf), "bytes": (1.0, math.inf),
-    "pairs": (1.0, math.inf), "mc_items": (0.0, math.inf),
+    "loss": (0.0, 100.0),
+    "perplexity": (1.0, math.inf),
+    "bits_per_byte": (0.0, 100.0),
+    "mc_accuracy": (0.0, 1.0),
+    "mc_chance": (0.0, 1.0),
+    "preference_accuracy": (0.0, 1.0),
+    "identity_name": (0.0, 1.0),
+    "identity_author": (0.0, 1.0),
+    "identity_score": (0.0, 1.0),
+    "chosen_logp": (-math.inf, 0.0),
+    "rejected_logp": (-math.inf, 0.0),
+    "identity_foreign": (0.0, math.inf),
+    "tokens": (1.0, math.inf),
+    "bytes": (1.0, math.inf),
+    "pairs": (1.0, math.inf),
+    "mc_items": (0.0, math.inf),
 }
 
 
@@ -29,17 +39,21 @@ def eval_thresholds(profile: str, stage: str) -> dict[str, tuple[float | None, f
     return {k: tuple(v) for k, v in preset(profile, "eval_checks").get(stage, {}).items()}
 
 
-def check_eval(report_or_metrics: EvalReport | Mapping[str, float],
-               thresholds: Mapping[str, tuple[float | None, float | None]] | None = None
-               ) -> list[str]:
+def check_eval(
+    report_or_metrics: EvalReport | Mapping[str, float],
+    thresholds: Mapping[str, tuple[float | None, float | None]] | None = None,
+) -> list[str]:
     """Problems with an evaluation's metrics; empty means the check passes.
 
     Always: every metric is a finite number inside its VALID_RANGES. Then each threshold
     `metric: (min, max)`; a threshold on a metric the evaluation did not produce is a problem
     (a check that silently passes on missing data is worse than none).
     """
-    metrics = report_or_metrics.metrics if isinstance(report_or_metrics, EvalReport) \
+    metrics = (
+        report_or_metrics.metrics
+        if isinstance(report_or_metrics, EvalReport)
         else report_or_metrics
+    )
     problems: list[str] = []
     if not metrics:
         problems.append("no metrics")

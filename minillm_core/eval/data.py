@@ -43,8 +43,9 @@ def _messages(record: Mapping[str, Any]) -> list[dict[str, str]] | None:
     return conv if isinstance(conv, list) else None
 
 
-def encode_rows(stage: str, records: Iterable[Mapping[str, Any]], tokenizer: Any,
-                max_seq_len: int, limit: int) -> list[dict[str, torch.Tensor]]:
+def encode_rows(
+    stage: str, records: Iterable[Mapping[str, Any]], tokenizer: Any, max_seq_len: int, limit: int
+) -> list[dict[str, torch.Tensor]]:
     """Records -> token rows exactly as the training tensors build them (same cuts, masks)."""
     from minillm_core import tokens as tensors
 
@@ -59,8 +60,9 @@ def encode_rows(stage: str, records: Iterable[Mapping[str, Any]], tokenizer: Any
     return rows
 
 
-def mc_items(records: Iterable[Mapping[str, Any]], tokenizer: Any, max_seq_len: int,
-             limit: int) -> list[tuple[list[int], list[list[int]], int]]:
+def mc_items(
+    records: Iterable[Mapping[str, Any]], tokenizer: Any, max_seq_len: int, limit: int
+) -> list[tuple[list[int], list[list[int]], int]]:
     """Knowledge records -> scoring items: prompt ids, per option the ids of `lead + letter`.
 
     The continuation is tokenized as one string, as training tokenized the answer: with the

@@ -21,8 +21,9 @@ from minillm_core.inference import logits_of
 from minillm_core.schema import IGNORE_INDEX
 
 
-def token_nll(model: torch.nn.Module, input_ids: torch.Tensor,
-              labels: torch.Tensor) -> torch.Tensor:
+def token_nll(
+    model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """Per-position negative log-likelihood [B, T] in nats, 0 where `labels == -100`.
 
     Labels are already aligned with the inputs (`labels[t]` is the target at position `t`, the
@@ -31,13 +32,15 @@ def token_nll(model: torch.nn.Module, input_ids: torch.Tensor,
     """
     logits = logits_of(model(input_ids)).float()
     b, t, v = logits.shape
-    nll = F.cross_entropy(logits.reshape(b * t, v), labels.reshape(b * t),
-                          ignore_index=IGNORE_INDEX, reduction="none")
+    nll = F.cross_entropy(
+        logits.reshape(b * t, v), labels.reshape(b * t), ignore_index=IGNORE_INDEX, reduction="none"
+    )
     return nll.view(b, t)
 
 
-def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor,
-                   labels: torch.Tensor) -> torch.Tensor:
+def sequence_logps(
+    model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """Summed log-probability [B] of each row's target tokens (labels != -100)."""
     return -token_nll(model, input_ids, labels).sum(dim=1)
 
@@ -46,13 +49,14 @@ class LossTotals:
     """Running sums for loss, perplexity and bits per byte."""
 
     def __init__(self) -> None:
-        self.nats = 0.0          # over every target token
+        self.nats = 0.0  # over every target token
         self.tokens = 0
-        self.byte_nats = 0.0     # over target tokens that spell at least one byte
+        self.byte_nats = 0.0  # over target tokens that spell at least one byte
         self.bytes = 0
 
-    def add(self, nll: torch.Tensor, labels: torch.Tensor,
-            token_bytes: torch.Tensor | None) -> None:
+    def add(
+        self, nll: torch.Tensor, labels: torch.Tensor, token_bytes: torch.Tensor | None
+    ) -> None:
         mask = labels != IGNORE_INDEX
         self.nats += float(nll[mask].double().sum())
         self.tokens += int(mask.sum())
@@ -65,17 +69,20 @@ class LossTotals:
         if self.tokens == 0:
             raise ValueError("no target tokens to score (empty held-out data?)")
         loss = self.nats / self.tokens
-        out = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
-               "tokens": float(self.tokens)}
+        out = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": float(self.tokens)}
         if self.bytes:
             out["bits_per_byte"] = self.byte_nats / (math.log(2) * self.bytes)
             out["bytes"] = float(self.bytes)
         return out
 
 
-def preference_metrics(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
-                       ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-                       beta: float) -> dict[str, float]:
+def preference_metrics(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> dict[str, float]:
     """DPO held-out metrics from summed log-probs [N] of each pair under policy and reference.
 
     margin_i = beta * ((pc - rc) - (pr - rr)); accuracy = share with margin_i > 0 (ties miss).
@@ -105,7 +112,8 @@ _OPTION_RE = re.compile(r"^\s*[(（]?([A-J])\s*[).．、:：)）]", re.MULTILINE
 # ("答案是 B：北京", the mix's rendering of CMMLU/C-Eval rows; "正确答案：B"). The letter must not
 # run into other Latin letters ("Beijing" is no answer B).
 _ANSWER_RE = re.compile(
-    r"^\s*(?:(?:正确)?答案\s*(?:是|为|:|：)?\s*)?[(（【\[]?\s*([A-J])(?![A-Za-z])")
+    r"^\s*(?:(?:正确)?答案\s*(?:是|为|:|：)?\s*)?[(（【\[]?\s*([A-J])(?![A-Za-z])"
+)
 
 
 class MCItem(BaseModel):
@@ -138,7 +146,7 @@ def parse_mc_item(conversation: Sequence[Mapping[str, Any]]) -> MCItem | None:
         letters = ["A", "B", "C", "D"]
     if m.group(1) not in letters:
         return None
-    return MCItem(prompt=prompt, letters=letters, gold=m.group(1), lead=answer[:m.start(1)])
+    return MCItem(prompt=prompt, letters=letters, gold=m.group(1), lead=answer[: m.start(1)])
 
 
 def _norm(text: str) -> str:
@@ -147,8 +155,13 @@ def _norm(text: str) -> str:
     return "".join(unicodedata.normalize("NFKC", text).lower().split())
 
 
-def identity_scores(samples: Sequence[Mapping[str, Any]], probes: Mapping[str, str],
-                    name: str, author: str, foreign: Iterable[str]) -> dict[str, float]:
+def identity_scores(
+    samples: Sequence[Mapping[str, Any]],
+    probes: Mapping[str, str],
+    name: str,
+    author: str,
+    foreign: Iterable[str],
+) -> dict[str, float]:
     """Score the identity probes among `samples` ({prompt, completion}); marks each sample.
 
     A "name" probe passes when the answer contains the configured name, an "author" probe when
@@ -192,8 +205,9 @@ def _token_bytes(tokenizer: Any) -> list[bytes | None]:
     vocab = tokenizer.get_vocab_size()
     specials = getattr(tokenizer, "special_tokens", {})
     special_ids = set(specials.values() if isinstance(specials, Mapping) else specials)
-    raw = getattr(tokenizer, "token_bytes", None) or \
-        getattr(tokenizer, "decode_single_token_bytes", None)
+    raw = getattr(tokenizer, "token_bytes", None) or getattr(
+        tokenizer, "decode_single_token_bytes", None
+    )
     out: list[bytes | None] = []
     for i in range(vocab):
         if i in special_ids:

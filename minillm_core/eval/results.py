@@ -89,10 +89,12 @@ def _fmt(v: Any) -> str:
 
 
 _NOTES = {
-    "loss": "nats per target token", "perplexity": "exp(loss)",
+    "loss": "nats per target token",
+    "perplexity": "exp(loss)",
     "bits_per_byte": "vocabulary-independent, lower is better",
     "preference_accuracy": "share of pairs with margin > 0",
-    "reward_margin": "beta * log-ratio margin", "identity_foreign": "answers naming another bot",
+    "reward_margin": "beta * log-ratio margin",
+    "identity_foreign": "answers naming another bot",
 }
 
 
@@ -120,17 +122,31 @@ def metrics_table(metrics: Mapping[str, float]) -> str:
 
 
 def samples_markdown(samples: Sequence[Mapping[str, Any]]) -> str:
-    rows = [(s["prompt"], str(s["completion"])[:200],
-             "" if "passed" not in s else ("pass" if s["passed"] else "FAIL")) for s in samples]
+    rows = [
+        (
+            s["prompt"],
+            str(s["completion"])[:200],
+            "" if "passed" not in s else ("pass" if s["passed"] else "FAIL"),
+        )
+        for s in samples
+    ]
     return format_table(("prompt", "completion", "probe"), rows)
 
 
-_SUMMARY_KEYS = ("loss", "perplexity", "bits_per_byte", "mc_accuracy", "identity_score",
-                 "preference_accuracy", "reward_margin")
+_SUMMARY_KEYS = (
+    "loss",
+    "perplexity",
+    "bits_per_byte",
+    "mc_accuracy",
+    "identity_score",
+    "preference_accuracy",
+    "reward_margin",
+)
 
 
-def print_latest(results_file: Path | str | None = None, n: int = 3,
-                 file: TextIO | None = None) -> str:
+def print_latest(
+    results_file: Path | str | None = None, n: int = 3, file: TextIO | None = None
+) -> str:
     """Print the last `n` evaluations of a results file as a table; returns the table."""
     path = Path(results_file) if results_file else Layout.at().results_file
     lines = read_results(path)[-n:] if n > 0 else []
@@ -138,9 +154,16 @@ def print_latest(results_file: Path | str | None = None, n: int = 3,
         text = f"no evaluations in {path}"
     else:
         keys = [k for k in _SUMMARY_KEYS if any(k in r.get("metrics", {}) for r in lines)]
-        rows = [(str(r.get("timestamp", ""))[:19], r.get("stage", ""), r.get("step", ""),
-                 Path(str(r.get("checkpoint", ""))).name,
-                 *(r.get("metrics", {}).get(k) for k in keys)) for r in lines]
+        rows = [
+            (
+                str(r.get("timestamp", ""))[:19],
+                r.get("stage", ""),
+                r.get("step", ""),
+                Path(str(r.get("checkpoint", ""))).name,
+                *(r.get("metrics", {}).get(k) for k in keys),
+            )
+            for r in lines
+        ]
         text = format_table(("time", "stage", "step", "checkpoint", *keys), rows)
     print(text, file=file or sys.stdout, flush=True)
     return text

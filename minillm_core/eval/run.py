@@ -50,21 +50,29 @@ def eval_length(requested: int | None, model: Any) -> int:
     if requested is None:
         return context if context is not None else DEFAULT_CONTEXT
     if context is not None and requested > context:
-        raise ConfigError(f"max_seq_len {requested} exceeds the model's context {context} "
-                          f"(max_position_embeddings in the checkpoint); pass --max-seq-len "
-                          f"{context} or less")
+        raise ConfigError(
+            f"max_seq_len {requested} exceeds the model's context {context} "
+            f"(max_position_embeddings in the checkpoint); pass --max-seq-len "
+            f"{context} or less"
+        )
     return requested
 
 
-def _scores(cfg: EvalConfig, model: torch.nn.Module, tokenizer: Any, reference: Any,
-            length: int, common: dict[str, Any], log: LogFn | None) -> dict[str, float]:
+def _scores(
+    cfg: EvalConfig,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    reference: Any,
+    length: int,
+    common: dict[str, Any],
+    log: LogFn | None,
+) -> dict[str, float]:
     data = Path(cfg.data_path)
     metrics: dict[str, float] = {}
     if cfg.stage in ("pretrain", "sft"):
         rows = encode_rows(cfg.stage, read_jsonl(data), tokenizer, length, cfg.max_samples)
         emit(log, f"eval {cfg.stage}: scoring {len(rows)} held-out rows from {data}")
-        metrics.update(score_loss(model, rows, token_bytes=token_byte_lengths(tokenizer),
-                                  **common))
+        metrics.update(score_loss(model, rows, token_bytes=token_byte_lengths(tokenizer), **common))
     if cfg.stage == "sft":
         knowledge = (r for r in read_jsonl(data) if category(r) == "knowledge")
         items = mc_items(knowledge, tokenizer, length, cfg.max_samples)
@@ -80,39 +88,70 @@ def _scores(cfg: EvalConfig, model: torch.nn.Module, tokenizer: Any, reference: 
         emit(log, f"eval dpo: scoring {len(rows)} held-out preference pairs from {data}")
         if not rows:
             raise ValueError(f"{data}: no preference pairs to score")
-        metrics.update(score_preferences(model, reference, rows, beta=cfg.dpo_beta or 0.1,
-                                         **common))
+        metrics.update(
+            score_preferences(model, reference, rows, beta=cfg.dpo_beta or 0.1, **common)
+        )
     return metrics
 
 
-def run_eval(cfg: EvalConfig, model: torch.nn.Module, tokenizer: Any, *,
-             reference: torch.nn.Module | None = None, device: torch.device | None = None,
-             dtype: torch.dtype = torch.float32, log: LogFn | None = None
-             ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def run_eval(
+    cfg: EvalConfig,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    *,
+    reference: torch.nn.Module | None = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    log: LogFn | None = None,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Metrics and samples of an already loaded model. Reads only `cfg.data_path`."""
     device = device or torch.device("cpu")
     torch.manual_seed(cfg.seed)
     require(cfg.data_path, f"held-out {cfg.stage} data")
     length = eval_length(cfg.max_seq_len, model)
     # Any pad id works: padded positions carry label IGNORE_INDEX.
-    common = dict(pad_id=tokenizer.get_bos_token_id(), batch_size=cfg.batch_size, device=device,
-                  dtype=dtype)
+    common = dict(
+        pad_id=tokenizer.get_bos_token_id(), batch_size=cfg.batch_size, device=device, dtype=dtype
+    )
     metrics = _scores(cfg, model, tokenizer, reference, length, common, log)
     chat = cfg.stage != "pretrain"
-    prompts = list(cfg.prompts) + [p for p in cfg.identity_probes if p not in cfg.prompts] \
-        if chat else list(cfg.continuation_prompts)
-    samples = generate_samples(model, tokenizer, prompts, chat=chat,
-                               max_new_tokens=cfg.max_new_tokens, max_seq_len=length,
-                               device=device, dtype=dtype)
+    prompts = (
+        list(cfg.prompts) + [p for p in cfg.identity_probes if p not in cfg.prompts]
+        if chat
+        else list(cfg.continuation_prompts)
+    )
+    samples = generate_samples(
+        model,
+        tokenizer,
+        prompts,
+        chat=chat,
+        max_new_tokens=cfg.max_new_tokens,
+        max_seq_len=length,
+        device=device,
+        dtype=dtype,
+    )
     if chat:
-        metrics.update(identity_scores(samples, cfg.identity_probes, cfg.model_name,
-                                       cfg.model_author, cfg.foreign_identities))
+        metrics.update(
+            identity_scores(
+                samples,
+                cfg.identity_probes,
+                cfg.model_name,
+                cfg.model_author,
+                cfg.foreign_identities,
+            )
+        )
     return metrics, samples
 
 
-def _results_line(cfg: EvalConfig, metrics: dict[str, float], samples: list[dict[str, Any]],
-                  checkpoint_sha256: str, step: int, elapsed_s: float,
-                  extra: Mapping[str, Any] | None) -> dict[str, Any]:
+def _results_line(
+    cfg: EvalConfig,
+    metrics: dict[str, float],
+    samples: list[dict[str, Any]],
+    checkpoint_sha256: str,
+    step: int,
+    elapsed_s: float,
+    extra: Mapping[str, Any] | None,
+) -> dict[str, Any]:
     return {
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "stage": cfg.stage,
@@ -128,10 +167,18 @@ def _results_line(cfg: EvalConfig, metrics: dict[str, float], samples: list[dict
     }
 
 
-def finish(cfg: EvalConfig, metrics: dict[str, float], samples: list[dict[str, Any]], *,
-           checkpoint_sha256: str, step: int, extra: Mapping[str, Any] | None = None,
-           elapsed_s: float = 0.0, log: LogFn | None = None, out: TextIO | None = None
-           ) -> EvalReport:
+def finish(
+    cfg: EvalConfig,
+    metrics: dict[str, float],
+    samples: list[dict[str, Any]],
+    *,
+    checkpoint_sha256: str,
+    step: int,
+    extra: Mapping[str, Any] | None = None,
+    elapsed_s: float = 0.0,
+    log: LogFn | None = None,
+    out: TextIO | None = None,
+) -> EvalReport:
     """Print the table, append the results line, write TensorBoard; build the report."""
     table = metrics_table(metrics)
     stream = out or sys.stdout
@@ -158,8 +205,14 @@ def finish(cfg: EvalConfig, metrics: dict[str, float], samples: list[dict[str, A
         "results_file": str(cfg.results_file),
         "elapsed_s": round(elapsed_s, 3),
     }
-    return EvalReport(stage=cfg.stage, metrics=metrics, samples=samples, table_markdown=table,
-                      results_line=line, metadata=metadata)
+    return EvalReport(
+        stage=cfg.stage,
+        metrics=metrics,
+        samples=samples,
+        table_markdown=table,
+        results_line=line,
+        metadata=metadata,
+    )
 
 
 def _checkpoint_hash(ckpt: Path) -> str:
@@ -167,8 +220,7 @@ def _checkpoint_hash(ckpt: Path) -> str:
     return sha256_file(weights) if weights.is_file() else sha256_tree(ckpt)
 
 
-def _with_checkpoint_settings(cfg: EvalConfig, meta: Mapping[str, Any], model: Any
-                              ) -> EvalConfig:
+def _with_checkpoint_settings(cfg: EvalConfig, meta: Mapping[str, Any], model: Any) -> EvalConfig:
     """The length the checkpoint allows, and for DPO the beta it trained with (rewards on the
     scale training optimised)."""
     update: dict[str, Any] = {"max_seq_len": eval_length(cfg.max_seq_len, model)}
@@ -185,8 +237,11 @@ def evaluate(cfg: EvalConfig, log: LogFn | None = None) -> EvalReport:
     t0 = time.monotonic()
     require(cfg.data_path, f"held-out {cfg.stage} data")  # before loading any weights
     if "heldout" not in Path(cfg.data_path).name:
-        emit(log, f"eval {cfg.stage}: warning: {cfg.data_path} is not a held-out split; "
-                  "its scores are not comparable with the pipeline's")
+        emit(
+            log,
+            f"eval {cfg.stage}: warning: {cfg.data_path} is not a held-out split; "
+            "its scores are not comparable with the pipeline's",
+        )
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     ckpt = require(cfg.checkpoint, f"{cfg.stage} checkpoint")
@@ -198,14 +253,25 @@ def evaluate(cfg: EvalConfig, log: LogFn | None = None) -> EvalReport:
         ref_dir = require(cfg.reference_checkpoint, "reference (SFT) checkpoint")
         reference, _, _ = load_model(ref_dir, cfg.tokenizer_dir, device)
     cfg = _with_checkpoint_settings(cfg, meta, model)
-    metrics, samples = run_eval(cfg, model, tokenizer, reference=reference, device=device,
-                                dtype=dtype, log=log)
-    extra = {"data_sha256": sha256_file(cfg.data_path),
-             "tokenizer_hash": getattr(tokenizer, "hash", None),
-             "model": meta.get("model") or meta.get("model_config"),
-             "device": str(device), "dtype": str(dtype).removeprefix("torch.")}
+    metrics, samples = run_eval(
+        cfg, model, tokenizer, reference=reference, device=device, dtype=dtype, log=log
+    )
+    extra = {
+        "data_sha256": sha256_file(cfg.data_path),
+        "tokenizer_hash": getattr(tokenizer, "hash", None),
+        "model": meta.get("model") or meta.get("model_config"),
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
     if reference is not None and cfg.reference_checkpoint is not None:
         extra["reference_checkpoint_sha256"] = _checkpoint_hash(Path(cfg.reference_checkpoint))
-    return finish(cfg, metrics, samples, checkpoint_sha256=_checkpoint_hash(ckpt),
-                  step=int(meta.get("step") or 0), extra=extra,
-                  elapsed_s=time.monotonic() - t0, log=log)
+    return finish(
+        cfg,
+        metrics,
+        samples,
+        checkpoint_sha256=_checkpoint_hash(ckpt),
+        step=int(meta.get("step") or 0),
+        extra=extra,
+        elapsed_s=time.monotonic() - t0,
+        log=log,
+    )

@@ -23,20 +23,32 @@ from minillm_core.tokens.collate import collate
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), size):
-        yield items[i: i + size]
+        yield items[i : i + size]
 
 
-def _batch_logps(model: torch.nn.Module, rows: Sequence[Mapping[str, Any]], pad_id: int,
-                 device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _batch_logps(
+    model: torch.nn.Module,
+    rows: Sequence[Mapping[str, Any]],
+    pad_id: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
     b = collate(rows, pad_id)
     with autocast(device, dtype):
         return sequence_logps(model, b["input_ids"].to(device), b["labels"].to(device)).cpu()
 
 
 @torch.inference_mode()
-def score_loss(model: torch.nn.Module, rows: Sequence[Mapping[str, torch.Tensor]], *,
-               pad_id: int, batch_size: int, device: torch.device, dtype: torch.dtype,
-               token_bytes: torch.Tensor | None) -> dict[str, float]:
+def score_loss(
+    model: torch.nn.Module,
+    rows: Sequence[Mapping[str, torch.Tensor]],
+    *,
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    token_bytes: torch.Tensor | None,
+) -> dict[str, float]:
     """Loss, perplexity and bits per byte over rows with `input_ids` and `labels`."""
     totals = LossTotals()
     for batch in _batches(rows, batch_size):
@@ -49,16 +61,24 @@ def score_loss(model: torch.nn.Module, rows: Sequence[Mapping[str, torch.Tensor]
 
 
 @torch.inference_mode()
-def score_preferences(policy: torch.nn.Module, reference: torch.nn.Module,
-                      rows: Sequence[Mapping[str, torch.Tensor]], *, pad_id: int,
-                      batch_size: int, device: torch.device, dtype: torch.dtype,
-                      beta: float) -> dict[str, float]:
+def score_preferences(
+    policy: torch.nn.Module,
+    reference: torch.nn.Module,
+    rows: Sequence[Mapping[str, torch.Tensor]],
+    *,
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    beta: float,
+) -> dict[str, float]:
     """Preference metrics over DPO rows (chosen/rejected input ids and labels)."""
     logps: dict[str, list[torch.Tensor]] = {"pc": [], "pr": [], "rc": [], "rr": []}
     for batch in _batches(rows, batch_size):
         for side, tag in (("chosen", "c"), ("rejected", "r")):
-            sides = [{"input_ids": r[f"{side}_input_ids"], "labels": r[f"{side}_labels"]}
-                     for r in batch]
+            sides = [
+                {"input_ids": r[f"{side}_input_ids"], "labels": r[f"{side}_labels"]} for r in batch
+            ]
             logps["p" + tag].append(_batch_logps(policy, sides, pad_id, device, dtype))
             logps["r" + tag].append(_batch_logps(reference, sides, pad_id, device, dtype))
     cat = {k: torch.cat(v) for k, v in logps.items()}
@@ -66,10 +86,15 @@ def score_preferences(policy: torch.nn.Module, reference: torch.nn.Module,
 
 
 @torch.inference_mode()
-def score_multiple_choice(model: torch.nn.Module,
-                          items: Sequence[tuple[list[int], list[list[int]], int]], *,
-                          pad_id: int, batch_size: int, device: torch.device,
-                          dtype: torch.dtype) -> dict[str, float]:
+def score_multiple_choice(
+    model: torch.nn.Module,
+    items: Sequence[tuple[list[int], list[list[int]], int]],
+    *,
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, float]:
     """Letter accuracy over items (prompt ids ending at `<|assistant_start|>`, per option the
     token ids of its answer up to and including the letter, gold index).
 
@@ -83,22 +108,33 @@ def score_multiple_choice(model: torch.nn.Module,
             full = list(prompt) + list(cont)
             labels = [IGNORE_INDEX] * (len(prompt) - 1) + list(cont)
             rows.append({"input_ids": torch.tensor(full[:-1]), "labels": torch.tensor(labels)})
-    logps = [_batch_logps(model, batch, pad_id, device, dtype)
-             for batch in _batches(rows, batch_size)]
+    logps = [
+        _batch_logps(model, batch, pad_id, device, dtype) for batch in _batches(rows, batch_size)
+    ]
     flat = torch.cat(logps) if logps else torch.zeros(0)
     correct, start = 0, 0
     for _, options, gold in items:
-        correct += mc_pick(flat[start: start + len(options)]) == gold
+        correct += mc_pick(flat[start : start + len(options)]) == gold
         start += len(options)
     n = len(items)
-    return {"mc_accuracy": correct / n if n else 0.0,
-            "mc_chance": sum(1 / len(x[1]) for x in items) / n if n else 0.0,
-            "mc_items": float(n)}
+    return {
+        "mc_accuracy": correct / n if n else 0.0,
+        "mc_chance": sum(1 / len(x[1]) for x in items) / n if n else 0.0,
+        "mc_items": float(n),
+    }
 
 
-def generate_samples(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], *,
-                     chat: bool, max_new_tokens: int, max_seq_len: int,
-                     device: torch.device, dtype: torch.dtype) -> list[dict[str, Any]]:
+def generate_samples(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    chat: bool,
+    max_new_tokens: int,
+    max_seq_len: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> list[dict[str, Any]]:
     """Greedy completions: chat prompts rendered as a user turn, else raw text after BOS."""
     greedy = SamplingParams(temperature=0.0, stop_ids=tuple(stop_ids(tokenizer)))
     samples = []
@@ -109,6 +145,11 @@ def generate_samples(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[s
             ids = [tokenizer.get_bos_token_id(), *tokenizer.encode(prompt)]
         with autocast(device, dtype):
             out = list(generate(model, ids, max_new_tokens, greedy, max_context=max_seq_len))
-        samples.append({"prompt": prompt, "completion": tokenizer.decode(out),
-                        "kind": "chat" if chat else "continuation"})
+        samples.append(
+            {
+                "prompt": prompt,
+                "completion": tokenizer.decode(out),
+                "kind": "chat" if chat else "continuation",
+            }
+        )
     return samples

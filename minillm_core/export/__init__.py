@@ -53,14 +53,24 @@ checks the conversion, not the precision loss.
 
 from minillm_core.export.hf import EXPORT_META, ExportConfig, ExportReport, export_hf
 from minillm_core.export.tokenizer_files import (
-                                                 ExportError,
-                                                 bytes_to_unicode,
-                                                 chat_template,
-                                                 recover_merges,
-                                                 tokenizer_json,
+    ExportError,
+    bytes_to_unicode,
+    chat_template,
+    recover_merges,
+    tokenizer_json,
 )
 from minillm_core.export.verify import CHECK_CONVERSATIONS, verify_export
 
-__all__ = ["CHECK_CONVERSATIONS", "EXPORT_META", "ExportConfig", "ExportError", "ExportReport",
-           "bytes_to_unicode", "chat_template", "export_hf", "recover_merges", "tokenizer_json",
-           "verify_export"]
+__all__ = [
+    "CHECK_CONVERSATIONS",
+    "EXPORT_META",
+    "ExportConfig",
+    "ExportError",
+    "ExportReport",
+    "bytes_to_unicode",
+    "chat_template",
+    "export_hf",
+    "recover_merges",
+    "tokenizer_json",
+    "verify_export",
+]

@@ -31,15 +31,21 @@ class ExportConfig(CoreConfig):
     """Settings of the HuggingFace export."""
 
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="dtype of the exported weights (checkpoints are float32)")
+        "float32", description="dtype of the exported weights (checkpoints are float32)"
+    )
     verify: Literal["auto", "always", "never"] = Field(
-        "auto", description="load the export with transformers and compare with the native model: "
-                            "auto = when transformers is installed, always = fail without it")
+        "auto",
+        description="load the export with transformers and compare with the native model: "
+        "auto = when transformers is installed, always = fail without it",
+    )
     atol: float = Field(1e-4, gt=0, description="largest allowed |logit difference| (float32)")
     verify_new_tokens: int = Field(16, ge=1, description="greedy tokens compared in verification")
     model_max_length: int | None = Field(
-        None, ge=1, description="tokenizer_config's model_max_length; None = the training sequence "
-                                "length recorded in the checkpoint, else max_position_embeddings")
+        None,
+        ge=1,
+        description="tokenizer_config's model_max_length; None = the training sequence "
+        "length recorded in the checkpoint, else max_position_embeddings",
+    )
 
 
 class ExportReport(BaseModel):
@@ -102,8 +108,8 @@ def _model_card(meta: dict[str, Any], hf_meta: dict[str, Any]) -> str:
         "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
         "tok = AutoTokenizer.from_pretrained(path)\n"
         "model = AutoModelForCausalLM.from_pretrained(path)\n"
-        "ids = tok.apply_chat_template([{\"role\": \"user\", \"content\": \"你好\"}],\n"
-        "                              add_generation_prompt=True, return_tensors=\"pt\")\n"
+        'ids = tok.apply_chat_template([{"role": "user", "content": "你好"}],\n'
+        '                              add_generation_prompt=True, return_tensors="pt")\n'
         "```\n\n"
         "Chat format: `<|bos|><|user_start|>...<|user_end|><|assistant_start|>...<|assistant_end|>`;"
         " a system message is folded into the first user message. Raw text: prepend `<|bos|>` "
@@ -128,11 +134,15 @@ def _load(ckpt: Path, tokenizer_dir: Path | str) -> tuple[MiniLLM, dict[str, Any
     model, meta = load_checkpoint(require(ckpt, "checkpoint directory"), "cpu")
     want = meta.get("tokenizer_hash")
     if want and want != tok.hash:
-        raise ExportError(f"{ckpt} was trained with another tokenizer ({str(want)[:12]} != "
-                          f"{tok.hash[:12]} in {tokenizer_dir}); pass the matching tokenizer")
+        raise ExportError(
+            f"{ckpt} was trained with another tokenizer ({str(want)[:12]} != "
+            f"{tok.hash[:12]} in {tokenizer_dir}); pass the matching tokenizer"
+        )
     if model.config.vocab_size < tok.get_vocab_size():
-        raise ExportError(f"the model's vocab_size {model.config.vocab_size} is smaller than the "
-                          f"tokenizer's {tok.get_vocab_size()}")
+        raise ExportError(
+            f"the model's vocab_size {model.config.vocab_size} is smaller than the "
+            f"tokenizer's {tok.get_vocab_size()}"
+        )
     return model, meta, tok
 
 
@@ -140,8 +150,14 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
-def _write_files(tmp: Path, model: MiniLLM, tok: Tokenizer, state: dict[str, torch.Tensor],
-                 cfg: ExportConfig, max_len: int) -> None:
+def _write_files(
+    tmp: Path,
+    model: MiniLLM,
+    tok: Tokenizer,
+    state: dict[str, torch.Tensor],
+    cfg: ExportConfig,
+    max_len: int,
+) -> None:
     # {"format": "pt"} is what transformers checks before reading a safetensors file.
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     files = {
@@ -155,9 +171,17 @@ def _write_files(tmp: Path, model: MiniLLM, tok: Tokenizer, state: dict[str, tor
         _write_json(tmp / name, obj)
 
 
-def _report(out: Path, cfg: ExportConfig, meta: dict[str, Any], tok: Tokenizer, n_params: int,
-            max_len: int, verification: dict[str, Any], tmp: Path, seconds: float
-            ) -> ExportReport:
+def _report(
+    out: Path,
+    cfg: ExportConfig,
+    meta: dict[str, Any],
+    tok: Tokenizer,
+    n_params: int,
+    max_len: int,
+    verification: dict[str, Any],
+    tmp: Path,
+    seconds: float,
+) -> ExportReport:
     metadata: dict[str, Any] = {
         "path": str(out),
         "parameters": n_params,
@@ -171,27 +195,39 @@ def _report(out: Path, cfg: ExportConfig, meta: dict[str, Any], tok: Tokenizer, 
         "verified": bool(verification.get("verified")),
         "export_seconds": round(seconds, 2),
     }
-    for key in ("max_abs_logit_diff", "greedy_equal", "greedy_tokens_compared",
-                "tokenizer_texts_checked", "chat_template_conversations_checked",
-                "transformers_version"):
+    for key in (
+        "max_abs_logit_diff",
+        "greedy_equal",
+        "greedy_tokens_compared",
+        "tokenizer_texts_checked",
+        "chat_template_conversations_checked",
+        "transformers_version",
+    ):
         if key in verification:
             metadata[key] = verification[key]
     return ExportReport(path=out, metadata=metadata)
 
 
-def export_hf(checkpoint_dir: Path | str, tokenizer_dir: Path | str, out_dir: Path | str,
-              cfg: ExportConfig | None = None, log: LogFn | None = None) -> ExportReport:
+def export_hf(
+    checkpoint_dir: Path | str,
+    tokenizer_dir: Path | str,
+    out_dir: Path | str,
+    cfg: ExportConfig | None = None,
+    log: LogFn | None = None,
+) -> ExportReport:
     """Write a HuggingFace Llama folder for the checkpoint into `out_dir` (atomically: built and
     verified under a temporary name, then swapped in whole)."""
     cfg = cfg or ExportConfig()
     t0 = time.perf_counter()
     ckpt, out = Path(checkpoint_dir), Path(out_dir)
     model, meta, tok = _load(ckpt, tokenizer_dir)
-    verify = cfg.verify == "always" or (cfg.verify == "auto"
-                                        and checks._transformers() is not None)
+    verify = cfg.verify == "always" or (cfg.verify == "auto" and checks._transformers() is not None)
     if cfg.verify == "auto" and not verify:
-        emit(log, "export-hf: transformers not installed; the export is not verified "
-                  "(pip install 'minillm[hf]' to compare logits)")
+        emit(
+            log,
+            "export-hf: transformers not installed; the export is not verified "
+            "(pip install 'minillm[hf]' to compare logits)",
+        )
     dtype = getattr(torch, cfg.dtype)
     if cfg.dtype != "float32":
         # Compare against what was exported: the native model rounded to the same dtype.
@@ -204,10 +240,14 @@ def export_hf(checkpoint_dir: Path | str, tokenizer_dir: Path | str, out_dir: Pa
         _write_files(tmp, model, tok, state, cfg, max_len)
         verification: dict[str, Any] = {"verified": False}
         if verify:
-            emit(log, "export-hf: loading the export with transformers to compare with the "
-                      "native model")
-            verification = {"verified": True, **checks.verify_export(
-                tmp, model, tok, cfg.atol, cfg.verify_new_tokens)}
+            emit(
+                log,
+                "export-hf: loading the export with transformers to compare with the native model",
+            )
+            verification = {
+                "verified": True,
+                **checks.verify_export(tmp, model, tok, cfg.atol, cfg.verify_new_tokens),
+            }
         hf_meta = {
             "format_version": FORMAT_VERSION,
             "source_checkpoint": str(ckpt.resolve()),
@@ -223,10 +263,17 @@ def export_hf(checkpoint_dir: Path | str, tokenizer_dir: Path | str, out_dir: Pa
         }
         _write_json(tmp / EXPORT_META, hf_meta)
         (tmp / "README.md").write_text(_model_card(meta, hf_meta), encoding="utf-8")
-        report = _report(out, cfg, meta, tok, n_params, max_len, verification, tmp,
-                         time.perf_counter() - t0)
-    emit(log, f"export-hf: {n_params:,} parameters ({cfg.dtype}) -> {out} in "
-              f"{report.metadata['export_seconds']:.1f}s"
-              + (f"; max |logit diff| {verification['max_abs_logit_diff']:.2e}"
-                 if verification.get("verified") else "; not verified"))
+        report = _report(
+            out, cfg, meta, tok, n_params, max_len, verification, tmp, time.perf_counter() - t0
+        )
+    emit(
+        log,
+        f"export-hf: {n_params:,} parameters ({cfg.dtype}) -> {out} in "
+        f"{report.metadata['export_seconds']:.1f}s"
+        + (
+            f"; max |logit diff| {verification['max_abs_logit_diff']:.2e}"
+            if verification.get("verified")
+            else "; not verified"
+        ),
+    )
     return report

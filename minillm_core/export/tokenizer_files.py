@@ -32,8 +32,11 @@ def bytes_to_unicode() -> dict[int, str]:
     Printable Latin-1 bytes map to themselves; the other 68 map to U+0100 onwards, so every byte
     string becomes a string with no whitespace or control characters (a merge line `a b` stays
     unambiguous)."""
-    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-            + list(range(ord("®"), ord("ÿ") + 1)))
+    keep = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     table, extra = {}, 0
     for b in range(256):
         if b in keep:
@@ -56,7 +59,7 @@ def _bpe_parts(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[byt
                 best, best_rank = i, r
         if best is None:
             return parts
-        parts[best:best + 2] = [parts[best] + parts[best + 1]]
+        parts[best : best + 2] = [parts[best] + parts[best + 1]]
 
 
 def recover_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
@@ -69,8 +72,10 @@ def recover_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
         if len(parts) != 2:
             # Cannot happen for ranks a BPE trainer produced: every token was made from two
             # lower-ranked ones. A hand-edited table would get here.
-            raise ExportError(f"token {token!r} (rank {rank}) is not the merge of two lower-ranked "
-                              f"tokens (BPE splits it into {len(parts)} parts): not a BPE vocabulary")
+            raise ExportError(
+                f"token {token!r} (rank {rank}) is not the merge of two lower-ranked "
+                f"tokens (BPE splits it into {len(parts)} parts): not a BPE vocabulary"
+            )
         merges.append((parts[0], parts[1]))
     return merges
 
@@ -84,35 +89,66 @@ def tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
 
     vocab = {show(b): r for b, r in tok.mergeable_ranks.items()}
     merges = [f"{show(a)} {show(b)}" for a, b in recover_merges(tok.mergeable_ranks)]
-    added = [{"id": i, "content": name, "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": False, "special": True}
-             for name, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])]
+    added = [
+        {
+            "id": i,
+            "content": name,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for name, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])
+    ]
     return {
         "version": "1.0",
         "truncation": None,
         "padding": None,
         "added_tokens": added,
         "normalizer": None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            # Isolated: every regex match is its own chunk, as tiktoken's `findall` makes them.
-            {"type": "Split", "pattern": {"Regex": tok.pattern}, "behavior": "Isolated",
-             "invert": False},
-            # Only the bytes -> characters mapping; the splitting was done above.
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-             "use_regex": False},
-        ]},
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                # Isolated: every regex match is its own chunk, as tiktoken's `findall` makes them.
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": tok.pattern},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
+                # Only the bytes -> characters mapping; the splitting was done above.
+                {
+                    "type": "ByteLevel",
+                    "add_prefix_space": False,
+                    "trim_offsets": True,
+                    "use_regex": False,
+                },
+            ],
+        },
         # No BOS added by default: our `encode` adds none either (pass it explicitly, as the
         # chat template does).
         "post_processor": None,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
-                    "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None,
-                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
-                  "fuse_unk": False, "byte_fallback": False,
-                  # tiktoken looks a whole chunk up before merging; without this, a chunk that is
-                  # a token but that BPE would reach through other pairs could encode differently.
-                  "ignore_merges": True,
-                  "vocab": vocab, "merges": merges},
+        "decoder": {
+            "type": "ByteLevel",
+            "add_prefix_space": True,
+            "trim_offsets": True,
+            "use_regex": True,
+        },
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            # tiktoken looks a whole chunk up before merging; without this, a chunk that is
+            # a token but that BPE would reach through other pairs could encode differently.
+            "ignore_merges": True,
+            "vocab": vocab,
+            "merges": merges,
+        },
     }
 
 
@@ -120,8 +156,11 @@ def tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
 def chat_template() -> str:
     """The Jinja chat template equal to `render_conversation` / `render_for_completion`: the
     lines of `chat_template.jinja` joined without newlines, its comments dropped."""
-    text = resources.files("minillm_core.export").joinpath("chat_template.jinja").read_text(
-        encoding="utf-8")
+    text = (
+        resources.files("minillm_core.export")
+        .joinpath("chat_template.jinja")
+        .read_text(encoding="utf-8")
+    )
     return "".join(re.sub(r"\{#.*?#\}\n?", "", text, flags=re.S).splitlines())
 
 
@@ -141,7 +180,15 @@ def tokenizer_config(tok: Tokenizer, model_max_length: int) -> dict[str, Any]:
         "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length,
         "chat_template": chat_template(),
-        "added_tokens_decoder": {str(i): {"content": name, "lstrip": False, "normalized": False,
-                                          "rstrip": False, "single_word": False, "special": True}
-                                 for name, i in tok.special_tokens.items()},
+        "added_tokens_decoder": {
+            str(i): {
+                "content": name,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": True,
+            }
+            for name, i in tok.special_tokens.items()
+        },
     }

@@ -23,17 +23,30 @@ from minillm_core.tokenizer import HELDOUT_EN, HELDOUT_ZH, TRICKY_TEXT, Tokenize
 # nanochat-style python parts, content given as a list of parts, whitespace at the edges.
 CHECK_CONVERSATIONS: list[list[dict[str, Any]]] = [
     [{"role": "user", "content": "你好"}],
-    [{"role": "system", "content": "你是一个乐于助人的助手。"},
-     {"role": "user", "content": "1+1=?"}, {"role": "assistant", "content": "等于 2。"},
-     {"role": "user", "content": "  再见\n"}],
-    [{"role": "user", "content": [{"type": "text", "text": "算一下 "},
-                                   {"type": "text", "text": "2**10"}]},
-     {"role": "assistant", "content": [{"type": "text", "text": "我来算："},
-                                        {"type": "python", "text": "print(2**10)"},
-                                        {"type": "python_output", "text": "1024"},
-                                        {"type": "text", "text": "结果是 1024。"}]},
-     {"role": "tool", "content": "ok"}, {"role": "user", "content": "谢谢 😀"},
-     {"role": "assistant", "content": "不客气！"}],
+    [
+        {"role": "system", "content": "你是一个乐于助人的助手。"},
+        {"role": "user", "content": "1+1=?"},
+        {"role": "assistant", "content": "等于 2。"},
+        {"role": "user", "content": "  再见\n"},
+    ],
+    [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "算一下 "}, {"type": "text", "text": "2**10"}],
+        },
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "我来算："},
+                {"type": "python", "text": "print(2**10)"},
+                {"type": "python_output", "text": "1024"},
+                {"type": "text", "text": "结果是 1024。"},
+            ],
+        },
+        {"role": "tool", "content": "ok"},
+        {"role": "user", "content": "谢谢 😀"},
+        {"role": "assistant", "content": "不客气！"},
+    ],
 ]
 
 
@@ -69,9 +82,11 @@ def _check_tokenizer(hf_tok: Any, tok: Tokenizer, out: dict[str, Any]) -> None:
     out["tokenizer_texts_checked"] = len(texts)
     if bad:
         i = bad[0]
-        raise ExportError(f"the HF tokenizer encodes {len(bad)} of {len(texts)} check texts "
-                          f"differently, e.g. {texts[i][:60]!r}: ours {ours[i][:20]} vs HF "
-                          f"{theirs[i][:20]}")
+        raise ExportError(
+            f"the HF tokenizer encodes {len(bad)} of {len(texts)} check texts "
+            f"differently, e.g. {texts[i][:60]!r}: ours {ours[i][:20]} vs HF "
+            f"{theirs[i][:20]}"
+        )
     if hf_tok.decode(ours[0]) != texts[0]:
         raise ExportError("the HF tokenizer does not decode the tricky text back to itself")
 
@@ -79,18 +94,24 @@ def _check_tokenizer(hf_tok: Any, tok: Tokenizer, out: dict[str, Any]) -> None:
 def _check_chat_template(hf_tok: Any, tok: Tokenizer, out: dict[str, Any]) -> None:
     for conv in CHECK_CONVERSATIONS:
         for gen in (False, True):
-            want = tok.render_for_completion(conv) if gen else tok.render_conversation(
-                conv, max_tokens=sys.maxsize)[0]
+            want = (
+                tok.render_for_completion(conv)
+                if gen
+                else tok.render_conversation(conv, max_tokens=sys.maxsize)[0]
+            )
             rendered = hf_tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=gen)
             got = hf_tok(rendered, add_special_tokens=False)["input_ids"]
             if got != want:
-                raise ExportError(f"the chat template renders {conv!r:.80} (generation prompt "
-                                  f"{gen}) to other ids: {got[:24]} vs ours {want[:24]}")
+                raise ExportError(
+                    f"the chat template renders {conv!r:.80} (generation prompt "
+                    f"{gen}) to other ids: {got[:24]} vs ours {want[:24]}"
+                )
     out["chat_template_conversations_checked"] = len(CHECK_CONVERSATIONS) * 2
 
 
-def _check_logits(hf: Any, model: MiniLLM, prompt: list[int], atol: float,
-                  out: dict[str, Any]) -> None:
+def _check_logits(
+    hf: Any, model: MiniLLM, prompt: list[int], atol: float, out: dict[str, Any]
+) -> None:
     """Logits on a fixed batch: a chat prompt and seeded random ids, same length."""
     length = min(len(prompt), model.config.max_position_embeddings)
     gen = torch.Generator().manual_seed(0)
@@ -103,41 +124,63 @@ def _check_logits(hf: Any, model: MiniLLM, prompt: list[int], atol: float,
     out["max_abs_logit_diff"] = diff
     out["logit_batch_shape"] = list(batch.shape)
     if not diff <= atol:  # also catches NaN
-        raise ExportError(f"exported logits differ from the native model's by up to {diff:.3g} "
-                          f"(tolerance {atol:g}): the config or weights do not map")
+        raise ExportError(
+            f"exported logits differ from the native model's by up to {diff:.3g} "
+            f"(tolerance {atol:g}): the config or weights do not map"
+        )
 
 
-def _check_greedy(hf: Any, model: MiniLLM, tok: Tokenizer, prompt: list[int], atol: float,
-                  new_tokens: int, out: dict[str, Any]) -> None:
+def _check_greedy(
+    hf: Any,
+    model: MiniLLM,
+    tok: Tokenizer,
+    prompt: list[int],
+    atol: float,
+    new_tokens: int,
+    out: dict[str, Any],
+) -> None:
     """Greedy generation, with the same stop ids on both sides."""
     stops = stop_ids(tok)
     budget = max(0, min(new_tokens, model.config.max_position_embeddings - len(prompt)))
-    native_ids = list(generate(model, prompt, budget, SamplingParams(stop_ids=tuple(stops)),
-                               include_stop=True))
+    native_ids = list(
+        generate(model, prompt, budget, SamplingParams(stop_ids=tuple(stops)), include_stop=True)
+    )
     with torch.inference_mode():
-        hf_out = hf.generate(torch.tensor([prompt]), max_new_tokens=budget, do_sample=False,
-                             eos_token_id=stops, pad_token_id=tok.bos_token_id,
-                             temperature=None, top_k=None, top_p=None)
-    hf_ids = hf_out[0, len(prompt):].tolist()
+        hf_out = hf.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=budget,
+            do_sample=False,
+            eos_token_id=stops,
+            pad_token_id=tok.bos_token_id,
+            temperature=None,
+            top_k=None,
+            top_p=None,
+        )
+    hf_ids = hf_out[0, len(prompt) :].tolist()
     out["greedy_tokens_compared"] = len(native_ids)
     out["greedy_equal"] = hf_ids == native_ids
     if hf_ids != native_ids:
         # A flip between two near-tied logits is float noise, not a mapping error: accept it only
         # when the native model's top two at the first difference are within the logit tolerance.
-        k = next((i for i, (a, b) in enumerate(zip(native_ids, hf_ids)) if a != b),
-                 min(len(native_ids), len(hf_ids)))
+        k = next(
+            (i for i, (a, b) in enumerate(zip(native_ids, hf_ids)) if a != b),
+            min(len(native_ids), len(hf_ids)),
+        )
         with torch.inference_mode():
             step = model(torch.tensor([prompt + native_ids[:k]]))[0, -1].float()
         top2 = step.topk(2).values
         gap = float(top2[0] - top2[1])
         if gap > 2 * atol:
-            raise ExportError(f"greedy generation differs at token {k}: native {native_ids} vs HF "
-                              f"{hf_ids} (top-2 logit gap {gap:.3g}, not a tie)")
+            raise ExportError(
+                f"greedy generation differs at token {k}: native {native_ids} vs HF "
+                f"{hf_ids} (top-2 logit gap {gap:.3g}, not a tie)"
+            )
         out["greedy_near_tie_at"] = k
 
 
-def verify_export(path: Path, model: MiniLLM, tok: Tokenizer, atol: float, new_tokens: int
-                  ) -> dict[str, Any]:
+def verify_export(
+    path: Path, model: MiniLLM, tok: Tokenizer, atol: float, new_tokens: int
+) -> dict[str, Any]:
     """Load `path` with transformers and compare it with `model`/`tok`; raise ExportError on a
     difference. Returns the measurements for the metadata."""
     transformers = _transformers()

@@ -54,8 +54,13 @@ class Tokenizer:
     project already know.
     """
 
-    def __init__(self, mergeable_ranks: dict[bytes, int], pattern: str = DEFAULT_PATTERN,
-                 special_tokens: Sequence[str] = SPECIAL_TOKENS, name: str = "minillm"):
+    def __init__(
+        self,
+        mergeable_ranks: dict[bytes, int],
+        pattern: str = DEFAULT_PATTERN,
+        special_tokens: Sequence[str] = SPECIAL_TOKENS,
+        name: str = "minillm",
+    ):
         n = len(mergeable_ranks)
         if sorted(mergeable_ranks.values()) != list(range(n)):
             raise TokenizerError("mergeable ranks must be exactly 0..n-1 (contiguous, unique)")
@@ -65,22 +70,33 @@ class Tokenizer:
         self.pattern = pattern
         self.mergeable_ranks = dict(mergeable_ranks)
         self.special_tokens = {tok: n + i for i, tok in enumerate(special_tokens)}
-        self.enc = tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=self.mergeable_ranks,
-                                     special_tokens=self.special_tokens,
-                                     explicit_n_vocab=n + len(self.special_tokens))
+        self.enc = tiktoken.Encoding(
+            name,
+            pat_str=pattern,
+            mergeable_ranks=self.mergeable_ranks,
+            special_tokens=self.special_tokens,
+            explicit_n_vocab=n + len(self.special_tokens),
+        )
 
     # -- construction
     @classmethod
-    def train_from_iterator(cls, texts: Iterable[str], vocab_size: int,
-                            pattern: str = DEFAULT_PATTERN, num_threads: int | None = None,
-                            trainer: str = "auto", log: LogFn | None = None) -> Tokenizer:
+    def train_from_iterator(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int,
+        pattern: str = DEFAULT_PATTERN,
+        num_threads: int | None = None,
+        trainer: str = "auto",
+        log: LogFn | None = None,
+    ) -> Tokenizer:
         """Train on an iterable of strings; `vocab_size` counts the special tokens."""
         from minillm_core.tokenizer.trainers import (
             train_ranks,  # it imports this module
         )
 
-        ranks, _ = train_ranks(texts, vocab_size - len(SPECIAL_TOKENS), pattern, num_threads,
-                               trainer, log)
+        ranks, _ = train_ranks(
+            texts, vocab_size - len(SPECIAL_TOKENS), pattern, num_threads, trainer, log
+        )
         return cls(ranks, pattern)
 
     # -- sizes and special tokens
@@ -98,8 +114,9 @@ class Tokenizer:
         try:
             return self.special_tokens[name]
         except KeyError:
-            raise KeyError(f"unknown special token {name!r}; known: "
-                           f"{', '.join(self.special_tokens)}") from None
+            raise KeyError(
+                f"unknown special token {name!r}; known: {', '.join(self.special_tokens)}"
+            ) from None
 
     def get_bos_token_id(self) -> int:
         return self.special_tokens[BOS]
@@ -124,16 +141,30 @@ class Tokenizer:
         return self.encode_special(x) if isinstance(x, str) else int(x)
 
     @overload
-    def encode(self, text: str, prepend: int | str | None = None,
-               append: int | str | None = None, num_threads: int = 8) -> list[int]: ...
+    def encode(
+        self,
+        text: str,
+        prepend: int | str | None = None,
+        append: int | str | None = None,
+        num_threads: int = 8,
+    ) -> list[int]: ...
 
     @overload
-    def encode(self, text: list[str], prepend: int | str | None = None,
-               append: int | str | None = None, num_threads: int = 8) -> list[list[int]]: ...
+    def encode(
+        self,
+        text: list[str],
+        prepend: int | str | None = None,
+        append: int | str | None = None,
+        num_threads: int = 8,
+    ) -> list[list[int]]: ...
 
-    def encode(self, text: str | list[str], prepend: int | str | None = None,
-               append: int | str | None = None, num_threads: int = 8
-               ) -> list[int] | list[list[int]]:
+    def encode(
+        self,
+        text: str | list[str],
+        prepend: int | str | None = None,
+        append: int | str | None = None,
+        num_threads: int = 8,
+    ) -> list[int] | list[list[int]]:
         """Encode text (special-token strings in it are plain text) or a batch of texts.
 
         `prepend`/`append` take a token id or a special token name (e.g. "<|bos|>")."""
@@ -162,8 +193,9 @@ class Tokenizer:
         return self.enc.decode(list(ids))
 
     # -- conversations (the layout: `minillm_core.tokenizer.render`)
-    def render_conversation(self, conversation: Any, max_tokens: int = 2048
-                            ) -> tuple[list[int], list[int]]:
+    def render_conversation(
+        self, conversation: Any, max_tokens: int = 2048
+    ) -> tuple[list[int], list[int]]:
         """Token ids and a mask (1 = the model is trained to predict this token) for a chat."""
         return render.render_conversation(self, conversation, max_tokens)
 
@@ -190,8 +222,10 @@ class Tokenizer:
 
 def _write_files(tok: Tokenizer, d: Path, meta: dict[str, Any] | None) -> None:
     """The three files of a tokenizer directory, written into `d`."""
-    lines = [f"{base64.b64encode(b).decode('ascii')} {r}"
-             for b, r in sorted(tok.mergeable_ranks.items(), key=lambda kv: kv[1])]
+    lines = [
+        f"{base64.b64encode(b).decode('ascii')} {r}"
+        for b, r in sorted(tok.mergeable_ranks.items(), key=lambda kv: kv[1])
+    ]
     (d / RANKS_FILE).write_text("\n".join(lines) + "\n", encoding="ascii")
     full = {
         "format_version": FORMAT_VERSION,
@@ -203,8 +237,9 @@ def _write_files(tok: Tokenizer, d: Path, meta: dict[str, Any] | None) -> None:
         "hash": tok.hash,
         **(meta or {}),
     }
-    (d / META_FILE).write_text(json.dumps(full, ensure_ascii=False, indent=2, sort_keys=True)
-                               + "\n", encoding="utf-8")
+    (d / META_FILE).write_text(
+        json.dumps(full, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     # For the seed's tools only (a pickled tiktoken.Encoding, like nanochat's tokenizer.pkl).
     with open(d / PICKLE_FILE, "wb") as f:
         pickle.dump(tok.enc, f)
@@ -234,7 +269,9 @@ def load_tokenizer(directory: Path | str) -> Tokenizer:
             token, rank = line.split(" ")
             ranks[base64.b64decode(token, validate=True)] = int(rank)
         except ValueError as exc:
-            raise TokenizerError(f"{ranks_path}:{lineno}: not a 'base64 rank' line ({exc})") from None
+            raise TokenizerError(
+                f"{ranks_path}:{lineno}: not a 'base64 rank' line ({exc})"
+            ) from None
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -249,8 +286,10 @@ def load_tokenizer(directory: Path | str) -> Tokenizer:
     except (TokenizerError, KeyError, ValueError) as exc:
         raise TokenizerError(f"{d}: cannot build the tokenizer: {exc}") from None
     if meta.get("hash") and meta["hash"] != tok.hash:
-        raise TokenizerError(f"{d}: tokenizer hash {tok.hash[:12]} does not match the recorded "
-                             f"{meta['hash'][:12]} (files edited or mixed from two tokenizers)")
+        raise TokenizerError(
+            f"{d}: tokenizer hash {tok.hash[:12]} does not match the recorded "
+            f"{meta['hash'][:12]} (files edited or mixed from two tokenizers)"
+        )
     return tok
 
 

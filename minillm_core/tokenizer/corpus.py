@@ -17,8 +17,9 @@ _HAN_RE = regex.compile(r"\p{Han}")
 
 
 def _conversation_text(messages: Any) -> str:
-    return "\n".join(text_of(m.get("content", m.get("value", "")) or "")
-                     for m in messages if isinstance(m, dict))
+    return "\n".join(
+        text_of(m.get("content", m.get("value", "")) or "") for m in messages if isinstance(m, dict)
+    )
 
 
 def record_texts(record: Any) -> list[str]:
@@ -55,9 +56,16 @@ class CorpusStats:
         self._han_budget = han_sample_chars
 
     def as_dict(self) -> dict[str, Any]:
-        return {"files": self.files, "records": self.records, "docs": self.docs,
-                "docs_truncated": self.docs_truncated, "chars": self.chars, "bytes": self.bytes,
-                "bad_lines": self.bad_lines, "max_chars_total_reached": self.cap_reached}
+        return {
+            "files": self.files,
+            "records": self.records,
+            "docs": self.docs,
+            "docs_truncated": self.docs_truncated,
+            "chars": self.chars,
+            "bytes": self.bytes,
+            "bad_lines": self.bad_lines,
+            "max_chars_total_reached": self.cap_reached,
+        }
 
     def take(self, text: str, max_chars_per_doc: int, max_chars_total: int) -> str:
         """`text` cut to the per-document cap and to what the total cap leaves; counted."""
@@ -72,7 +80,7 @@ class CorpusStats:
         self.chars += len(text)
         self.bytes += len(text.encode("utf-8"))
         if self._han_budget > 0:
-            sample = text[:self._han_budget]
+            sample = text[: self._han_budget]
             self._han_budget -= len(sample)
             self.han.update(_HAN_RE.findall(sample))
         return text
@@ -91,8 +99,13 @@ def _file_records(path: Path, bar: Progress, stats: CorpusStats) -> Iterator[Any
                 stats.bad_lines += 1
 
 
-def iter_mix_texts(paths: Sequence[Path], max_chars_per_doc: int, max_chars_total: int,
-                   stats: CorpusStats | None = None, log: LogFn | None = None) -> Iterator[str]:
+def iter_mix_texts(
+    paths: Sequence[Path],
+    max_chars_per_doc: int,
+    max_chars_total: int,
+    stats: CorpusStats | None = None,
+    log: LogFn | None = None,
+) -> Iterator[str]:
     """Stream the documents of JSONL mixes as plain text, capped per document and in total.
 
     Reads one line at a time, so memory stays bounded whatever the corpus size."""
@@ -112,7 +125,10 @@ def iter_mix_texts(paths: Sequence[Path], max_chars_per_doc: int, max_chars_tota
                         yield text
                     if stats.cap_reached:
                         stats.files[str(path)] = n
-                        emit(log, f"tokenizer: max_chars_total={max_chars_total:,} reached "
-                                  f"in {path} after {n} records; the rest is not read")
+                        emit(
+                            log,
+                            f"tokenizer: max_chars_total={max_chars_total:,} reached "
+                            f"in {path} after {n} records; the rest is not read",
+                        )
                         return
             stats.files[str(path)] = n

@@ -54,6 +54,7 @@ HELDOUT_EN = (
     "reading for twenty minutes a day can widen one's vocabulary considerably over a year."
 )
 
+
 # GB2312 level 1: the 3,755 most frequently used Chinese characters of the GB2312 standard
 # (rows 16-55), derived from Python's codec so no list has to be shipped. A fixed, corpus-independent
 # yardstick for "common Chinese characters are single tokens".
@@ -75,8 +76,11 @@ def _is_han(c: str) -> bool:
 
 def compression(tok: Tokenizer, text: str) -> dict[str, float]:
     n = max(len(tok.encode(text)), 1)
-    return {"bytes_per_token": round(len(text.encode("utf-8")) / n, 4),
-            "chars_per_token": round(len(text) / n, 4), "tokens": n}
+    return {
+        "bytes_per_token": round(len(text.encode("utf-8")) / n, 4),
+        "chars_per_token": round(len(text) / n, 4),
+        "tokens": n,
+    }
 
 
 def single_token_share(tok: Tokenizer, chars: Sequence[str]) -> float:
@@ -103,8 +107,9 @@ def _heldout_texts(paths: Sequence[Path], limit_chars: int = 2_000_000) -> str:
     return "\n".join(out)
 
 
-def quality_metadata(tok: Tokenizer, han_counts: Counter | None = None,
-                     heldout_paths: Sequence[Path] = ()) -> dict[str, Any]:
+def quality_metadata(
+    tok: Tokenizer, han_counts: Counter | None = None, heldout_paths: Sequence[Path] = ()
+) -> dict[str, Any]:
     """The figures the tokenizer asset shows: round trip, compression, coverage, a vocab sample."""
     ids = tok.encode(TRICKY_TEXT)
     md: dict[str, Any] = {

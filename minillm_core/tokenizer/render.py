@@ -60,8 +60,9 @@ class _Rendered:
         self.add(self.sp["<|assistant_end|>"], 1)
 
 
-def render_conversation(tok: Tokenizer, conversation: Any, max_tokens: int = 2048
-                        ) -> tuple[list[int], list[int]]:
+def render_conversation(
+    tok: Tokenizer, conversation: Any, max_tokens: int = 2048
+) -> tuple[list[int], list[int]]:
     """Token ids and a mask (1 = the model is trained to predict this token) for a chat,
     truncated to `max_tokens` (layout: the module docstring)."""
     r = _Rendered(tok)

@@ -28,13 +28,21 @@ def rust_module() -> ModuleType | None:
     return minillm_rustbpe
 
 
-def train_ranks(texts: Iterable[str], n_ranks: int, pattern: str, num_threads: int | None,
-                 trainer: str, log: LogFn | None) -> tuple[dict[bytes, int], str]:
+def train_ranks(
+    texts: Iterable[str],
+    n_ranks: int,
+    pattern: str,
+    num_threads: int | None,
+    trainer: str,
+    log: LogFn | None,
+) -> tuple[dict[bytes, int], str]:
     """Train `n_ranks` (bytes + merges) ranks; return them and the name of the trainer used."""
     mod = rust_module() if trainer in ("auto", "rust") else None
     if trainer == "rust" and mod is None:
-        raise TokenizerError("trainer='rust' but minillm_rustbpe is not built: run "
-                             "`.venv/bin/pip install ./rustbpe` (needs cargo), or use trainer='auto'")
+        raise TokenizerError(
+            "trainer='rust' but minillm_rustbpe is not built: run "
+            "`.venv/bin/pip install ./rustbpe` (needs cargo), or use trainer='auto'"
+        )
     if mod is not None:
         tok = mod.Tokenizer()
         try:
@@ -44,7 +52,10 @@ def train_ranks(texts: Iterable[str], n_ranks: int, pattern: str, num_threads: i
         ranks = dict(tok.get_mergeable_ranks())
         return ranks, f"minillm_rustbpe {getattr(mod, '__version__', '?')}"
     if trainer == "auto":
-        emit(log, "minillm_rustbpe not built; training with the pure-Python reference trainer "
-                  "(slow; build it with `.venv/bin/pip install ./rustbpe`)")
+        emit(
+            log,
+            "minillm_rustbpe not built; training with the pure-Python reference trainer "
+            "(slow; build it with `.venv/bin/pip install ./rustbpe`)",
+        )
     merges = reference.train(texts, n_ranks, pattern)
     return reference.mergeable_ranks(merges), "bpe_reference (pure Python)"

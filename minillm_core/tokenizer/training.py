@@ -44,10 +44,12 @@ class TokenizerConfig(CoreConfig):
     max_chars_total: int = Field(200_000_000, gt=0, description="stop reading after this many")
     num_threads: int | None = Field(None, gt=0, description="training threads; None = all cores")
     trainer: Literal["auto", "rust", "python"] = Field(
-        "auto", description="auto: Rust extension if built, else the pure-Python reference")
+        "auto", description="auto: Rust extension if built, else the pure-Python reference"
+    )
     heldout_paths: list[Path] = Field(
         default_factory=list,
-        description="extra held-out JSONL for compression figures (default: sibling *_heldout)")
+        description="extra held-out JSONL for compression figures (default: sibling *_heldout)",
+    )
 
     @field_validator("vocab_size")
     @classmethod
@@ -56,7 +58,8 @@ class TokenizerConfig(CoreConfig):
         if v < minimum:
             raise ValueError(
                 f"vocab_size={v} is too small: the 256 byte tokens and {len(SPECIAL_TOKENS)} "
-                f"special tokens need at least {minimum}")
+                f"special tokens need at least {minimum}"
+            )
         return v
 
     @field_validator("pattern")
@@ -85,8 +88,12 @@ def _default_heldout(mix_paths: Sequence[Path]) -> list[Path]:
     return out
 
 
-def train_tokenizer(cfg: TokenizerConfig, mix_paths: Sequence[Path | str], out_dir: Path | str,
-                    log: LogFn | None = None) -> TokenizerReport:
+def train_tokenizer(
+    cfg: TokenizerConfig,
+    mix_paths: Sequence[Path | str],
+    out_dir: Path | str,
+    log: LogFn | None = None,
+) -> TokenizerReport:
     """Train on the mixes (streamed, capped) and write the tokenizer directory atomically."""
     paths = [require(p, "mix file") for p in mix_paths]
     if not paths:
@@ -99,27 +106,52 @@ def train_tokenizer(cfg: TokenizerConfig, mix_paths: Sequence[Path | str], out_d
     ranks, trainer = train_ranks(texts, n_ranks, cfg.pattern, cfg.num_threads, cfg.trainer, log)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     if stats.chars == 0:
-        raise TokenizerError(f"no text found in {', '.join(map(str, paths))}: expected JSONL "
-                             "records with 'text', 'conversations'/'messages' or 'chosen'/'rejected'")
+        raise TokenizerError(
+            f"no text found in {', '.join(map(str, paths))}: expected JSONL "
+            "records with 'text', 'conversations'/'messages' or 'chosen'/'rejected'"
+        )
     tok = Tokenizer(ranks, cfg.pattern)
     stopped_early = len(ranks) < n_ranks
     if stopped_early:
-        emit(log, f"WARNING tokenizer: the corpus ran out of pairs after {len(ranks) - 256} merges; "
-                  f"vocabulary is {tok.get_vocab_size()} instead of {cfg.vocab_size} "
-                  "(train on more text for the full size)")
+        emit(
+            log,
+            f"WARNING tokenizer: the corpus ran out of pairs after {len(ranks) - 256} merges; "
+            f"vocabulary is {tok.get_vocab_size()} instead of {cfg.vocab_size} "
+            "(train on more text for the full size)",
+        )
     heldout = list(cfg.heldout_paths) or _default_heldout(paths)
     quality = quality_metadata(tok, stats.han, heldout)
-    run = {"trainer": trainer, "requested_vocab_size": cfg.vocab_size,
-           "stopped_early": stopped_early, "training_seconds": round(seconds, 3)}
-    tok.save(out, {**run, "training_cpu_seconds": round(cpu, 3), "corpus": stats.as_dict(),
-                   "config": json.loads(cfg.model_dump_json()),
-                   "heldout_paths": [str(p) for p in heldout], "quality": quality})
-    emit(log, f"tokenizer: {tok.get_vocab_size()} tokens ({trainer}) from {stats.chars:,} chars "
-              f"in {seconds:.1f}s -> {out}")
+    run = {
+        "trainer": trainer,
+        "requested_vocab_size": cfg.vocab_size,
+        "stopped_early": stopped_early,
+        "training_seconds": round(seconds, 3),
+    }
+    tok.save(
+        out,
+        {
+            **run,
+            "training_cpu_seconds": round(cpu, 3),
+            "corpus": stats.as_dict(),
+            "config": json.loads(cfg.model_dump_json()),
+            "heldout_paths": [str(p) for p in heldout],
+            "quality": quality,
+        },
+    )
+    emit(
+        log,
+        f"tokenizer: {tok.get_vocab_size()} tokens ({trainer}) from {stats.chars:,} chars "
+        f"in {seconds:.1f}s -> {out}",
+    )
     metadata = {
-        "vocab_size": tok.get_vocab_size(), **run,
-        "chars_used": stats.chars, "bytes_used": stats.bytes, "docs_used": stats.docs,
-        "docs_truncated": stats.docs_truncated, "max_chars_total_reached": stats.cap_reached,
-        "hash": tok.hash, **quality,
+        "vocab_size": tok.get_vocab_size(),
+        **run,
+        "chars_used": stats.chars,
+        "bytes_used": stats.bytes,
+        "docs_used": stats.docs,
+        "docs_truncated": stats.docs_truncated,
+        "max_chars_total_reached": stats.cap_reached,
+        "hash": tok.hash,
+        **quality,
     }
     return TokenizerReport(path=out, vocab_size=tok.get_vocab_size(), metadata=metadata)

@@ -48,8 +48,14 @@ from minillm_core.tokens.stats import Stats, index_stats, padding, warn
 Writer = RowWriter | PackedWriter
 
 
-def export_tokens(cfg: TensorConfig, stage: Stage, mix_path: Path | str, tokenizer_dir: Path | str,
-                  out_dir: Path | str, log: LogFn | None = None) -> TensorReport:
+def export_tokens(
+    cfg: TensorConfig,
+    stage: Stage,
+    mix_path: Path | str,
+    tokenizer_dir: Path | str,
+    out_dir: Path | str,
+    log: LogFn | None = None,
+) -> TensorReport:
     """Tokenize one stage's JSONL mix into `out_dir/` (shards + index.json), atomically.
 
     Streams the mix in batches of `cfg.batch_records` records; a malformed record (no text, a
@@ -70,8 +76,10 @@ def export_tokens(cfg: TensorConfig, stage: Stage, mix_path: Path | str, tokeniz
     stats = Stats()
     hasher = hashlib.sha256()
     t0 = time.perf_counter()
-    with atomic_path(out_dir, directory=True) as tmp, \
-            Progress(mix_path.stat().st_size, f"{stage} tokens", unit="B", log=log) as bar:
+    with (
+        atomic_path(out_dir, directory=True) as tmp,
+        Progress(mix_path.stat().st_size, f"{stage} tokens", unit="B", log=log) as bar,
+    ):
         writer: Writer
         if stage == "pretrain" and cfg.layout == "packed":
             writer = PackedWriter(tmp, dtype, cfg.max_length, cfg.shard_rows)
@@ -82,25 +90,47 @@ def export_tokens(cfg: TensorConfig, stage: Stage, mix_path: Path | str, tokeniz
         writer.flush()
         if writer.rows == 0:
             first = f"; first: {stats.first_invalid}" if stats.first_invalid else ""
-            raise ArtifactError(f"{mix_path}: no usable {stage} record ({stats.samples} read, "
-                                f"dropped {stats.dropped or 'none'}{first})")
-        index = _index(cfg, stage, writer, stats, enc, dtype, str(tok.hash), hasher.hexdigest(), mix_path)
+            raise ArtifactError(
+                f"{mix_path}: no usable {stage} record ({stats.samples} read, "
+                f"dropped {stats.dropped or 'none'}{first})"
+            )
+        index = _index(
+            cfg, stage, writer, stats, enc, dtype, str(tok.hash), hasher.hexdigest(), mix_path
+        )
         write_json(tmp / "index.json", index)
     seconds = time.perf_counter() - t0
     warn(stats, stage, mix_path, cfg.max_length, log)
     tokens = index["tokens"]
-    meta = {**index["stats"], "rows": writer.rows, "tokens": tokens,
-            "supervised_tokens": index["supervised_tokens"], "shards": len(writer.shards),
-            "dtype": dtype.name, "layout": index["layout"], "max_length": cfg.max_length,
-            "tokenizer_hash": index["tokenizer_hash"], "mix_sha256": index["mix_sha256"],
-            "seconds": round(seconds, 3), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
-    emit(log, f"{stage} tokens: {writer.rows} rows, {tokens} tokens, padding "
-              f"{meta['padding_fraction']:.1%}, {meta['tokens_per_s']:.0f} tokens/s -> {out_dir}")
+    meta = {
+        **index["stats"],
+        "rows": writer.rows,
+        "tokens": tokens,
+        "supervised_tokens": index["supervised_tokens"],
+        "shards": len(writer.shards),
+        "dtype": dtype.name,
+        "layout": index["layout"],
+        "max_length": cfg.max_length,
+        "tokenizer_hash": index["tokenizer_hash"],
+        "mix_sha256": index["mix_sha256"],
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
+    }
+    emit(
+        log,
+        f"{stage} tokens: {writer.rows} rows, {tokens} tokens, padding "
+        f"{meta['padding_fraction']:.1%}, {meta['tokens_per_s']:.0f} tokens/s -> {out_dir}",
+    )
     return TensorReport(path=out_dir, rows=writer.rows, tokens=tokens, metadata=meta)
 
 
-def _encode_batch(stage: str, batch: list[tuple[int, Any]], enc: Encoder, stats: Stats,
-                  writer: Writer, dtype: np.dtype) -> None:
+def _encode_batch(
+    stage: str,
+    batch: list[tuple[int, Any]],
+    enc: Encoder,
+    stats: Stats,
+    writer: Writer,
+    dtype: np.dtype,
+) -> None:
     if stage == "pretrain":
         _pretrain_batch(batch, enc, stats, writer, dtype)
         return
@@ -116,38 +146,71 @@ def _encode_batch(stage: str, batch: list[tuple[int, Any]], enc: Encoder, stats:
             writer.add(parts)
 
 
-def _index(cfg: TensorConfig, stage: str, writer: Writer, stats: Stats, enc: Encoder,
-           dtype: np.dtype, tokenizer_hash: str, mix_sha256: str, mix_path: Path) -> dict[str, Any]:
+def _index(
+    cfg: TensorConfig,
+    stage: str,
+    writer: Writer,
+    stats: Stats,
+    enc: Encoder,
+    dtype: np.dtype,
+    tokenizer_hash: str,
+    mix_sha256: str,
+    mix_path: Path,
+) -> dict[str, Any]:
     """The index.json of a finished export."""
     tokens, inputs, supervised = writer.totals()
     config = cfg.model_dump(exclude=RUNTIME_ONLY)
     # The rows are a pure function of these inputs (the export is deterministic), so their hash
     # identifies the content without reading it back: the asset's data version.
-    content_hash = sha256_json({"format": [FORMAT, FORMAT_VERSION], "stage": stage,
-                                "tokenizer": tokenizer_hash, "mix": mix_sha256, "config": config})
+    content_hash = sha256_json(
+        {
+            "format": [FORMAT, FORMAT_VERSION],
+            "stage": stage,
+            "tokenizer": tokenizer_hash,
+            "mix": mix_sha256,
+            "config": config,
+        }
+    )
     index: dict[str, Any] = {
-        "format": FORMAT, "version": FORMAT_VERSION, "stage": stage,
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "stage": stage,
         "layout": cfg.layout if stage == "pretrain" else "padded",
-        "rows": writer.rows, "tokens": tokens, "supervised_tokens": supervised,
-        "dtype": dtype.name, "max_length": cfg.max_length, "vocab_size": enc.vocab_size,
-        "pad_id": enc.pad_id, "bos_id": enc.bos_id, "eos_id": enc.eos_id,
-        "streams": list(STREAMS[stage]), "masked": stage != "pretrain",
-        "tokenizer_hash": tokenizer_hash, "mix_sha256": mix_sha256, "mix_path": str(mix_path),
-        "content_hash": content_hash, "config": config, "shards": writer.shards,
+        "rows": writer.rows,
+        "tokens": tokens,
+        "supervised_tokens": supervised,
+        "dtype": dtype.name,
+        "max_length": cfg.max_length,
+        "vocab_size": enc.vocab_size,
+        "pad_id": enc.pad_id,
+        "bos_id": enc.bos_id,
+        "eos_id": enc.eos_id,
+        "streams": list(STREAMS[stage]),
+        "masked": stage != "pretrain",
+        "tokenizer_hash": tokenizer_hash,
+        "mix_sha256": mix_sha256,
+        "mix_path": str(mix_path),
+        "content_hash": content_hash,
+        "config": config,
+        "shards": writer.shards,
         "stats": index_stats(stats, inputs, writer.rows * len(STREAMS[stage]), cfg.max_length),
     }
     if stage == "pretrain":
         # Both layouts' padding, from the same document lengths whichever layout is written, so
         # every pretrain export reports the comparison that chose the default.
         packed_rows = -(-(stats.stream_tokens - 1) // cfg.max_length)
-        index["stats"]["padding_fraction_packed"] = padding(stats.stream_tokens - 1, packed_rows,
-                                                            cfg.max_length)
-        index["stats"]["padding_fraction_padded"] = padding(stats.padded_inputs, stats.padded_rows,
-                                                            cfg.max_length)
+        index["stats"]["padding_fraction_packed"] = padding(
+            stats.stream_tokens - 1, packed_rows, cfg.max_length
+        )
+        index["stats"]["padding_fraction_padded"] = padding(
+            stats.padded_inputs, stats.padded_rows, cfg.max_length
+        )
     return index
 
 
-def _pretrain_texts(batch: list[tuple[int, Any]], stats: Stats) -> tuple[list[str], list[int], list[Any]]:
+def _pretrain_texts(
+    batch: list[tuple[int, Any]], stats: Stats
+) -> tuple[list[str], list[int], list[Any]]:
     """The batch's non-empty texts with their line numbers and records; the rest is counted."""
     texts, lines, records = [], [], []
     for line, record in batch:
@@ -164,8 +227,9 @@ def _pretrain_texts(batch: list[tuple[int, Any]], stats: Stats) -> tuple[list[st
     return texts, lines, records
 
 
-def _pretrain_batch(batch: list[tuple[int, Any]], enc: Encoder, stats: Stats, writer: Writer,
-                    dtype: np.dtype) -> None:
+def _pretrain_batch(
+    batch: list[tuple[int, Any]], enc: Encoder, stats: Stats, writer: Writer, dtype: np.dtype
+) -> None:
     texts, lines, records = _pretrain_texts(batch, stats)
     if not texts:
         return
@@ -177,7 +241,9 @@ def _pretrain_batch(batch: list[tuple[int, Any]], enc: Encoder, stats: Stats, wr
     stats.padded_inputs += int((kept - 1).sum())
     stats.padded_rows += len(seqs)
     if isinstance(writer, PackedWriter):  # packed rows continue, never cut
-        flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=int(lengths.sum()))
+        flat = np.fromiter(
+            itertools.chain.from_iterable(seqs), dtype=np.int64, count=int(lengths.sum())
+        )
         _check_flat(flat, enc.vocab_size, lines[0])
         writer.feed(flat.astype(dtype, copy=False))
         return
@@ -195,11 +261,15 @@ def _check_flat(flat: np.ndarray, vocab_size: int, line: int) -> None:
     # Cheap (one vectorised max per batch) and it turns a tokenizer/vocabulary mix-up into an
     # error here instead of an index error deep inside an embedding layer on a GPU.
     if len(flat) and (int(flat.max()) >= vocab_size or int(flat.min()) < 0):
-        raise ArtifactError(f"token id {int(flat.max())} out of the vocabulary ({vocab_size}) "
-                            f"in the batch starting at line {line}")
+        raise ArtifactError(
+            f"token id {int(flat.max())} out of the vocabulary ({vocab_size}) "
+            f"in the batch starting at line {line}"
+        )
 
 
 def _check_ids(parts: Sequence[tuple[Sequence[int], Any]], vocab_size: int, line: int) -> None:
     for ids, _ in parts:
         if ids and (max(ids) >= vocab_size or min(ids) < 0):
-            raise ArtifactError(f"line {line}: token id {max(ids)} out of the vocabulary ({vocab_size})")
+            raise ArtifactError(
+                f"line {line}: token id {max(ids)} out of the vocabulary ({vocab_size})"
+            )

@@ -17,8 +17,9 @@ from minillm_core.tokens.dataset import TokenDataset
 from minillm_core.tokens.shards import load_index
 
 
-def check_tokens(path: Path | str, expected_tokenizer_hash: str | None = None,
-                 sample_rows: int = 256) -> list[str]:
+def check_tokens(
+    path: Path | str, expected_tokenizer_hash: str | None = None, sample_rows: int = 256
+) -> list[str]:
     """Problems with an exported token directory (an empty list when it is sound).
 
     Every row is checked vectorised, shard by shard: spans inside the token array, lengths within
@@ -54,7 +55,9 @@ def check_tokens(path: Path | str, expected_tokenizer_hash: str | None = None,
     # last token), so the stream's distinct tokens = sum of row spans - (rows - 1).
     expect_tokens = meta["tokens"] + rows_total - 1 if packed else meta["tokens"]
     if not problems and tokens_total != expect_tokens:
-        problems.append(f"index says {meta['tokens']} tokens, shards hold {tokens_total} in their rows")
+        problems.append(
+            f"index says {meta['tokens']} tokens, shards hold {tokens_total} in their rows"
+        )
     if problems:
         return problems
     n = len(ds)
@@ -63,9 +66,13 @@ def check_tokens(path: Path | str, expected_tokenizer_hash: str | None = None,
     return problems
 
 
-def _stream_problems(ds: TokenDataset, shard: dict[str, Any], s: str,
-                     arrays: tuple[np.ndarray, np.ndarray, np.ndarray | None],
-                     packed: bool) -> tuple[list[str], int]:
+def _stream_problems(
+    ds: TokenDataset,
+    shard: dict[str, Any],
+    s: str,
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+    packed: bool,
+) -> tuple[list[str], int]:
     """Problems of one stream of one shard, and the tokens its rows cover (0 when its row spans
     cannot be trusted; a count only matters when no problem was found anywhere)."""
     where = f"{shard['name']}{'/' + s if s else ''}"
@@ -77,14 +84,18 @@ def _stream_problems(ds: TokenDataset, shard: dict[str, Any], s: str,
     if rows.ndim != 2 or rows.shape[1] != 2 or rows.shape[0] != shard["rows"]:
         return problems + [f"{where}: rows array {rows.shape}, index says {shard['rows']} rows"], 0
     if len(tokens) != shard["streams"][s]["tokens"]:
-        problems.append(f"{where}: {len(tokens)} tokens, index says {shard['streams'][s]['tokens']}")
+        problems.append(
+            f"{where}: {len(tokens)} tokens, index says {shard['streams'][s]['tokens']}"
+        )
     starts, lengths = np.asarray(rows[:, 0]), np.asarray(rows[:, 1])
     ends = starts + lengths
     bad = np.flatnonzero((starts < 0) | (ends > len(tokens)) | (lengths < 2) | (lengths > L + 1))
     if len(bad):
-        return problems + [f"{where}: {len(bad)} rows with a span outside the tokens or a length "
-                           f"outside [2, {L + 1}] (first: row {int(bad[0])}, span "
-                           f"{rows[bad[0]].tolist()})"], 0
+        return problems + [
+            f"{where}: {len(bad)} rows with a span outside the tokens or a length "
+            f"outside [2, {L + 1}] (first: row {int(bad[0])}, span "
+            f"{rows[bad[0]].tolist()})"
+        ], 0
     if not packed and int(lengths.sum()) != len(tokens):
         problems.append(f"{where}: rows cover {int(lengths.sum())} of {len(tokens)} tokens")
     if packed:
@@ -98,8 +109,9 @@ def _stream_problems(ds: TokenDataset, shard: dict[str, Any], s: str,
     return problems, int(lengths.sum())
 
 
-def _mask_problems(where: str, mask: np.ndarray, n_tokens: int, starts: np.ndarray,
-                   ends: np.ndarray) -> list[str]:
+def _mask_problems(
+    where: str, mask: np.ndarray, n_tokens: int, starts: np.ndarray, ends: np.ndarray
+) -> list[str]:
     if len(mask) != n_tokens:
         return [f"{where}: mask has {len(mask)} values for {n_tokens} tokens"]
     problems = []
@@ -110,8 +122,10 @@ def _mask_problems(where: str, mask: np.ndarray, n_tokens: int, starts: np.ndarr
     trained = csum[ends] - csum[starts + 1]
     empty = np.flatnonzero(trained == 0)
     if len(empty):
-        problems.append(f"{where}: {len(empty)} rows with no trained label (first: row "
-                        f"{int(empty[0])}); such samples should have been dropped")
+        problems.append(
+            f"{where}: {len(empty)} rows with no trained label (first: row "
+            f"{int(empty[0])}); such samples should have been dropped"
+        )
     return problems
 
 
@@ -121,8 +135,10 @@ def row_problems(row: dict[str, torch.Tensor], stage: str) -> list[str]:
     for prefix in ("chosen_", "rejected_") if stage == "dpo" else ("",):
         ids, labels = row[prefix + "input_ids"], row[prefix + "labels"]
         if ids.dtype != torch.long or labels.shape != ids.shape:
-            out.append(f"{prefix}labels {tuple(labels.shape)} do not match "
-                       f"{prefix}input_ids {tuple(ids.shape)}")
+            out.append(
+                f"{prefix}labels {tuple(labels.shape)} do not match "
+                f"{prefix}input_ids {tuple(ids.shape)}"
+            )
             continue
         kept = labels != IGNORE_INDEX
         if not torch.equal(labels[:-1][kept[:-1]], ids[1:][kept[:-1]]):
@@ -134,8 +150,9 @@ def row_problems(row: dict[str, torch.Tensor], stage: str) -> list[str]:
     return out
 
 
-def plot_length_histogram(source: Path | str | Sequence[Sequence[int]], png_path: Path | str,
-                          title: str | None = None) -> Path:
+def plot_length_histogram(
+    source: Path | str | Sequence[Sequence[int]], png_path: Path | str, title: str | None = None
+) -> Path:
     """Render the sample length histogram (a tokens directory, or its `length_histogram` list of
     [bin start, count] with power-of-two bins) to a PNG, atomically. Uses the Agg canvas directly,
     so no global matplotlib backend is switched and no display is needed."""
@@ -158,8 +175,12 @@ def plot_length_histogram(source: Path | str | Sequence[Sequence[int]], png_path
     ax.set_xlabel("tokens per sample (BOS and special tokens included)")
     ax.set_ylabel("samples")
     if max_length is not None:
-        ax.axvline(math.log2(max_length + 1) - 0.5 if max_length > 0 else 0, color="#c44e52",
-                   linestyle="--", label=f"max_length + 1 = {max_length + 1}")
+        ax.axvline(
+            math.log2(max_length + 1) - 0.5 if max_length > 0 else 0,
+            color="#c44e52",
+            linestyle="--",
+            label=f"max_length + 1 = {max_length + 1}",
+        )
         ax.legend(fontsize=8)
     ax.set_title(title or "sample lengths")
     fig.tight_layout()

@@ -35,7 +35,9 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def collate(rows: Sequence[Mapping[str, Any]], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
+def collate(
+    rows: Sequence[Mapping[str, Any]], pad_id: int, multiple: int = 1
+) -> dict[str, torch.Tensor]:
     """Rows of named 1-D columns -> one padded tensor per column, all to the longest column of
     any row (rounded up to `multiple`), so related columns (DPO's chosen and rejected) line up."""
     if not rows:
@@ -44,8 +46,9 @@ def collate(rows: Sequence[Mapping[str, Any]], pad_id: int, multiple: int = 1) -
     return {k: pad([r[k] for r in rows], fill_value(k, pad_id), width) for k in rows[0]}
 
 
-def training_batch(items: Sequence[tuple[int, Mapping[str, Any]]], *, stage: str, pad_id: int,
-                   multiple: int = 1) -> dict[str, Any]:
+def training_batch(
+    items: Sequence[tuple[int, Mapping[str, Any]]], *, stage: str, pad_id: int, multiple: int = 1
+) -> dict[str, Any]:
     """(index, row) pairs -> a training batch: `input_ids`, `labels` (SFT: `loss_mask`), the
     dataset `indices` and the real `num_tokens`.
 
@@ -55,8 +58,10 @@ def training_batch(items: Sequence[tuple[int, Mapping[str, Any]]], *, stage: str
     preference pairs are mostly far shorter."""
     rows = [r for _, r in items]
     if stage == "dpo":
-        cols = {"input_ids": [r[f"{s}_input_ids"] for s in ("chosen", "rejected") for r in rows],
-                "labels": [r[f"{s}_labels"] for s in ("chosen", "rejected") for r in rows]}
+        cols = {
+            "input_ids": [r[f"{s}_input_ids"] for s in ("chosen", "rejected") for r in rows],
+            "labels": [r[f"{s}_labels"] for s in ("chosen", "rejected") for r in rows],
+        }
     else:
         cols = {"input_ids": [r["input_ids"] for r in rows], "labels": [r["labels"] for r in rows]}
         if stage == "sft" and "loss_mask" in rows[0]:

@@ -39,8 +39,10 @@ def _load_array(f: Path) -> np.ndarray:
     except (OSError, ValueError, EOFError) as exc:
         # numpy names neither the file nor the cause ("mmap length is greater than file size");
         # an object array (pickle) is refused here too.
-        raise ArtifactError(f"{f}: not a readable token shard ({exc}); the directory is truncated "
-                            "or corrupt: export the tokens again") from None
+        raise ArtifactError(
+            f"{f}: not a readable token shard ({exc}); the directory is truncated "
+            "or corrupt: export the tokens again"
+        ) from None
 
 
 class TokenDataset(torch.utils.data.Dataset[Row]):
@@ -55,11 +57,15 @@ class TokenDataset(torch.utils.data.Dataset[Row]):
     def __init__(self, path: Path | str, expected_tokenizer_hash: str | None = None):
         self.path = Path(path)
         self.meta = load_index(self.path)
-        if expected_tokenizer_hash is not None and expected_tokenizer_hash != self.meta["tokenizer_hash"]:
+        if (
+            expected_tokenizer_hash is not None
+            and expected_tokenizer_hash != self.meta["tokenizer_hash"]
+        ):
             raise TokenizerMismatchError(
                 f"{self.path} was tokenized with tokenizer {self.meta['tokenizer_hash']}, but the "
                 f"tokenizer in use is {expected_tokenizer_hash}: ids would mean different text; "
-                "export the tokens again with this tokenizer")
+                "export the tokens again with this tokenizer"
+            )
         self.stage: str = self.meta["stage"]
         self.pad_id: int = int(self.meta["pad_id"])
         self.vocab_size: int = int(self.meta["vocab_size"])
@@ -87,8 +93,10 @@ class TokenDataset(torch.utils.data.Dataset[Row]):
             def load(stream: str, kind: str) -> np.ndarray:
                 return _load_array(self.path / shard_file(name, stream, kind))
 
-            maps = {s: (load(s, "tokens"), load(s, "rows"), load(s, "mask") if self.masked else None)
-                    for s in self.streams}
+            maps = {
+                s: (load(s, "tokens"), load(s, "rows"), load(s, "mask") if self.masked else None)
+                for s in self.streams
+            }
             self._maps[k] = maps
         return maps
 
@@ -109,7 +117,12 @@ class TokenDataset(torch.utils.data.Dataset[Row]):
         for s in self.streams:
             tokens, rows, mask = self.shard_arrays(k)[s]
             start, length = (int(x) for x in rows[j])
-            out.append((tokens[start: start + length], None if mask is None else mask[start: start + length]))
+            out.append(
+                (
+                    tokens[start : start + length],
+                    None if mask is None else mask[start : start + length],
+                )
+            )
         return out
 
     def __getitem__(self, i: int) -> Row:
@@ -129,6 +142,7 @@ class JsonlDataset(torch.utils.data.Dataset[Row]):
     def __init__(self, path: Path | str, stage: Stage, tokenizer: Any, cfg: TensorConfig):
         if isinstance(tokenizer, (str, Path)):
             from minillm_core.tokenizer import load_tokenizer
+
             tokenizer = load_tokenizer(Path(tokenizer))
         self.path, self.stage, self.cfg = Path(path), stage, cfg
         enc = Encoder(tokenizer, self.cfg)

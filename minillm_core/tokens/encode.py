@@ -44,7 +44,9 @@ def _special_id(tok: Any, name: str, what: str) -> int:
     try:
         return int(tok.encode_special(name))
     except Exception as exc:  # the tokenizer raises its own KeyError/ValueError for an unknown name
-        raise ConfigError(f"{what}: {name!r} is not a special token of the tokenizer ({exc})") from None
+        raise ConfigError(
+            f"{what}: {name!r} is not a special token of the tokenizer ({exc})"
+        ) from None
 
 
 def _pad_id(tok: Any, bos_id: int) -> int:
@@ -70,8 +72,9 @@ class Encoder:
     def pretrain(self, texts: list[str]) -> list[list[int]]:
         # One call for the whole batch: the tokenizer encodes in parallel threads (GIL released).
         threads = self.cfg.num_threads or os.cpu_count() or 1
-        seqs: list[list[int]] = self.tok.encode(texts, prepend=self.bos_id, append=self.eos_id,
-                                                num_threads=threads)
+        seqs: list[list[int]] = self.tok.encode(
+            texts, prepend=self.bos_id, append=self.eos_id, num_threads=threads
+        )
         return seqs
 
     def pretrain_one(self, text: str) -> list[int]:
@@ -80,7 +83,9 @@ class Encoder:
         return seq
 
     def chat(self, conversation: Any) -> tuple[list[int], list[int]]:
-        ids, mask = self.tok.render_conversation({"messages": raw_messages(conversation)}, _NO_LIMIT)
+        ids, mask = self.tok.render_conversation(
+            {"messages": raw_messages(conversation)}, _NO_LIMIT
+        )
         if len(ids) != len(mask):
             raise ValueError(f"render_conversation gave {len(ids)} ids but {len(mask)} mask values")
         return list(ids), [int(m) for m in mask]
@@ -108,9 +113,9 @@ class _Cut:
     full_len: int
     cut_tokens: int
     cut_assistant: int
-    supervised: int       # label positions kept (mask[1:] ones)
-    has_answer: bool      # the full conversation has an assistant token at all
-    answer_kept: bool     # some token of the final assistant answer survives the cut
+    supervised: int  # label positions kept (mask[1:] ones)
+    has_answer: bool  # the full conversation has an assistant token at all
+    answer_kept: bool  # some token of the final assistant answer survives the cut
 
 
 def _cut_chat(ids: list[int], mask: list[int], limit: int) -> _Cut:
@@ -119,14 +124,24 @@ def _cut_chat(ids: list[int], mask: list[int], limit: int) -> _Cut:
     kept_ids, kept_mask = ids[:limit], mask[:limit]
     # Position 0 is never a target (it has no previous token), so it does not count as supervised.
     supervised = sum(kept_mask[1:])
-    return _Cut(kept_ids, kept_mask, full, max(0, full - limit), sum(mask[limit:]), supervised,
-                has_answer=answer >= 0, answer_kept=answer >= 1 and answer < limit)
+    return _Cut(
+        kept_ids,
+        kept_mask,
+        full,
+        max(0, full - limit),
+        sum(mask[limit:]),
+        supervised,
+        has_answer=answer >= 0,
+        answer_kept=answer >= 1 and answer < limit,
+    )
 
 
 # ----------------------------------------------------------------------------- rows
 
-def make_row(tokens: Any, mask: Any | None, prefix: str = "", loss_mask: bool = True
-             ) -> dict[str, torch.Tensor]:
+
+def make_row(
+    tokens: Any, mask: Any | None, prefix: str = "", loss_mask: bool = True
+) -> dict[str, torch.Tensor]:
     """Row tensors from one stored sequence (and its mask): the single place rows are made."""
     seq = torch.from_numpy(np.array(tokens, dtype=np.int64))
     out = {prefix + "input_ids": seq[:-1].clone(), prefix + "labels": seq[1:].clone()}
@@ -145,14 +160,18 @@ def stage_row(stage: str, parts: Sequence[tuple[Any, Any | None]]) -> dict[str, 
     if stage == "sft":
         return make_row(parts[0][0], parts[0][1])
     (ct, cm), (rt, rm) = parts
-    return {**make_row(ct, cm, "chosen_", loss_mask=False),
-            **make_row(rt, rm, "rejected_", loss_mask=False)}
+    return {
+        **make_row(ct, cm, "chosen_", loss_mask=False),
+        **make_row(rt, rm, "rejected_", loss_mask=False),
+    }
 
 
 # ----------------------------------------------------------------------------- one record
 
-def record_parts(stage: str, record: Any, enc: Encoder, stats: Stats | None = None,
-                 line: int = 0) -> Parts | None:
+
+def record_parts(
+    stage: str, record: Any, enc: Encoder, stats: Stats | None = None, line: int = 0
+) -> Parts | None:
     """One mix record -> the stored sequences of its row (cut to the row limit), or None when the
     record is dropped; counts into `stats` when given. Raises ValueError on a malformed record."""
     if not isinstance(record, dict):
@@ -195,15 +214,26 @@ def _dpo_parts(record: dict[str, Any], enc: Encoder, stats: Stats, line: int) ->
         if key not in record:
             raise ValueError(f'dpo record without "{key}"')
         sides.append(_cut_chat(*enc.chat(record[key]), enc.limit))
-    stats.sample([c.full_len for c in sides], line, record, sum(c.cut_tokens for c in sides),
-                 sum(c.cut_assistant for c in sides))
-    dropped = ("no_answer" if any(not c.has_answer for c in sides)
-               else "answer_truncated" if any(not c.answer_kept for c in sides) else "")
+    stats.sample(
+        [c.full_len for c in sides],
+        line,
+        record,
+        sum(c.cut_tokens for c in sides),
+        sum(c.cut_assistant for c in sides),
+    )
+    dropped = (
+        "no_answer"
+        if any(not c.has_answer for c in sides)
+        else "answer_truncated"
+        if any(not c.answer_kept for c in sides)
+        else ""
+    )
     return [(c.ids, c.mask) for c in sides], dropped
 
 
-def encode_record(stage: Stage, record: dict[str, Any], tokenizer: Any,
-                  cfg: TensorConfig) -> dict[str, torch.Tensor] | None:
+def encode_record(
+    stage: Stage, record: dict[str, Any], tokenizer: Any, cfg: TensorConfig
+) -> dict[str, torch.Tensor] | None:
     """One mix record -> one row dict (as `TokenDataset[i]`), or None when the record is dropped
     (empty text, no assistant answer, answer cut away entirely). Always one document per row
     (pretrain truncates at max_length, whatever cfg.layout says): it serves held-out evaluation
@@ -214,8 +244,10 @@ def encode_record(stage: Stage, record: dict[str, Any], tokenizer: Any,
 
 # ----------------------------------------------------------------------------- reading a mix
 
-def read_jsonl(path: Path, hasher: Any = None, on_bytes: Callable[[int], None] | None = None
-               ) -> Iterator[tuple[int, Any]]:
+
+def read_jsonl(
+    path: Path, hasher: Any = None, on_bytes: Callable[[int], None] | None = None
+) -> Iterator[tuple[int, Any]]:
     """Yield (line number, record) one at a time, hashing the raw bytes on the way when given a
     hasher, so the mix is read once for both and never held whole."""
     with open(path, "rb") as f:

@@ -24,7 +24,11 @@ from minillm_core.errors import ArtifactError
 FORMAT = "minillm-tokens"
 FORMAT_VERSION = 1
 # Streams stored per stage; DPO keeps chosen and rejected as two streams with the same row index.
-STREAMS: dict[str, tuple[str, ...]] = {"pretrain": ("",), "sft": ("",), "dpo": ("chosen", "rejected")}
+STREAMS: dict[str, tuple[str, ...]] = {
+    "pretrain": ("",),
+    "sft": ("",),
+    "dpo": ("chosen", "rejected"),
+}
 
 
 def shard_file(shard: str, stream: str, kind: str) -> str:
@@ -36,9 +40,11 @@ def load_index(path: Path) -> dict[str, Any]:
     """The index.json of a token directory, refused unless it is this format and version."""
     index: dict[str, Any] = read_json(require(path / "index.json", "token tensors index"))
     if index.get("format") != FORMAT or index.get("version") != FORMAT_VERSION:
-        raise ArtifactError(f"{path}: not a {FORMAT} v{FORMAT_VERSION} directory "
-                            f"(format {index.get('format')!r}, version {index.get('version')!r}); "
-                            "export the tokens again")
+        raise ArtifactError(
+            f"{path}: not a {FORMAT} v{FORMAT_VERSION} directory "
+            f"(format {index.get('format')!r}, version {index.get('version')!r}); "
+            "export the tokens again"
+        )
     return index
 
 
@@ -55,10 +61,20 @@ class NpyStream:
 
     def _header(self, n: int) -> bytes:
         shape = (n,) if self.width is None else (n, self.width)
-        d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
+        d = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": shape,
+        }
         text = repr(d).encode("latin1")
         pad = self.HEADER - 10 - len(text) - 1
-        return b"\x93NUMPY\x01\x00" + (self.HEADER - 10).to_bytes(2, "little") + text + b" " * pad + b"\n"
+        return (
+            b"\x93NUMPY\x01\x00"
+            + (self.HEADER - 10).to_bytes(2, "little")
+            + text
+            + b" " * pad
+            + b"\n"
+        )
 
     def write(self, arr: np.ndarray) -> None:
         arr = np.ascontiguousarray(arr, dtype=self.dtype)
@@ -74,11 +90,18 @@ class NpyStream:
 class Shard:
     """One shard being written: per stream a token file, a mask file (SFT/DPO) and row spans."""
 
-    def __init__(self, out: Path, index: int, streams: tuple[str, ...], dtype: np.dtype, masked: bool):
+    def __init__(
+        self, out: Path, index: int, streams: tuple[str, ...], dtype: np.dtype, masked: bool
+    ):
         self.out, self.name, self.streams = out, f"shard_{index:05d}", streams
-        self.tokens = {s: NpyStream(out / shard_file(self.name, s, "tokens"), dtype) for s in streams}
-        self.masks = ({s: NpyStream(out / shard_file(self.name, s, "mask"), np.uint8) for s in streams}
-                      if masked else {})
+        self.tokens = {
+            s: NpyStream(out / shard_file(self.name, s, "tokens"), dtype) for s in streams
+        }
+        self.masks = (
+            {s: NpyStream(out / shard_file(self.name, s, "mask"), np.uint8) for s in streams}
+            if masked
+            else {}
+        )
         self.rows: dict[str, list[tuple[int, int]]] = {s: [] for s in streams}
 
     def close(self, rows: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
@@ -88,7 +111,11 @@ class Shard:
             self.tokens[s].close()
             if s in self.masks:
                 self.masks[s].close()
-            spans = rows[s] if rows is not None else np.array(self.rows[s], dtype=np.int64).reshape(-1, 2)
+            spans = (
+                rows[s]
+                if rows is not None
+                else np.array(self.rows[s], dtype=np.int64).reshape(-1, 2)
+            )
             np.save(self.out / shard_file(self.name, s, "rows"), spans, allow_pickle=False)
             info["rows"] = int(spans.shape[0])
             info["streams"][s] = {"tokens": self.tokens[s].n}
@@ -105,15 +132,17 @@ class Shard:
 class RowWriter:
     """Ragged rows (padded pretrain, SFT, DPO): each row is stored unpadded; `shard_rows` per shard."""
 
-    def __init__(self, out: Path, streams: tuple[str, ...], dtype: np.dtype, masked: bool, shard_rows: int):
+    def __init__(
+        self, out: Path, streams: tuple[str, ...], dtype: np.dtype, masked: bool, shard_rows: int
+    ):
         self.out, self.streams, self.dtype = out, streams, dtype
         self.masked, self.shard_rows = masked, shard_rows
         self.shard: Shard | None = None
         self.shards: list[dict[str, Any]] = []
         self.rows = 0
         self.tokens = 0
-        self.inputs = 0       # input positions (row length - 1), summed: padding = rows*L - inputs
-        self.supervised = 0   # label positions that are trained
+        self.inputs = 0  # input positions (row length - 1), summed: padding = rows*L - inputs
+        self.supervised = 0  # label positions that are trained
 
     def _open(self) -> Shard:
         if self.shard is None:
@@ -143,10 +172,10 @@ class RowWriter:
         done = pos = 0
         while done < len(lengths):
             shard = self._open()
-            take = lengths[done: done + self.shard_rows - len(shard.rows[""])]
+            take = lengths[done : done + self.shard_rows - len(shard.rows[""])]
             n_tok = int(take.sum())
             starts = shard.tokens[""].n + np.cumsum(take) - take
-            shard.tokens[""].write(flat[pos: pos + n_tok])
+            shard.tokens[""].write(flat[pos : pos + n_tok])
             shard.rows[""].extend(zip(starts.tolist(), take.tolist()))
             self.rows += len(take)
             self.tokens += n_tok
@@ -191,7 +220,7 @@ class PackedWriter:
                 if self.carry is not None:
                     self.shard.tokens[""].write(self.carry)
             room = self.cap - self.shard.tokens[""].n
-            piece = flat[pos: pos + room]
+            piece = flat[pos : pos + room]
             self.shard.tokens[""].write(piece)
             pos += len(piece)
             if self.shard.tokens[""].n == self.cap:

@@ -26,13 +26,15 @@ class Stats:
     longest_source: str = ""
     stream_tokens: int = 0  # pretrain: tokens of all documents before any cut
     padded_inputs: int = 0  # pretrain: input positions the padded layout keeps...
-    padded_rows: int = 0    # ...in this many rows (computed for both layouts, see export_tokens)
+    padded_rows: int = 0  # ...in this many rows (computed for both layouts, see export_tokens)
     dropped: dict[str, int] = field(default_factory=dict)
     first_invalid: str = ""
     # hist[k] counts sequences of length in [2**k, 2**(k+1)); power-of-two bins need no upper bound
     hist: np.ndarray = field(default_factory=lambda: np.zeros(64, dtype=np.int64))
 
-    def sample(self, lengths: Sequence[int], line: int, record: Any, cut: int, cut_assistant: int) -> None:
+    def sample(
+        self, lengths: Sequence[int], line: int, record: Any, cut: int, cut_assistant: int
+    ) -> None:
         self.samples += 1
         for n in lengths:
             if n > 0:
@@ -46,7 +48,9 @@ class Stats:
             self.truncated_tokens += cut
             self.truncated_assistant_tokens += cut_assistant
 
-    def add_lengths(self, lengths: np.ndarray, lines: Sequence[int], records: Sequence[Any]) -> None:
+    def add_lengths(
+        self, lengths: np.ndarray, lines: Sequence[int], records: Sequence[Any]
+    ) -> None:
         """Vectorised `sample` for a batch of pretrain documents (no truncation to count)."""
         self.samples += len(lengths)
         nz = lengths[lengths > 0]
@@ -95,12 +99,24 @@ def warn(stats: Stats, stage: str, mix: Path, max_length: int, log: LogFn | None
     """At most one line per kind of loss, with the numbers a user needs to pick a max_length."""
     if stats.truncated_samples:
         cut_answers = stats.dropped.get("answer_truncated", 0)
-        extra = (f", {stats.truncated_assistant_tokens} assistant tokens cut, {cut_answers} samples "
-                 "dropped because their answer would be cut away entirely") if stage != "pretrain" else ""
-        emit(log, f"WARNING: {stats.truncated_samples} of {stats.samples} {stage} samples are longer "
-                  f"than max_length={max_length} (+1 target) and were truncated "
-                  f"({stats.truncated_tokens} tokens cut{extra}); longest sample: {stats.longest} tokens "
-                  f"({mix}:{stats.longest_line}, source {stats.longest_source!r})")
+        extra = (
+            (
+                f", {stats.truncated_assistant_tokens} assistant tokens cut, {cut_answers} samples "
+                "dropped because their answer would be cut away entirely"
+            )
+            if stage != "pretrain"
+            else ""
+        )
+        emit(
+            log,
+            f"WARNING: {stats.truncated_samples} of {stats.samples} {stage} samples are longer "
+            f"than max_length={max_length} (+1 target) and were truncated "
+            f"({stats.truncated_tokens} tokens cut{extra}); longest sample: {stats.longest} tokens "
+            f"({mix}:{stats.longest_line}, source {stats.longest_source!r})",
+        )
     if stats.dropped.get("invalid"):
-        emit(log, f"WARNING: {stats.dropped['invalid']} {stage} records of {mix} could not be "
-                  f"encoded and were dropped; first: {stats.first_invalid}")
+        emit(
+            log,
+            f"WARNING: {stats.dropped['invalid']} {stage} records of {mix} could not be "
+            f"encoded and were dropped; first: {stats.first_invalid}",
+        )

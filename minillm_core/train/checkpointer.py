@@ -55,8 +55,10 @@ def load_weights_into(model: MiniLLM, state: dict[str, torch.Tensor], source: st
     if model.config.tie_word_embeddings:
         missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
-        raise ArtifactError(f"{source}: weights do not fit the model config "
-                            f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ArtifactError(
+            f"{source}: weights do not fit the model config "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
 
 
 def save_checkpoint(out_dir: Path | str, model: MiniLLM, meta: dict[str, Any]) -> Path:
@@ -65,8 +67,9 @@ def save_checkpoint(out_dir: Path | str, model: MiniLLM, meta: dict[str, Any]) -
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / WEIGHTS) as tmp:
         save_file(weights_state(model), str(tmp), metadata={"format": "pt"})
-    write_json(out / META, {"format_version": FORMAT_VERSION,
-                            "model": model.config.model_dump(), **meta})
+    write_json(
+        out / META, {"format_version": FORMAT_VERSION, "model": model.config.model_dump(), **meta}
+    )
     return out
 
 
@@ -83,13 +86,16 @@ def load_weights_file(path: Path | str) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except Exception as exc:  # noqa: BLE001 (SafetensorError is not exported under a stable name)
         size = Path(path).stat().st_size if Path(path).exists() else 0
-        raise ArtifactError(f"{path}: not a readable safetensors file ({size} bytes: truncated, "
-                            f"corrupt or not safetensors at all): {exc}; copy or train it "
-                            "again") from None
+        raise ArtifactError(
+            f"{path}: not a readable safetensors file ({size} bytes: truncated, "
+            f"corrupt or not safetensors at all): {exc}; copy or train it "
+            "again"
+        ) from None
 
 
-def load_checkpoint(ckpt_dir: Path | str, device: str | torch.device = "cpu"
-                    ) -> tuple[MiniLLM, dict[str, Any]]:
+def load_checkpoint(
+    ckpt_dir: Path | str, device: str | torch.device = "cpu"
+) -> tuple[MiniLLM, dict[str, Any]]:
     """Rebuild the model from `ckpt_dir` (config from model.json) on `device`, in eval mode."""
     d = Path(ckpt_dir)
     meta = read_meta(d)
@@ -118,8 +124,9 @@ def require_same_model(cfg: ModelConfig, ckpt_dir: Path | str, meta: dict[str, A
     """Refuse a checkpoint whose model config differs from `cfg`, naming each difference."""
     diff = config_diff(cfg.model_dump(), meta.get("model", {}))
     if diff:
-        raise ConfigError(f"checkpoint {ckpt_dir} was trained with another model config:\n  "
-                          + "\n  ".join(diff))
+        raise ConfigError(
+            f"checkpoint {ckpt_dir} was trained with another model config:\n  " + "\n  ".join(diff)
+        )
 
 
 def save_resume(path: Path | str, state: dict[str, Any]) -> None:
@@ -135,9 +142,11 @@ def load_resume(path: Path | str) -> dict[str, Any]:
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 (UnpicklingError: a foreign object, RuntimeError: a cut zip)
-        raise ArtifactError(f"{path}: unreadable resume state, refused ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to train "
-                            "from the start") from None
+        raise ArtifactError(
+            f"{path}: unreadable resume state, refused ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to train "
+            "from the start"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,20 +155,42 @@ def load_resume(path: Path | str) -> dict[str, Any]:
 
 # Fields that may change between an interrupted run and its resumption without changing what
 # it computes (where and how fast, not what). Every other field must match.
-RESUME_FREE = {"data_path", "tokenizer_dir", "out_dir", "device", "num_workers", "log_interval",
-               "save_interval", "tensorboard_dir", "pretrained_path", "ref_path", "resume",
-               "compile", "tokenizer_hash"}
+RESUME_FREE = {
+    "data_path",
+    "tokenizer_dir",
+    "out_dir",
+    "device",
+    "num_workers",
+    "log_interval",
+    "save_interval",
+    "tensorboard_dir",
+    "pretrained_path",
+    "ref_path",
+    "resume",
+    "compile",
+    "tokenizer_hash",
+}
 
 
-def fingerprint(train: dict[str, Any], model: dict[str, Any], data_meta: dict[str, Any],
-                n_samples: int, init_hash: str | None) -> dict[str, Any]:
+def fingerprint(
+    train: dict[str, Any],
+    model: dict[str, Any],
+    data_meta: dict[str, Any],
+    n_samples: int,
+    init_hash: str | None,
+) -> dict[str, Any]:
     """What must be equal for a resume state to continue this run (see RESUME_FREE)."""
     fp = {f"train.{k}": v for k, v in train.items() if k not in RESUME_FREE}
     fp.update({f"model.{k}": v for k, v in model.items()})
-    fp.update({"data.tokenizer_hash": data_meta.get("tokenizer_hash"),
-               "data.data_hash": data_meta.get("data_hash"),
-               "data.vocab_size": data_meta.get("vocab_size"),
-               "data.samples": n_samples, "init.weights_sha256": init_hash})
+    fp.update(
+        {
+            "data.tokenizer_hash": data_meta.get("tokenizer_hash"),
+            "data.data_hash": data_meta.get("data_hash"),
+            "data.vocab_size": data_meta.get("vocab_size"),
+            "data.samples": n_samples,
+            "init.weights_sha256": init_hash,
+        }
+    )
     return fp
 
 
@@ -177,8 +208,14 @@ class Checkpointer:
     several ranks, `save` and `resume` are collective (every rank calls them at the same step):
     the RNG states and the DPO cache are gathered, and rank 0 alone writes."""
 
-    def __init__(self, out: Path, fingerprint: dict[str, Any], sidecar: dict[str, Any],
-                 n_samples: int, comm: Any):
+    def __init__(
+        self,
+        out: Path,
+        fingerprint: dict[str, Any],
+        sidecar: dict[str, Any],
+        n_samples: int,
+        comm: Any,
+    ):
         self.out, self.path = out, out / RESUME
         self.fingerprint, self.sidecar, self.n = fingerprint, sidecar, n_samples
         self.comm = comm
@@ -196,8 +233,10 @@ class Checkpointer:
         if diff:
             raise ConfigError(
                 f"{self.path} is from a run with other settings, refusing to resume:\n  "
-                + "\n  ".join(diff) + "\nrestore those settings, or delete the file "
-                "(or pass --resume false) to start over")
+                + "\n  ".join(diff)
+                + "\nrestore those settings, or delete the file "
+                "(or pass --resume false) to start over"
+            )
         load_weights_into(state.model, saved["model"], str(self.path))
         state.load(saved)
         self.comm.restore_rng(saved, state.step)
@@ -214,12 +253,21 @@ class Checkpointer:
             self.comm.merge_dpo_cache(objective)
         if self.comm.rank != 0:
             return
-        resume = {"format_version": 1, "stage": self.sidecar["stage"], "finished": finished,
-                  "step": state.step, "position": state.position, "tokens_seen": state.tokens_seen,
-                  "fingerprint": self.fingerprint, "model": weights_state(state.model),
-                  "optimizer": state.optimizer.state_dict(), "scaler": state.scaler.state_dict(),
-                  "rng": rng_state(), "lr_schedule": state.schedule.state_dict(),
-                  "losses": torch.tensor(state.losses, dtype=torch.float64)}
+        resume = {
+            "format_version": 1,
+            "stage": self.sidecar["stage"],
+            "finished": finished,
+            "step": state.step,
+            "position": state.position,
+            "tokens_seen": state.tokens_seen,
+            "fingerprint": self.fingerprint,
+            "model": weights_state(state.model),
+            "optimizer": state.optimizer.state_dict(),
+            "scaler": state.scaler.state_dict(),
+            "rng": rng_state(),
+            "lr_schedule": state.schedule.state_dict(),
+            "losses": torch.tensor(state.losses, dtype=torch.float64),
+        }
         if rng_ranks:
             resume["rng_ranks"] = rng_ranks
         if isinstance(objective, DPOLoss):
@@ -232,18 +280,32 @@ class Checkpointer:
 
     def _meta(self, state: Any, finished: bool) -> dict[str, Any]:
         s = self.sidecar
-        return {"stage": s["stage"], "step": state.step, "total_steps": state.schedule.total_steps,
-                "finished": finished, "epoch": state.position / self.n,
-                "samples_seen": state.position, "tokens_seen": state.tokens_seen,
-                "world_size": self.comm.world, "tokenizer_hash": s["tokenizer_hash"],
-                "data_hash": s["data_hash"], "data_path": s["data_path"], "init_from": s["init_from"],
-                "train": s["train"], "final_loss": state.losses[-1] if state.losses else None,
-                "losses": downsample(state.losses)}
+        return {
+            "stage": s["stage"],
+            "step": state.step,
+            "total_steps": state.schedule.total_steps,
+            "finished": finished,
+            "epoch": state.position / self.n,
+            "samples_seen": state.position,
+            "tokens_seen": state.tokens_seen,
+            "world_size": self.comm.world,
+            "tokenizer_hash": s["tokenizer_hash"],
+            "data_hash": s["data_hash"],
+            "data_path": s["data_path"],
+            "init_from": s["init_from"],
+            "train": s["train"],
+            "final_loss": state.losses[-1] if state.losses else None,
+            "losses": downsample(state.losses),
+        }
 
 
 def sidecar_base(cfg: Any, data_meta: dict[str, Any], init_dir: Path | None) -> dict[str, Any]:
     """The part of model.json that stays the same through a run."""
-    return {"stage": cfg.stage, "tokenizer_hash": data_meta.get("tokenizer_hash"),
-            "data_hash": data_meta.get("data_hash"), "data_path": str(cfg.data_path),
-            "init_from": str(init_dir) if init_dir else None,
-            "train": json.loads(cfg.model_dump_json())}
+    return {
+        "stage": cfg.stage,
+        "tokenizer_hash": data_meta.get("tokenizer_hash"),
+        "data_hash": data_meta.get("data_hash"),
+        "data_path": str(cfg.data_path),
+        "init_from": str(init_dir) if init_dir else None,
+        "train": json.loads(cfg.model_dump_json()),
+    }

@@ -23,12 +23,27 @@ PARENT: dict[str, str | None] = {"pretrain": None, "sft": "pretrain", "dpo": "sf
 # The seed's per-stage values (minimind's train_pretrain / train_full_sft / train_dpo), applied
 # to every field left unset.
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "pretrain": {"epochs": 2, "batch_size": 32, "learning_rate": 5e-4, "accumulation_steps": 8,
-                 "group_by_length": False},
-    "sft": {"epochs": 2, "batch_size": 16, "learning_rate": 1e-5, "accumulation_steps": 1,
-            "group_by_length": False},
-    "dpo": {"epochs": 1, "batch_size": 4, "learning_rate": 4e-8, "accumulation_steps": 1,
-            "group_by_length": True},
+    "pretrain": {
+        "epochs": 2,
+        "batch_size": 32,
+        "learning_rate": 5e-4,
+        "accumulation_steps": 8,
+        "group_by_length": False,
+    },
+    "sft": {
+        "epochs": 2,
+        "batch_size": 16,
+        "learning_rate": 1e-5,
+        "accumulation_steps": 1,
+        "group_by_length": False,
+    },
+    "dpo": {
+        "epochs": 1,
+        "batch_size": 4,
+        "learning_rate": 4e-8,
+        "accumulation_steps": 1,
+        "group_by_length": True,
+    },
 }
 
 
@@ -38,16 +53,25 @@ class TrainConfig(CoreConfig):
     the None defaults are only the "unset" marker the validator replaces)."""
 
     stage: Stage = Field(description="pretrain | sft | dpo")
-    data_path: str | None = Field(None, description="token tensors directory, or a JSONL mix (then "
-                                  "--tokenizer_dir is needed)")
-    tokenizer_dir: str | None = Field(None, description="trained tokenizer, to tokenize a JSONL mix")
-    out_dir: str | None = Field(None, description="checkpoint directory (weights, sidecar, resume state)")
+    data_path: str | None = Field(
+        None, description="token tensors directory, or a JSONL mix (then --tokenizer_dir is needed)"
+    )
+    tokenizer_dir: str | None = Field(
+        None, description="trained tokenizer, to tokenize a JSONL mix"
+    )
+    out_dir: str | None = Field(
+        None, description="checkpoint directory (weights, sidecar, resume state)"
+    )
     epochs: int = Field(None, ge=1, description="passes over the data (pretrain 2, sft 2, dpo 1)")  # type: ignore[assignment]
     batch_size: int = Field(None, ge=1, description="rows (DPO: pairs) per micro-batch")  # type: ignore[assignment]
     accumulation_steps: int = Field(None, ge=1, description="micro-batches per optimizer step")  # type: ignore[assignment]
     learning_rate: float = Field(None, gt=0, description="peak learning rate")  # type: ignore[assignment]
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor, as a fraction of the peak")
-    warmup_steps: int | None = Field(None, ge=0, description="linear warmup steps; None = warmup_ratio")
+    min_lr_ratio: float = Field(
+        0.1, ge=0, le=1, description="cosine floor, as a fraction of the peak"
+    )
+    warmup_steps: int | None = Field(
+        None, ge=0, description="linear warmup steps; None = warmup_ratio"
+    )
     warmup_ratio: float = Field(0.01, ge=0, lt=1, description="warmup as a fraction of all steps")
     weight_decay: float = Field(0.01, ge=0, description="AdamW decay on matrices (not norms)")
     adam_beta1: float = Field(0.9, ge=0, lt=1)
@@ -55,25 +79,45 @@ class TrainConfig(CoreConfig):
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 = no clipping")
     device: str = Field("cpu", description="cpu, cuda, cuda:N")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="autocast dtype (weights stay float32); float16 uses a grad scaler")
+        "float32", description="autocast dtype (weights stay float32); float16 uses a grad scaler"
+    )
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
-    num_workers: int = Field(0, ge=0, description="DataLoader workers; rows are memory-map slices, "
-                             "so 0 (no worker start-up) is usually fastest")
-    log_interval: int = Field(100, ge=1, description="steps between log lines and TensorBoard points")
+    num_workers: int = Field(
+        0,
+        ge=0,
+        description="DataLoader workers; rows are memory-map slices, "
+        "so 0 (no worker start-up) is usually fastest",
+    )
+    log_interval: int = Field(
+        100, ge=1, description="steps between log lines and TensorBoard points"
+    )
     save_interval: int = Field(1000, ge=1, description="steps between checkpoints + resume states")
-    tensorboard_dir: str | None = Field(None, description="TensorBoard root; scalars go to <root>/<stage>")
-    pretrained_path: str | None = Field(None, description="initial weights (SFT: pretrain, DPO: SFT checkpoint)")
-    ref_path: str | None = Field(None, description="DPO reference checkpoint; None = pretrained_path")
+    tensorboard_dir: str | None = Field(
+        None, description="TensorBoard root; scalars go to <root>/<stage>"
+    )
+    pretrained_path: str | None = Field(
+        None, description="initial weights (SFT: pretrain, DPO: SFT checkpoint)"
+    )
+    ref_path: str | None = Field(
+        None, description="DPO reference checkpoint; None = pretrained_path"
+    )
     beta: float = Field(0.1, gt=0, description="DPO temperature")
-    cache_reference: bool = Field(True, description="DPO: keep reference log-probs per pair for later "
-                                  "epochs (2 floats per pair)")
-    group_by_length: bool = Field(None, description="batch rows of similar length together "
-                                  "(less padding); default: on for dpo, off otherwise")  # type: ignore[assignment]
+    cache_reference: bool = Field(
+        True,
+        description="DPO: keep reference log-probs per pair for later epochs (2 floats per pair)",
+    )
+    group_by_length: bool = Field(
+        None,
+        description="batch rows of similar length together "
+        "(less padding); default: on for dpo, off otherwise",
+    )  # type: ignore[assignment]
     tokenizer_hash: str | None = Field(None, description="refuse data made with another tokenizer")
     resume: bool = Field(True, description="continue an interrupted run found in out_dir")
     compile: bool = Field(False, description="torch.compile the model")
     seed: int = Field(42, description="model init, data order and dropout")
-    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms for this run")
+    deterministic: bool = Field(
+        False, description="torch.use_deterministic_algorithms for this run"
+    )
 
     @field_validator("device")
     @classmethod
@@ -108,13 +152,16 @@ class TrainConfig(CoreConfig):
         if self.accumulation_steps % world:
             hint = ""
             if self.global_batch % world == 0:
-                hint = (f" (e.g. --batch_size {self.global_batch // world} --accumulation_steps "
-                        f"{world} keeps the global batch of {self.global_batch})")
+                hint = (
+                    f" (e.g. --batch_size {self.global_batch // world} --accumulation_steps "
+                    f"{world} keeps the global batch of {self.global_batch})"
+                )
             raise ConfigError(
                 f"accumulation_steps={self.accumulation_steps} does not split across {world} "
                 f"processes: each optimizer step is accumulation_steps micro-batches of batch_size "
                 f"rows shared out among the processes, so accumulation_steps must be a multiple of "
-                f"{world}; raise it and lower batch_size to keep the global batch{hint}")
+                f"{world}; raise it and lower batch_size to keep the global batch{hint}"
+            )
         return self.accumulation_steps // world
 
     def required_path(self, name: str) -> str:

@@ -31,8 +31,14 @@ from minillm_core.tokens.collate import training_batch
 from minillm_core.train.config import TrainConfig
 
 
-def epoch_order(seed: int, epoch: int, n: int, lengths: Sequence[int] | None = None,
-                batch: int = 1, chunk_batches: int = 64) -> torch.Tensor:
+def epoch_order(
+    seed: int,
+    epoch: int,
+    n: int,
+    lengths: Sequence[int] | None = None,
+    batch: int = 1,
+    chunk_batches: int = 64,
+) -> torch.Tensor:
     """The dataset permutation of one epoch: a pure function of (seed, epoch[, lengths]).
 
     With `lengths`, rows of similar length share a batch: the shuffled order is cut into chunks of
@@ -49,7 +55,7 @@ def epoch_order(seed: int, epoch: int, n: int, lengths: Sequence[int] | None = N
     out: list[torch.Tensor] = []
     size = batch * chunk_batches
     for lo in range(0, n, size):
-        chunk = perm[lo:lo + size]
+        chunk = perm[lo : lo + size]
         chunk = chunk[torch.argsort(lens[chunk], descending=True, stable=True)]
         batches = list(chunk.split(batch))
         out.extend(batches[i] for i in torch.randperm(len(batches), generator=g).tolist())
@@ -72,7 +78,7 @@ class SampleStream:
                 self._epoch = epoch
                 self._order = epoch_order(self.seed, epoch, self.n, self.lengths, self.batch)
             take = min(end - pos, self.n - offset)
-            out.extend(self._order[offset:offset + take].tolist())
+            out.extend(self._order[offset : offset + take].tolist())
             pos += take
         return out
 
@@ -87,8 +93,10 @@ def row_lengths(ds: Any, stage: str) -> list[int]:
     if hasattr(ds, "sequences"):
         return [max(len(t) for t, _ in ds.sequences(i)) - 1 for i in range(len(ds))]
     if stage == "dpo":
-        return [max(len(r["chosen_input_ids"]), len(r["rejected_input_ids"]))
-                for r in map(ds.__getitem__, range(len(ds)))]
+        return [
+            max(len(r["chosen_input_ids"]), len(r["rejected_input_ids"]))
+            for r in map(ds.__getitem__, range(len(ds)))
+        ]
     return [len(ds[i]["input_ids"]) for i in range(len(ds))]
 
 
@@ -102,8 +110,15 @@ class MicroBatches(torch.utils.data.Sampler):  # type: ignore[type-arg]
     which the loop runs with weight 0: DDP needs every rank in every gradient all-reduce, and a
     zero-weighted real batch is the simplest way to take part without changing the gradient."""
 
-    def __init__(self, stream: SampleStream, start: int, end: int, batch_size: int,
-                 rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        stream: SampleStream,
+        start: int,
+        end: int,
+        batch_size: int,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.stream, self.start, self.end, self.bs = stream, start, end, batch_size
         self.rank, self.world = rank, world
 
@@ -167,19 +182,31 @@ def open_data(cfg: TrainConfig, model_cfg: ModelConfig, dataset: Any | None = No
 
 
 def _open_path(cfg: TrainConfig, context: int) -> TrainingData:
-    path = require(cfg.required_path("data_path"), f"{cfg.stage} data (token tensors dir or JSONL mix)")
+    path = require(
+        cfg.required_path("data_path"), f"{cfg.stage} data (token tensors dir or JSONL mix)"
+    )
     from minillm_core import tokens as tensors
 
     if path.is_file():
         if not cfg.tokenizer_dir:
-            raise ConfigError(f"data_path {path} is a JSONL mix: --tokenizer_dir is needed to tokenize it")
+            raise ConfigError(
+                f"data_path {path} is a JSONL mix: --tokenizer_dir is needed to tokenize it"
+            )
         from minillm_core.tokenizer import load_tokenizer
 
         tok = load_tokenizer(require(cfg.tokenizer_dir, "tokenizer"))
         ds = tensors.JsonlDataset(path, cfg.stage, tok, tensors.TensorConfig(max_length=context))
-        return TrainingData(ds, {"vocab_size": ds.vocab_size, "pad_id": ds.pad_id,
-                                 "tokenizer_hash": str(tok.hash), "stage": cfg.stage,
-                                 "data_hash": sha256_file(path), "max_length": context})
+        return TrainingData(
+            ds,
+            {
+                "vocab_size": ds.vocab_size,
+                "pad_id": ds.pad_id,
+                "tokenizer_hash": str(tok.hash),
+                "stage": cfg.stage,
+                "data_hash": sha256_file(path),
+                "max_length": context,
+            },
+        )
     tokens = tensors.TokenDataset(path, expected_tokenizer_hash=cfg.tokenizer_hash)
     meta = dict(tokens.meta)
     # index.json is deterministic and holds the mix sha256 and the tokenizer hash: its hash
@@ -199,15 +226,25 @@ def dataset_meta(ds: Any) -> dict[str, Any]:
 
 def check_data(cfg: TrainConfig, model_cfg: ModelConfig, meta: dict[str, Any], n: int) -> None:
     if meta.get("stage") not in (None, cfg.stage):
-        raise ConfigError(f"{cfg.data_path} holds {meta['stage']} rows; the {cfg.stage} stage needs "
-                          f"{cfg.stage} rows")
+        raise ConfigError(
+            f"{cfg.data_path} holds {meta['stage']} rows; the {cfg.stage} stage needs "
+            f"{cfg.stage} rows"
+        )
     if meta.get("vocab_size") is not None and int(meta["vocab_size"]) != model_cfg.vocab_size:
-        raise ConfigError(f"vocabulary mismatch: the data was tokenized with a {meta['vocab_size']}-token "
-                          f"tokenizer but the model has vocab_size {model_cfg.vocab_size}; set "
-                          f"model vocab_size={meta['vocab_size']} (--vocab_size)")
-    if cfg.tokenizer_hash and meta.get("tokenizer_hash") and meta["tokenizer_hash"] != cfg.tokenizer_hash:
-        raise ConfigError(f"tokenizer mismatch: data made with tokenizer {meta['tokenizer_hash'][:12]}, "
-                          f"expected {cfg.tokenizer_hash[:12]}")
+        raise ConfigError(
+            f"vocabulary mismatch: the data was tokenized with a {meta['vocab_size']}-token "
+            f"tokenizer but the model has vocab_size {model_cfg.vocab_size}; set "
+            f"model vocab_size={meta['vocab_size']} (--vocab_size)"
+        )
+    if (
+        cfg.tokenizer_hash
+        and meta.get("tokenizer_hash")
+        and meta["tokenizer_hash"] != cfg.tokenizer_hash
+    ):
+        raise ConfigError(
+            f"tokenizer mismatch: data made with tokenizer {meta['tokenizer_hash'][:12]}, "
+            f"expected {cfg.tokenizer_hash[:12]}"
+        )
     if n == 0:
         raise ConfigError(f"{cfg.data_path}: no {cfg.stage} rows to train on")
 
@@ -225,23 +262,39 @@ def check_context(data: TrainingData, cfg: TrainConfig, context: int) -> None:
         raise ConfigError(
             f"{cfg.data_path}: {cfg.stage} rows of up to {longest} positions are longer than the "
             f"model's context of {context} (max_position_embeddings); rebuild the token tensors at "
-            f"--max-length {context} or set --max_seq_len {longest} when pretraining")
+            f"--max-length {context} or set --max_seq_len {longest} when pretraining"
+        )
 
 
-def micro_batches(data: TrainingData, cfg: TrainConfig, start: int, end: int, rank: int,
-                  world: int, device: torch.device) -> Iterator[dict[str, Any]]:
+def micro_batches(
+    data: TrainingData,
+    cfg: TrainConfig,
+    start: int,
+    end: int,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> Iterator[dict[str, Any]]:
     """This rank's micro-batches of the stream positions [start, end), as padded batches."""
     lengths = row_lengths(data.rows, cfg.stage) if cfg.group_by_length else None
     # Length groups of one micro-batch (not x world): the stream then does not depend on the
     # number of processes, and each rank's micro-batch is still one group of similar lengths.
     stream = SampleStream(cfg.seed, data.n, lengths, cfg.batch_size)
-    collate = functools.partial(training_batch, stage=cfg.stage, pad_id=data.pad_id,
-                                # compiled graphs specialise on shapes: fewer widths, fewer recompiles
-                                multiple=64 if cfg.compile else 1)
+    collate = functools.partial(
+        training_batch,
+        stage=cfg.stage,
+        pad_id=data.pad_id,
+        # compiled graphs specialise on shapes: fewer widths, fewer recompiles
+        multiple=64 if cfg.compile else 1,
+    )
     loader = torch.utils.data.DataLoader(
-        Indexed(data.rows), batch_sampler=MicroBatches(stream, start, end, cfg.batch_size, rank, world),
-        collate_fn=collate, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+        Indexed(data.rows),
+        batch_sampler=MicroBatches(stream, start, end, cfg.batch_size, rank, world),
+        collate_fn=collate,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
         # Its own generator: creating a loader iterator draws a seed, and drawing it from the
         # global RNG would shift the dropout stream of a resumed run by one draw.
-        generator=torch.Generator().manual_seed(cfg.seed))
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
     return iter(loader)

@@ -54,25 +54,38 @@ class DistributedConfig(CoreConfig):
     """How a training stage is launched: in this process, or as torchrun ranks."""
 
     launcher: Literal["auto", "in_process", "torchrun", "k8s"] = Field(
-        "auto", description="auto = torchrun when nproc_per_node x nnodes > 1, else in this "
-        "process; k8s = torchrun in a Kubernetes pod (Dagster's PipesK8sClient, one node)")
+        "auto",
+        description="auto = torchrun when nproc_per_node x nnodes > 1, else in this "
+        "process; k8s = torchrun in a Kubernetes pod (Dagster's PipesK8sClient, one node)",
+    )
     nproc_per_node: int = Field(1, ge=1, description="processes (GPUs) per node")
     nnodes: int = Field(1, ge=1, description="nodes (machines); more than 1 needs rdzv_endpoint")
-    rdzv_endpoint: str | None = Field(None, description="host:port of the c10d rendezvous that "
-                                      "every node joins (multi-node); None = this node alone")
-    rdzv_id: str | None = Field(None, description="rendezvous id shared by the nodes of one job; "
-                                "None = the Dagster run id")
+    rdzv_endpoint: str | None = Field(
+        None,
+        description="host:port of the c10d rendezvous that "
+        "every node joins (multi-node); None = this node alone",
+    )
+    rdzv_id: str | None = Field(
+        None, description="rendezvous id shared by the nodes of one job; None = the Dagster run id"
+    )
     backend: Literal["auto", "nccl", "gloo"] = Field(
-        "auto", description="collective backend: auto = nccl on cuda, gloo on cpu")
-    timeout_s: float = Field(600.0, gt=0, description="process-group timeout: a collective that "
-                             "waits longer (a stuck or lost rank) fails the stage")
+        "auto", description="collective backend: auto = nccl on cuda, gloo on cpu"
+    )
+    timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="process-group timeout: a collective that "
+        "waits longer (a stuck or lost rank) fails the stage",
+    )
     monitor_interval_s: float = Field(0.5, gt=0, description="how often torchrun checks its ranks")
 
     @model_validator(mode="after")
     def _rendezvous(self) -> DistributedConfig:
         if self.nnodes > 1 and not self.rdzv_endpoint:
-            raise ValueError(f"nnodes={self.nnodes} needs rdzv_endpoint (host:port that every node "
-                             "can reach, e.g. the first node's address)")
+            raise ValueError(
+                f"nnodes={self.nnodes} needs rdzv_endpoint (host:port that every node "
+                "can reach, e.g. the first node's address)"
+            )
         return self
 
     @property
@@ -85,11 +98,25 @@ class DistributedConfig(CoreConfig):
 
     def torchrun_args(self, run_id: str | None = None) -> list[str]:
         """torchrun's options for this launch (everything before the entry point)."""
-        args = ["--nproc_per_node", str(self.nproc_per_node), "--nnodes", str(self.nnodes),
-                "--max_restarts", "0", "--monitor_interval", str(self.monitor_interval_s)]
+        args = [
+            "--nproc_per_node",
+            str(self.nproc_per_node),
+            "--nnodes",
+            str(self.nnodes),
+            "--max_restarts",
+            "0",
+            "--monitor_interval",
+            str(self.monitor_interval_s),
+        ]
         if self.rdzv_endpoint:
-            args += ["--rdzv_backend", "c10d", "--rdzv_endpoint", self.rdzv_endpoint,
-                     "--rdzv_id", self.rdzv_id or run_id or "minillm"]
+            args += [
+                "--rdzv_backend",
+                "c10d",
+                "--rdzv_endpoint",
+                self.rdzv_endpoint,
+                "--rdzv_id",
+                self.rdzv_id or run_id or "minillm",
+            ]
         else:
             # One node: torchrun picks a free port on localhost itself.
             args += ["--standalone"]
@@ -99,6 +126,7 @@ class DistributedConfig(CoreConfig):
 # ---------------------------------------------------------------------------------------------
 # Inside a rank
 # ---------------------------------------------------------------------------------------------
+
 
 def env_rank() -> int:
     """This process's global rank as torchrun set it (0 outside torchrun)."""
@@ -134,15 +162,18 @@ def world_and_rank() -> tuple[int, int]:
     return 1, 0
 
 
-def run_in_group(cfg: Any, model_cfg: Any, backend: str, timeout_s: float,
-                 log: LogFn | None = None) -> Any:
+def run_in_group(
+    cfg: Any, model_cfg: Any, backend: str, timeout_s: float, log: LogFn | None = None
+) -> Any:
     """Train in this process, as one rank of the torchrun job when the environment says so.
     Returns the TrainReport (on every rank; only rank 0's carries the loss plot)."""
     from minillm_core.train.loop import train
 
     if env_world() == 1:
         return train(cfg, model_cfg, log=log)
-    cfg = cfg.model_copy(update={"device": rank_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))})
+    cfg = cfg.model_copy(
+        update={"device": rank_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))}
+    )
     init_process_group(backend, cfg.device, timeout_s)
     try:
         return train(cfg, model_cfg, log=log)
@@ -242,10 +273,17 @@ class Comm:
 # The rank config file and the rank entry point
 # ---------------------------------------------------------------------------------------------
 
+
 def write_rank_config(path: Path, cfg: Any, model_cfg: Any, dist_cfg: DistributedConfig) -> Path:
     """The resolved configs of a launch, as the ranks read them back (`read_rank_config`)."""
-    write_json(path, {"train": cfg.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json"),
-                      "distributed": dist_cfg.model_dump(mode="json")})
+    write_json(
+        path,
+        {
+            "train": cfg.model_dump(mode="json"),
+            "model": model_cfg.model_dump(mode="json"),
+            "distributed": dist_cfg.model_dump(mode="json"),
+        },
+    )
     return path
 
 
@@ -255,8 +293,11 @@ def read_rank_config(path: Path | str) -> tuple[Any, Any, DistributedConfig]:
     from minillm_core.train.config import TrainConfig
 
     data = read_json(Path(path))
-    return (TrainConfig.resolve(data["train"]), ModelConfig.resolve(data["model"]),
-            DistributedConfig.resolve(data["distributed"]))
+    return (
+        TrainConfig.resolve(data["train"]),
+        ModelConfig.resolve(data["model"]),
+        DistributedConfig.resolve(data["distributed"]),
+    )
 
 
 def run_rank(config_path: Path | str, log: LogFn | None = None) -> Any:
@@ -265,8 +306,10 @@ def run_rank(config_path: Path | str, log: LogFn | None = None) -> Any:
     return run_in_group(cfg, model_cfg, dist_cfg.backend, dist_cfg.timeout_s, log=log)
 
 
-_USAGE = (f"usage: python -m {ENTRY} RANK_CONFIG.json\n"
-          f"       python -m {ENTRY} launch [--failure_file F] [torchrun options] ENTRY [args]")
+_USAGE = (
+    f"usage: python -m {ENTRY} RANK_CONFIG.json\n"
+    f"       python -m {ENTRY} launch [--failure_file F] [torchrun options] ENTRY [args]"
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -299,6 +342,7 @@ def report_run(name: str, run: Callable[[], Any]) -> int:
 # ---------------------------------------------------------------------------------------------
 # Around torchrun: the first failure, in one line
 # ---------------------------------------------------------------------------------------------
+
 
 def failure_summary(exc: Any) -> str:
     """'rank R (local rank L on HOST, pid P) failed: <exception or signal>' for the first rank

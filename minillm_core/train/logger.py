@@ -39,7 +39,7 @@ def plot_losses(losses: Sequence[float], path: Path, title: str) -> Path:
     w = max(1, len(losses) // 50)
     if w > 1:
         avg = np.convolve(np.asarray(losses, dtype=float), np.ones(w) / w, mode="valid")
-        ax.plot(steps[w - 1:], avg, lw=1.5, label=f"mean of {w}")
+        ax.plot(steps[w - 1 :], avg, lw=1.5, label=f"mean of {w}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_title(title)
@@ -56,14 +56,17 @@ class StepLogger:
 
     def __init__(self, cfg: TrainConfig, comm: Any, log: LogFn | None, total_steps: int, step: int):
         self.cfg, self.comm, self.log, self.total = cfg, comm, log, total_steps
-        self.bar = Progress(total_steps, cfg.stage, unit="step", log=None,
-                            disable=True if comm.rank else None)
+        self.bar = Progress(
+            total_steps, cfg.stage, unit="step", log=None, disable=True if comm.rank else None
+        )
         self.bar.bar.n = self.bar.bar.initial = step
         self.writer = None
         if cfg.tensorboard_dir and comm.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(Path(cfg.tensorboard_dir) / cfg.stage), purge_step=step + 1)
+            self.writer = SummaryWriter(
+                str(Path(cfg.tensorboard_dir) / cfg.stage), purge_step=step + 1
+            )
         self.t_start = self.t_window = time.perf_counter()
         self.tokens_window = self.session_tokens = 0
         self.metric_sums: dict[str, float] = {}
@@ -82,8 +85,15 @@ class StepLogger:
         self.session_tokens += n
         self.tokens_window += n
 
-    def step(self, state: Any, lr: float, grad_norm: torch.Tensor, metrics: list[dict[str, torch.Tensor]],
-             keys: set[str], n: int) -> None:
+    def step(
+        self,
+        state: Any,
+        lr: float,
+        grad_norm: torch.Tensor,
+        metrics: list[dict[str, torch.Tensor]],
+        keys: set[str],
+        n: int,
+    ) -> None:
         """After optimizer step `state.step`: the bar, and every log_interval steps a log line
         and TensorBoard points (collective: every rank calls it)."""
         step, step_loss = state.step, state.losses[-1]
@@ -101,16 +111,26 @@ class StepLogger:
         cfg, step, step_loss = self.cfg, state.step, state.losses[-1]
         if self.comm.world > 1:  # the means over every rank's micro-batches, not rank 0's
             keys = sorted(self.metric_sums)
-            sums = self.comm.gather(torch.tensor([self.metric_sums[k] for k in keys] + [self.metric_count],
-                                                 dtype=torch.float64)).sum(0).tolist()
+            sums = (
+                self.comm.gather(
+                    torch.tensor(
+                        [self.metric_sums[k] for k in keys] + [self.metric_count],
+                        dtype=torch.float64,
+                    )
+                )
+                .sum(0)
+                .tolist()
+            )
             self.metric_sums, self.metric_count = dict(zip(keys, sums[:-1])), int(sums[-1])
         now = time.perf_counter()
         tps = self.tokens_window / max(now - self.t_window, 1e-9)
         means = {k: v / max(self.metric_count, 1) for k, v in self.metric_sums.items()}
         eta = (self.total - step) * (now - self.t_start) / max(1, step - self.bar.bar.initial)
-        line = (f"{cfg.stage} step {step}/{self.total} epoch {state.position / n:.2f} "
-                f"loss {means.get('loss', step_loss):.4f} lr {lr:.3e} "
-                f"grad_norm {float(grad_norm):.3f} {tps:,.0f} tok/s ETA {eta:.0f}s")
+        line = (
+            f"{cfg.stage} step {step}/{self.total} epoch {state.position / n:.2f} "
+            f"loss {means.get('loss', step_loss):.4f} lr {lr:.3e} "
+            f"grad_norm {float(grad_norm):.3f} {tps:,.0f} tok/s ETA {eta:.0f}s"
+        )
         extra = {k: v for k, v in means.items() if k not in ("loss", "target_tokens")}
         if extra:
             line += " " + " ".join(f"{k} {v:.4f}" for k, v in extra.items())
@@ -128,23 +148,48 @@ class StepLogger:
         self.t_window, self.tokens_window = now, 0
         self.metric_sums, self.metric_count = {}, 0
 
-    def report(self, state: Any, out: Path, data_meta: dict[str, Any], n: int,
-               n_params: int) -> TrainReport:
+    def report(
+        self, state: Any, out: Path, data_meta: dict[str, Any], n: int, n_params: int
+    ) -> TrainReport:
         """The finished stage: the loss plot (rank 0), the done line, the metadata."""
         cfg, losses = self.cfg, state.losses
-        png = plot_losses(losses, out / "loss.png", f"{cfg.stage} loss") if losses and self.comm.rank == 0 else None
+        png = (
+            plot_losses(losses, out / "loss.png", f"{cfg.stage} loss")
+            if losses and self.comm.rank == 0
+            else None
+        )
         tps = self.session_tokens / max(self.elapsed, 1e-9)
         final = losses[-1] if losses else float("nan")
-        metadata = {"stage": cfg.stage, "final_loss": final,
-                    "final_loss_mean10": float(np.mean(losses[-10:])) if losses else None,
-                    "steps": state.step, "tokens_seen": state.tokens_seen, "tokens_per_s": round(tps, 1),
-                    "num_parameters": n_params, "epochs": round(state.position / n, 4),
-                    "samples_seen": state.position, "global_batch": cfg.global_batch,
-                    "world_size": self.comm.world, "device": cfg.device, "dtype": cfg.dtype,
-                    "checkpoint_dir": str(out), "tokenizer_hash": data_meta.get("tokenizer_hash"),
-                    "data_hash": data_meta.get("data_hash")}
-        emit(self.log, f"{cfg.stage}: done, {state.step} steps, loss {final:.4f}, "
-                       f"{state.tokens_seen:,} tokens, {tps:,.0f} tok/s -> {out}")
-        return TrainReport(checkpoint_dir=out, final_loss=final, steps=state.step,
-                           tokens_seen=state.tokens_seen, tokens_per_s=tps, num_parameters=n_params,
-                           loss_curve_png=png, metadata=metadata)
+        metadata = {
+            "stage": cfg.stage,
+            "final_loss": final,
+            "final_loss_mean10": float(np.mean(losses[-10:])) if losses else None,
+            "steps": state.step,
+            "tokens_seen": state.tokens_seen,
+            "tokens_per_s": round(tps, 1),
+            "num_parameters": n_params,
+            "epochs": round(state.position / n, 4),
+            "samples_seen": state.position,
+            "global_batch": cfg.global_batch,
+            "world_size": self.comm.world,
+            "device": cfg.device,
+            "dtype": cfg.dtype,
+            "checkpoint_dir": str(out),
+            "tokenizer_hash": data_meta.get("tokenizer_hash"),
+            "data_hash": data_meta.get("data_hash"),
+        }
+        emit(
+            self.log,
+            f"{cfg.stage}: done, {state.step} steps, loss {final:.4f}, "
+            f"{state.tokens_seen:,} tokens, {tps:,.0f} tok/s -> {out}",
+        )
+        return TrainReport(
+            checkpoint_dir=out,
+            final_loss=final,
+            steps=state.step,
+            tokens_seen=state.tokens_seen,
+            tokens_per_s=tps,
+            num_parameters=n_params,
+            loss_curve_png=png,
+            metadata=metadata,
+        )

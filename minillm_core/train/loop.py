@@ -43,8 +43,13 @@ from minillm_core.train.objectives import make_objective
 from minillm_core.train.state import build_model, deterministic, new_state
 
 
-def train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None = None, *,
-          dataset: Any | None = None) -> TrainReport:
+def train(
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    log: LogFn | None = None,
+    *,
+    dataset: Any | None = None,
+) -> TrainReport:
     """Train one stage and write its checkpoint into cfg.out_dir; see the module docstring.
 
     `dataset` (any map-style dataset of token rows with a `meta` dict or `vocab_size`/`pad_id`
@@ -61,9 +66,13 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None = None, *,
         objective = make_objective(cfg, model_cfg, comm.device)
         total_steps, end = _plan(cfg, data.n)
         state = new_state(cfg, model, comm.device, total_steps, init_dir, init_hash)
-        ckpt = Checkpointer(out, fingerprint(cfg.model_dump(), model_cfg.model_dump(), data.meta,
-                                             data.n, init_hash),
-                            sidecar_base(cfg, data.meta, init_dir), data.n, comm)
+        ckpt = Checkpointer(
+            out,
+            fingerprint(cfg.model_dump(), model_cfg.model_dump(), data.meta, data.n, init_hash),
+            sidecar_base(cfg, data.meta, init_dir),
+            data.n,
+            comm,
+        )
         note = ckpt.resume(state, objective, cfg.resume) or _resuming(cfg, state, end, data.n, ckpt)
         if note:
             emit(log, note)
@@ -72,14 +81,19 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None = None, *,
         if cfg.compile and hasattr(objective, "reference"):
             objective.reference = torch.compile(objective.reference)
         batches = micro_batches(data, cfg, state.position, end, rank, world, comm.device)
-        emit(log, f"{cfg.stage}: {total_steps} steps of {cfg.global_batch} samples ({cfg.batch_size} x "
-                  f"{acc_rank} accumulation x {world} process{'es' if world > 1 else ''}), "
-                  f"{cfg.epochs} epoch(s) of {data.n:,}; starting at step {state.step}")
+        emit(
+            log,
+            f"{cfg.stage}: {total_steps} steps of {cfg.global_batch} samples ({cfg.batch_size} x "
+            f"{acc_rank} accumulation x {world} process{'es' if world > 1 else ''}), "
+            f"{cfg.epochs} epoch(s) of {data.n:,}; starting at step {state.step}",
+        )
         where = {"out": out, "n": data.n}
         with StepLogger(cfg, comm, log, total_steps, state.step) as shown, SigtermFlag() as sigterm:
             while state.step < total_steps and state.position < end:
                 lr = state.set_lr()
-                micro = one.accumulate(fwd, ddp, objective, batches, state, cfg, comm, acc_rank, end)
+                micro = one.accumulate(
+                    fwd, ddp, objective, batches, state, cfg, comm, acc_rank, end
+                )
                 outcome = one.agree(micro, comm, sigterm.set)
                 state.tokens_seen += outcome.tokens
                 shown.tokens(outcome.tokens)
@@ -90,7 +104,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, log: LogFn | None = None, *,
                     ckpt.save(state, objective, finished=False)
                     raise TrainingInterrupted(
                         f"{cfg.stage}: SIGTERM at step {state.step}; resume state saved to "
-                        f"{ckpt.path}, run the stage again to continue")
+                        f"{ckpt.path}, run the stage again to continue"
+                    )
                 if state.step % cfg.save_interval == 0 and state.step < total_steps:
                     ckpt.save(state, objective, finished=False)
         ckpt.save(state, objective, finished=True)
@@ -119,8 +134,10 @@ def _announce(cfg: TrainConfig, n_params: int, n: int, rank: int, log: LogFn | N
 def _resuming(cfg: TrainConfig, state: Any, end: int, n: int, ckpt: Checkpointer) -> str | None:
     if not state.step:
         return None
-    return (f"{cfg.stage}: resuming at step {state.step}/{state.schedule.total_steps} (sample "
-            f"{state.position:,} of {end:,}, epoch {state.position // n + 1}) from {ckpt.path}")
+    return (
+        f"{cfg.stage}: resuming at step {state.step}/{state.schedule.total_steps} (sample "
+        f"{state.position:,} of {end:,}, epoch {state.position // n + 1}) from {ckpt.path}"
+    )
 
 
 class SigtermFlag:

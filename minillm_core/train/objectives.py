@@ -40,8 +40,12 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     without materialising the [B, T, V] log-probabilities that log_softmax + gather would.
     """
     b, t, v = logits.shape
-    nll = F.cross_entropy(logits.reshape(b * t, v).float(), labels.reshape(b * t),
-                          ignore_index=IGNORE_INDEX, reduction="none")
+    nll = F.cross_entropy(
+        logits.reshape(b * t, v).float(),
+        labels.reshape(b * t),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    )
     return -nll.view(b, t)
 
 
@@ -50,8 +54,12 @@ def next_token_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Metri
     labels = batch["labels"]
     logits = model(batch["input_ids"])
     v = logits.shape[-1]
-    total = F.cross_entropy(logits.reshape(-1, v).float(), labels.reshape(-1),
-                            ignore_index=IGNORE_INDEX, reduction="sum")
+    total = F.cross_entropy(
+        logits.reshape(-1, v).float(),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
     count = (labels != IGNORE_INDEX).sum().clamp(min=1)
     loss = total / count
     return loss, {"loss": loss.detach(), "target_tokens": count.detach().float()}
@@ -68,7 +76,10 @@ def sft_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Metrics]:
     here so that a row whose labels were filled in everywhere still trains on assistant tokens only.
     """
     if "loss_mask" in batch:
-        batch = {**batch, "labels": batch["labels"].masked_fill(batch["loss_mask"] == 0, IGNORE_INDEX)}
+        batch = {
+            **batch,
+            "labels": batch["labels"].masked_fill(batch["loss_mask"] == 0, IGNORE_INDEX),
+        }
     return next_token_loss(model, batch)
 
 
@@ -87,11 +98,15 @@ class DPOLoss:
     def __init__(self, reference: nn.Module, beta: float, cache: bool = False):
         frozen = [n for n, p in reference.named_parameters() if p.requires_grad]
         if frozen:
-            raise ConfigError(f"DPO reference model is not frozen: {len(frozen)} parameters require "
-                             f"grad (first: {frozen[0]}); call reference.requires_grad_(False)")
+            raise ConfigError(
+                f"DPO reference model is not frozen: {len(frozen)} parameters require "
+                f"grad (first: {frozen[0]}); call reference.requires_grad_(False)"
+            )
         if reference.training:
-            raise ConfigError("DPO reference model is in training mode (dropout would make its "
-                             "log-probabilities random); call reference.eval()")
+            raise ConfigError(
+                "DPO reference model is in training mode (dropout would make its "
+                "log-probabilities random); call reference.eval()"
+            )
         self.reference, self.beta, self.use_cache = reference, beta, cache
         self.cache: dict[int, tuple[float, float]] = {}
 
@@ -133,12 +148,18 @@ class DPOLoss:
     # The cache is part of the resume state: a resumed run must reuse the very same numbers.
     def state_dict(self) -> dict[str, torch.Tensor]:
         keys = sorted(self.cache)
-        return {"indices": torch.tensor(keys, dtype=torch.long),
-                "values": torch.tensor([self.cache[k] for k in keys], dtype=torch.float64).reshape(-1, 2)}
+        return {
+            "indices": torch.tensor(keys, dtype=torch.long),
+            "values": torch.tensor([self.cache[k] for k in keys], dtype=torch.float64).reshape(
+                -1, 2
+            ),
+        }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.cache = {int(i): (float(c), float(r))
-                      for i, (c, r) in zip(state["indices"].tolist(), state["values"].tolist())}
+        self.cache = {
+            int(i): (float(c), float(r))
+            for i, (c, r) in zip(state["indices"].tolist(), state["values"].tolist())
+        }
 
 
 def make_objective(cfg: TrainConfig, model_cfg: ModelConfig, device: torch.device) -> Objective:

@@ -51,7 +51,11 @@ class LRSchedule:
 
     @classmethod
     def of(cls, cfg: TrainConfig, total_steps: int) -> LRSchedule:
-        warm = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total_steps)
+        warm = (
+            cfg.warmup_steps
+            if cfg.warmup_steps is not None
+            else int(cfg.warmup_ratio * total_steps)
+        )
         return cls(cfg.learning_rate, total_steps, warm, cfg.min_lr_ratio)
 
     def __call__(self, step: int) -> float:
@@ -74,8 +78,10 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     kwargs: dict[str, Any] = {"lr": cfg.learning_rate, "betas": (cfg.adam_beta1, cfg.adam_beta2)}
     try:
         # The fused kernel updates every parameter in one pass (CUDA and, since torch 2.4, CPU).
@@ -87,6 +93,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 # ---------------------------------------------------------------------------------------------
 # RNG states
 # ---------------------------------------------------------------------------------------------
+
 
 def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
@@ -100,9 +107,11 @@ def rank_seed(seed: int, rank: int, step: int) -> int:
 
 
 def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(),
-                             "python": _py_state(random.getstate()),
-                             "numpy": _np_state(np.random.get_state())}
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": _py_state(random.getstate()),
+        "numpy": _np_state(np.random.get_state()),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -113,8 +122,13 @@ def _py_state(st: tuple[Any, ...]) -> list[Any]:
 
 
 def _np_state(st: Any) -> list[Any]:
-    return [st[0], torch.from_numpy(np.asarray(st[1]).astype(np.int64)), int(st[2]), int(st[3]),
-            float(st[4])]
+    return [
+        st[0],
+        torch.from_numpy(np.asarray(st[1]).astype(np.int64)),
+        int(st[2]),
+        int(st[3]),
+        float(st[4]),
+    ]
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -149,6 +163,7 @@ def deterministic(on: bool) -> Iterator[None]:
 # The state
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass
 class TrainState:
     """Model, optimiser, grad scaler, LR schedule, step, stream position and counters; the RNG
@@ -180,9 +195,14 @@ class TrainState:
         self.losses = [float(x) for x in saved["losses"].tolist()]
 
 
-def build_model(cfg: TrainConfig, model_cfg: ModelConfig, data_meta: dict[str, Any],
-                device: torch.device, rank: int, log: LogFn | None
-                ) -> tuple[MiniLLM, Path | None, str | None]:
+def build_model(
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    data_meta: dict[str, Any],
+    device: torch.device,
+    rank: int,
+    log: LogFn | None,
+) -> tuple[MiniLLM, Path | None, str | None]:
     """The model at its initial weights (seeded init, or the parent checkpoint), on `device`."""
     seed_all(cfg.seed)
     model = MiniLLM(model_cfg)
@@ -198,12 +218,22 @@ def build_model(cfg: TrainConfig, model_cfg: ModelConfig, data_meta: dict[str, A
     return model, init_dir, init_hash
 
 
-def new_state(cfg: TrainConfig, model: MiniLLM, device: torch.device, total_steps: int,
-              init_dir: Path | None, init_hash: str | None) -> TrainState:
-    return TrainState(model=model, optimizer=make_optimizer(model, cfg),
-                      scaler=torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16"),
-                      schedule=LRSchedule.of(cfg, total_steps), init_dir=init_dir,
-                      init_hash=init_hash)
+def new_state(
+    cfg: TrainConfig,
+    model: MiniLLM,
+    device: torch.device,
+    total_steps: int,
+    init_dir: Path | None,
+    init_hash: str | None,
+) -> TrainState:
+    return TrainState(
+        model=model,
+        optimizer=make_optimizer(model, cfg),
+        scaler=torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16"),
+        schedule=LRSchedule.of(cfg, total_steps),
+        init_dir=init_dir,
+        init_hash=init_hash,
+    )
 
 
 def init_weights_dir(cfg: TrainConfig) -> Path | None:
@@ -223,8 +253,12 @@ def _load_init(model: MiniLLM, d: Path, data_meta: dict[str, Any], log: LogFn | 
     require_same_model(model.config, d, meta)
     th, dh = meta.get("tokenizer_hash"), data_meta.get("tokenizer_hash")
     if th and dh and th != dh:
-        raise ConfigError(f"tokenizer mismatch: checkpoint {d} was trained with tokenizer {th[:12]}, "
-                          f"the data was made with {dh[:12]}")
+        raise ConfigError(
+            f"tokenizer mismatch: checkpoint {d} was trained with tokenizer {th[:12]}, "
+            f"the data was made with {dh[:12]}"
+        )
     if not meta.get("finished", True):
-        emit(log, f"warning: {d} is an unfinished {meta.get('stage')} run (step {meta.get('step')})")
+        emit(
+            log, f"warning: {d} is an unfinished {meta.get('stage')} run (step {meta.get('step')})"
+        )
     model.load_state_dict(src.state_dict())

@@ -49,7 +49,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     text = str(exc)
-    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text
+    )
 
 
 def out_of_memory(cfg: TrainConfig, width: int, device: torch.device) -> OutOfMemoryError:
@@ -57,19 +59,33 @@ def out_of_memory(cfg: TrainConfig, width: int, device: torch.device) -> OutOfMe
     return OutOfMemoryError(
         f"out of memory on {device} at batch_size={cfg.batch_size}, rows of {width} positions",
         f"lower --batch_size{keep if cfg.batch_size > 1 else ''}, or pretrain at a lower "
-        f"--max_seq_len")
+        f"--max_seq_len",
+    )
 
 
-def accumulate(fwd: Any, ddp: Any, objective: Any, batches: Iterator[dict[str, Any]],
-               state: TrainState, cfg: TrainConfig, comm: Any, acc_rank: int, end: int) -> Micro:
+def accumulate(
+    fwd: Any,
+    ddp: Any,
+    objective: Any,
+    batches: Iterator[dict[str, Any]],
+    state: TrainState,
+    cfg: TrainConfig,
+    comm: Any,
+    acc_rank: int,
+    end: int,
+) -> Micro:
     """Forward and backward over this rank's micro-batches of the step; advances the position."""
     world, rank, device = comm.world, comm.rank, comm.device
     # This step's rounds of `world` micro-batches; near the end of the stream a round may have
     # fewer real micro-batches than ranks (see data.MicroBatches).
     round_rows = cfg.batch_size * world
     n_micro = min(acc_rank, math.ceil((end - state.position) / round_rows))
-    micro = Micro([min(world, math.ceil((end - (state.position + k * round_rows)) / cfg.batch_size))
-                   for k in range(n_micro)])
+    micro = Micro(
+        [
+            min(world, math.ceil((end - (state.position + k * round_rows)) / cfg.batch_size))
+            for k in range(n_micro)
+        ]
+    )
     # Each real micro-batch's mean loss weighs equally in the step's gradient: a rank scales by
     # world / (real micro-batches of the step), as DDP averages over ranks (in one process this
     # is loss / n_micro, the plain accumulation average).
@@ -80,7 +96,9 @@ def accumulate(fwd: Any, ddp: Any, objective: Any, batches: Iterator[dict[str, A
         micro.sources.append(batch["indices"].tolist() if weight else [])
         micro.tokens.append(batch["num_tokens"] if weight else 0)
         state.position = min(state.position + round_rows, end)
-        tensors = {key: v.to(device, non_blocking=True) for key, v in batch.items() if torch.is_tensor(v)}
+        tensors = {
+            key: v.to(device, non_blocking=True) for key, v in batch.items() if torch.is_tensor(v)
+        }
         # DDP all-reduces the gradients once per step, in the last backward.
         sync = contextlib.nullcontext() if world == 1 or k == n_micro - 1 else ddp.no_sync()
         try:
@@ -103,10 +121,18 @@ def accumulate(fwd: Any, ddp: Any, objective: Any, batches: Iterator[dict[str, A
 def agree(micro: Micro, comm: Any, sigterm: bool) -> Outcome:
     """The step's losses and tokens of every rank, and whether any rank got SIGTERM."""
     device = comm.device
-    local = torch.stack([torch.stack(micro.losses).detach().double(),
-                         torch.tensor([1.0 if comm.rank < r else 0.0 for r in micro.real],
-                                      dtype=torch.float64, device=device),
-                         torch.tensor(micro.tokens, dtype=torch.float64, device=device)], 1)
+    local = torch.stack(
+        [
+            torch.stack(micro.losses).detach().double(),
+            torch.tensor(
+                [1.0 if comm.rank < r else 0.0 for r in micro.real],
+                dtype=torch.float64,
+                device=device,
+            ),
+            torch.tensor(micro.tokens, dtype=torch.float64, device=device),
+        ],
+        1,
+    )
     if comm.world > 1:
         flag = torch.tensor([[float(sigterm)] * 3], dtype=torch.float64, device=device)
         every = comm.gather(torch.cat([local, flag]))  # [world, n_micro + 1, 3]
@@ -119,21 +145,38 @@ def agree(micro: Micro, comm: Any, sigterm: bool) -> Outcome:
     return Outcome(every[:, 0].float(), int(every[:, 2].sum()), stop)
 
 
-def update(state: TrainState, model: nn.Module, cfg: TrainConfig, micro: Micro, outcome: Outcome,
-           comm: Any, where: dict[str, Any]) -> torch.Tensor:
+def update(
+    state: TrainState,
+    model: nn.Module,
+    cfg: TrainConfig,
+    micro: Micro,
+    outcome: Outcome,
+    comm: Any,
+    where: dict[str, Any],
+) -> torch.Tensor:
     """Refuse a non-finite loss or gradient norm, clip, step the optimiser; returns the norm."""
     bad = (~torch.isfinite(outcome.losses)).nonzero()
     if len(bad):
         m = int(bad[0])
-        raise NonFiniteLossError(nonfinite_message(
-            "loss", float(outcome.losses[m]), state, m, len(outcome.losses),
-            comm.sources(micro.sources, micro.real, m), cfg, where))
+        raise NonFiniteLossError(
+            nonfinite_message(
+                "loss",
+                float(outcome.losses[m]),
+                state,
+                m,
+                len(outcome.losses),
+                comm.sources(micro.sources, micro.real, m),
+                cfg,
+                where,
+            )
+        )
     state.scaler.unscale_(state.optimizer)
     if cfg.grad_clip > 0:
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     else:
-        grad_norm = torch.linalg.vector_norm(torch.stack(
-            [p.grad.norm() for p in model.parameters() if p.grad is not None]))
+        grad_norm = torch.linalg.vector_norm(
+            torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])
+        )
     if not state.scaler.is_enabled() and not torch.isfinite(grad_norm):
         # (with float16 an inf gradient is expected now and then: the scaler skips that step and
         # lowers its scale, which is the documented behaviour). After DDP's all-reduce the
@@ -141,10 +184,23 @@ def update(state: TrainState, model: nn.Module, cfg: TrainConfig, micro: Micro, 
         if comm.world == 1:
             sources = [i for rows in micro.sources for i in rows]
         else:
-            sources = sorted(i for m in range(len(outcome.losses))
-                             for i in comm.sources(micro.sources, micro.real, m))
-        raise NonFiniteLossError(nonfinite_message(
-            "gradient norm", float(grad_norm), state, None, len(outcome.losses), sources, cfg, where))
+            sources = sorted(
+                i
+                for m in range(len(outcome.losses))
+                for i in comm.sources(micro.sources, micro.real, m)
+            )
+        raise NonFiniteLossError(
+            nonfinite_message(
+                "gradient norm",
+                float(grad_norm),
+                state,
+                None,
+                len(outcome.losses),
+                sources,
+                cfg,
+                where,
+            )
+        )
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.optimizer.zero_grad(set_to_none=True)
@@ -153,15 +209,30 @@ def update(state: TrainState, model: nn.Module, cfg: TrainConfig, micro: Micro, 
     return grad_norm
 
 
-def nonfinite_message(what: str, value: float, state: TrainState, micro: int | None, n_micro: int,
-                      sources: list[int], cfg: TrainConfig, where: dict[str, Any]) -> str:
+def nonfinite_message(
+    what: str,
+    value: float,
+    state: TrainState,
+    micro: int | None,
+    n_micro: int,
+    sources: list[int],
+    cfg: TrainConfig,
+    where: dict[str, Any],
+) -> str:
     """`where`: the checkpoint dir `out`, the `last_saved` step and the data size `n`."""
-    at = f"micro-batch {micro + 1} of {n_micro}" if micro is not None else f"{n_micro} micro-batches"
+    at = (
+        f"micro-batch {micro + 1} of {n_micro}" if micro is not None else f"{n_micro} micro-batches"
+    )
     last = where["last_saved"]
-    ckpt = (f"{where['out']} (step {last})" if last is not None
-            else "none yet (no checkpoint was saved in this run)")
-    return (f"non-finite {what} ({value}) at step {state.step + 1} ({at}, epoch "
-            f"{state.position / where['n']:.2f}) of the {cfg.stage} stage; the batch's source "
-            f"records are rows {sources} of {cfg.data_path}; last good checkpoint: {ckpt}. Stopped "
-            f"without updating the weights: lower the learning rate, check those records, or use "
-            f"float32.")
+    ckpt = (
+        f"{where['out']} (step {last})"
+        if last is not None
+        else "none yet (no checkpoint was saved in this run)"
+    )
+    return (
+        f"non-finite {what} ({value}) at step {state.step + 1} ({at}, epoch "
+        f"{state.position / where['n']:.2f}) of the {cfg.stage} stage; the batch's source "
+        f"records are rows {sources} of {cfg.data_path}; last good checkpoint: {ckpt}. Stopped "
+        f"without updating the weights: lower the learning rate, check those records, or use "
+        f"float32."
+    )
