@@ -21,6 +21,7 @@ Chat, evaluation, the server and the export's check all turn logits into tokens 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,15 +44,53 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` = bfloat16 on cuda, float32 elsewhere; else the named torch dtype."""
+# CPU flags (Linux /proc/cpuinfo names) of native bf16 arithmetic: x86 AVX512-BF16 or AMX-BF16,
+# Arm FEAT_BF16. Without them torch emulates bf16 matmuls, slower than float32.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def flags_in(cpuinfo: str) -> frozenset[str]:
+    """The feature flags a /proc/cpuinfo text lists (x86 `flags`, Arm `Features` lines)."""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return frozenset(flags)
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (empty where there is no /proc/cpuinfo, e.g. macOS: float32)."""
+    try:
+        return flags_in(Path("/proc/cpuinfo").read_text(errors="replace"))
+    except OSError:
+        return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls natively (so bf16 autocast pays off)."""
+    return bool(BF16_CPU_FLAGS & cpu_flags())
+
+
+def resolve_dtype(dtype: str, device: torch.device | str) -> torch.dtype:
+    """`auto` = bfloat16 on cuda and on a CPU with native bf16, float32 elsewhere; else the
+    named torch dtype."""
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        kind = torch.device(device).type
+        native = kind == "cuda" or (kind == "cpu" and cpu_has_native_bf16())
+        return torch.bfloat16 if native else torch.float32
     return getattr(torch, dtype)
 
 
-def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """Autocast to `dtype` on `device`; nothing at float32."""
+def autocast(
+    device: torch.device | str, dtype: torch.dtype | str
+) -> contextlib.AbstractContextManager:
+    """Autocast to `dtype` (a torch dtype or its name, `auto` resolved) on `device`; nothing at
+    float32. Weights stay float32: the master copy the optimiser updates."""
+    device = torch.device(device)
+    if isinstance(dtype, str):
+        dtype = resolve_dtype(dtype, device)
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

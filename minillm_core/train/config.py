@@ -78,8 +78,10 @@ class TrainConfig(CoreConfig):
     adam_beta2: float = Field(0.95, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 = no clipping")
     device: str = Field("cpu", description="cpu, cuda, cuda:N")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="autocast dtype (weights stay float32); float16 uses a grad scaler"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="autocast dtype (weights stay float32); float16 uses a grad scaler; auto = "
+        "bfloat16 on cuda and on a CPU with native bf16, else float32",
     )
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     num_workers: int = Field(

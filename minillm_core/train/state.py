@@ -29,16 +29,6 @@ from minillm_core.progress import LogFn, emit
 from minillm_core.train.checkpointer import WEIGHTS, load_checkpoint, require_same_model
 from minillm_core.train.config import PARENT, TrainConfig
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def autocast(device: str, dtype: str) -> contextlib.AbstractContextManager[Any]:
-    """Mixed precision of the forward pass (weights stay float32). The one place the trainer
-    chooses it; minillm_core.inference owns the same choice for inference."""
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=_DTYPES[dtype])
-
 
 @dataclass(frozen=True)
 class LRSchedule:

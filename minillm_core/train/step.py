@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from minillm_core.errors import NonFiniteLossError, OutOfMemoryError
+from minillm_core.inference import autocast
 from minillm_core.train.config import TrainConfig
-from minillm_core.train.state import TrainState, autocast
+from minillm_core.train.state import TrainState
 
 
 @dataclass
@@ -103,7 +104,7 @@ def accumulate(
         sync = contextlib.nullcontext() if world == 1 or k == n_micro - 1 else ddp.no_sync()
         try:
             with sync:
-                with autocast(cfg.device, cfg.dtype):
+                with autocast(device, cfg.dtype):
                     loss, metrics = objective(fwd, tensors)
                 scaled = loss / share if weight else loss * 0.0
                 state.scaler.scale(scaled).backward()
