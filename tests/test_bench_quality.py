@@ -1,0 +1,57 @@
+"""The quality benchmark runs end to end at a tiny size: both trainers train on the same corpus
+for the same wall-clock budget, and both are scored on the held-out documents the same way."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+BENCH = REPO / "bench" / "bench_quality.py"
+
+
+def test_tiny_budget_scores_both_trainers_on_held_out_documents(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    # Real Chinese text from the shipped samples, many short documents as the real corpus has.
+    texts = [
+        line.strip()
+        for f in sorted((REPO / "dataset").glob("*.json*"))
+        for line in f.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    with (corpus / "corpus_zh.jsonl").open("w", encoding="utf-8") as f:
+        for i in range(400):
+            f.write(json.dumps({"text": texts[i % len(texts)][:200]}, ensure_ascii=False) + "\n")
+    out = tmp_path / "quality.json"
+    args = ["--budgets", "0.05", "--hidden", "32", "--layers", "1", "--heads", "2", "--seq", "32"]
+    args += ["--vocab", "512", "--batch", "4", "--heldout-docs", "8", "--corpus", str(corpus)]
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "MPLBACKEND": "Agg"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["heldout_docs"] == 8 and result["train_docs"] == 392  # every 50th held out
+    runs = {r["impl"]: r for r in result["runs"]}
+    assert set(runs) == {"ours", "minimind"}
+    for r in runs.values():
+        assert r["steps"] >= 1 and 0 < r["real_tokens"] <= r["positions"]
+        # The same held-out bytes for both, and a loss a briefly trained model can have.
+        assert r["utf8_bytes"] == runs["ours"]["utf8_bytes"] > 0
+        assert r["bytes"] == r["utf8_bytes"]  # every byte scored, each exactly once
+        assert math.isfinite(r["bits_per_byte"]) and 0 < r["bits_per_byte"] < 20
+    assert runs["ours"]["real_tokens"] == runs["ours"]["positions"]  # packed: no padding
+    assert runs["minimind"]["real_tokens"] < runs["minimind"]["positions"]  # padded rows
+    assert "| 0.05 min | ours |" in proc.stdout and "ratio ours/minimind" in proc.stdout
