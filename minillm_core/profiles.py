@@ -1,5 +1,12 @@
-"""The two run profiles as data: `smoke` (CPU, float32, trimmed data, a few steps) and `gpu`
-(cuda, bfloat16, full data, the seed's defaults).
+"""The run profiles as data: `smoke` (CPU, float32, trimmed data, a few steps: plumbing only),
+`cpu` (a model that talks, trained on a 2-core CPU within the hour) and `gpu` (cuda, bfloat16,
+full data, the seed's defaults).
+
+The `cpu` sizes come from measured bf16 step times (bench/bench_train.py, README "The cpu
+profile"): a 6.1M-parameter model at context 256 trains at a few thousand tokens/s on two cores,
+so the pretrain budget of 900 steps of 16 x 256 packed tokens (3.7M positions, most of the hour)
+covers the real corpus about once; SFT repeats the small identity and chat sets for enough steps
+that the identity probe passes.
 
 A profile is a preset of field values per concern, layered over the config models' defaults by
 `CoreConfig.resolve`. Only the Dagster resource and the command-line front ends read this module;
@@ -10,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from minillm_core.data.config import MixConfig
 from minillm_core.errors import ConfigError
 
 Preset = dict[str, dict[str, Any]]
@@ -23,6 +31,31 @@ _SMOKE_TRAIN = {
     "log_interval": 5,
     "save_interval": 10,
 }
+
+# dtype auto: bf16 autocast (fp32 master weights) where the CPU has native bf16, else float32.
+_CPU_TRAIN = {
+    "device": "cpu",
+    "dtype": "auto",
+    "compile": False,
+    "accumulation_steps": 1,
+    "log_interval": 20,
+    "save_interval": 200,
+    "warmup_ratio": 0.02,
+}
+
+# The seed's quotas (460K general records, 100K knowledge, ...) oversample whatever is there to
+# reach them: on a small corpus the mixes would be mostly copies of the shipped samples. The cpu
+# profile's quotas: about as many pretrain documents as its pretrain budget reads, and an SFT mix
+# in which the identity conversations are about a seventh of the rows, so the name is learnt.
+_CPU_QUOTAS = {"general": 60_000, "knowledge": 2_000, "math": 500, "identity": 5_000}
+
+
+def _cpu_categories() -> dict[str, dict[str, Any]]:
+    return {
+        name: {**cat.model_dump(), "target": _CPU_QUOTAS.get(name, 2_000)}
+        for name, cat in MixConfig().categories.items()
+    }
+
 
 PROFILES: dict[str, Preset] = {
     "smoke": {
@@ -62,6 +95,52 @@ PROFILES: dict[str, Preset] = {
             "pretrain": {"bits_per_byte": (None, 2.0)},
             "sft": {"identity_score": (1.0, None), "identity_foreign": (None, 0.0)},
             "dpo": {"preference_accuracy": (0.5, None), "identity_score": (1.0, None)},
+        },
+    },
+    "cpu": {
+        "mix": {"categories": _cpu_categories(), "max_records": {"sft": 8_000, "dpo": 2_000}},
+        "tokenizer": {},
+        "model": {
+            "hidden_size": 256,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 256,
+        },
+        "pretrain": {
+            **_CPU_TRAIN,
+            "epochs": 1,
+            "max_steps": 900,
+            "batch_size": 16,
+            "learning_rate": 2e-3,
+        },
+        "sft": {
+            **_CPU_TRAIN,
+            "epochs": 100,
+            "max_steps": 240,
+            "batch_size": 16,
+            "learning_rate": 5e-4,
+        },
+        "dpo": {
+            **_CPU_TRAIN,
+            "epochs": 2,
+            "max_steps": 20,
+            "batch_size": 4,
+            "learning_rate": 1e-6,
+            "save_interval": 20,
+        },
+        "eval": {
+            "device": "cpu",
+            "dtype": "auto",
+            "max_samples": 100,
+            "max_new_tokens": 32,
+            "batch_size": 8,
+        },
+        # The identity probe must pass as on the gpu profile; bits per byte is reported only.
+        "eval_checks": {
+            "pretrain": {},
+            "sft": {"identity_score": (1.0, None), "identity_foreign": (None, 0.0)},
+            "dpo": {"identity_score": (1.0, None)},
         },
     },
 }

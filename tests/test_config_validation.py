@@ -77,7 +77,7 @@ CASES = [
         TrainConfig,
         {"stage": "pretrain"},
         {"dtype": "float8"},
-        r"dtype: Input should be 'float32', 'bfloat16' or 'float16'",
+        r"dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16'",
     ),
     (MixConfig, {}, {"heldout_fraction": 1.5}, r"heldout_fraction: Input should be less than 1"),
     (
