@@ -1,6 +1,8 @@
 """Training throughput: MiniLLM's loop against a minimal copy of minimind's, side by side.
 
     .venv/bin/python bench/bench_train.py [--steps 3] [--stages pretrain,sft,dpo] [--threads N]
+    .venv/bin/python bench/bench_train.py --dtype bfloat16 --batch 8 --stages pretrain \
+        --impls ours,ours-compile,minimind     # bf16 MFU against the bf16 peak, batch 8 x 512
     .venv/bin/python bench/bench_train.py --breakdown [--steps 3]
 
 `--breakdown` profiles the product loop's pretrain steps (torch.profiler, the warm-up step left
@@ -9,7 +11,7 @@ everything else, and the MFU each part allows at most. It answers "how far can M
 
 For each stage, child processes (one per trial, so each has its own peak RSS) train the default
 model (hidden 512, 8 layers, 8 heads, vocab 6400: about 29M parameters) on CPU in float32 at
-batch 4, sequence 512, from the same initial weights on the same batches in the same order. The
+batch 4 (`--batch`), sequence 512, from the same initial weights on the same batches in the same order. The
 two implementations alternate (`--rounds`, ABAB...), so load from other jobs hits both alike; the
 table shows the best trial (the least disturbed) and the median:
 
@@ -17,6 +19,8 @@ table shows the best trial (the least disturbed) and the median:
   time includes everything the loop does per step: data, forward, backward, the NaN check,
   clipping, the fused AdamW step, logging). Pretrain/SFT leave the first step out as warm-up;
   DPO steps differ in length, so DPO warms up with a separate one-step run and times every step;
+- `ours-compile`: the same loop with `compile=True` (torch.compile of the model; the compile time
+  falls in the warm-up step, which is left out);
 - `minimind`: `bench/minimind_ref.py`, the seed's model and step (rows padded to the maximum
   length, loss mask, foreach AdamW, DPO log_softmax + gather), timed per step, first step left out.
 
@@ -142,7 +146,7 @@ def child(impl: str, stage: str, steps: int, work: Path) -> dict:
     model_cfg = ModelConfig(**MODEL)
     n_rows = (1 + steps) * BATCH
     rows = make_rows(stage, n_rows, model_cfg.vocab_size)
-    epochs = 2 if (stage == "dpo" and impl == "ours") else 1
+    epochs = 2 if (stage == "dpo" and impl.startswith("ours")) else 1
     cfg = TrainConfig(
         stage=stage,
         data_path="bench",
@@ -167,7 +171,8 @@ def child(impl: str, stage: str, steps: int, work: Path) -> dict:
         "threads": torch.get_num_threads(),
         "load_start": os.getloadavg()[0],
     }
-    if impl == "ours":
+    if impl.startswith("ours"):
+        cfg = cfg.model_copy(update={"compile": impl == "ours-compile"})
         ds = Rows(rows, stage, model_cfg.vocab_size)
         if stage == "dpo":
             # DPO batches differ in length (grouped by length, padded to their longest), so no
@@ -350,6 +355,7 @@ def breakdown(steps: int) -> str:
 
 
 def main() -> int:
+    global SEQ, DTYPE, PEAK_SECONDS, BATCH
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--steps", type=int, default=3, help="timed steps per trial (after one warm-up)"
@@ -364,6 +370,7 @@ def main() -> int:
         "other jobs then hits both alike, and the best round shows the quiet speed",
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--batch", type=int, default=BATCH, help="rows per step (both)")
     ap.add_argument("--out", default=str(HERE / "results" / "train.json"))
     ap.add_argument(
         "--quick", action="store_true", help="tiny model, 64-token rows: checks the script"
@@ -386,8 +393,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    global SEQ, DTYPE, PEAK_SECONDS
-    DTYPE = args.dtype
+    DTYPE, BATCH = args.dtype, args.batch
     if args.quick:
         SEQ, PEAK_SECONDS = 64, 0.5
         MODEL.update(QUICK_MODEL)
@@ -410,6 +416,7 @@ def main() -> int:
             "threads": torch.get_num_threads(),
         },
         "dtype": DTYPE,
+        "batch": BATCH,
         "trials": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -437,7 +444,7 @@ def main() -> int:
                     cmd[2:2] = ["--threads", str(args.threads)]
                 if args.quick:
                     cmd[2:2] = ["--quick"]
-                cmd[2:2] = ["--dtype", DTYPE]
+                cmd[2:2] = ["--dtype", DTYPE, "--batch", str(BATCH)]
                 out = subprocess.run(
                     cmd, capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"}
                 )
@@ -473,6 +480,7 @@ def table(res: dict) -> str:
     """One row per (stage, impl): the best trial (least disturbed by other jobs) and the median."""
     peak = res["peak_flops"]
     lines = [
+        f"batch {res.get('batch', 4)} x {SEQ}; "
         f"{res.get('dtype', 'float32')} matmul peak: {peak / 1e9:.1f} GFLOP/s (best 2048^3 matmul; measurements: "
         + ", ".join(f"{p / 1e9:.1f} at load {load:.1f}" for p, load in res["peaks"])
         + ")",
@@ -492,7 +500,7 @@ def table(res: dict) -> str:
         mfu = f"{6 * t['num_parameters'] * tps / peak:.0%}" if stage != "dpo" else ""
         diff = ""
         other = groups.get((stage, "minimind"))
-        if impl == "ours" and other:
+        if impl.startswith("ours") and other:
             k = min(len(t["losses"]), len(other[0]["losses"]))
             diff = f"{max(abs(a - b) for a, b in zip(t['losses'][:k], other[0]['losses'][:k])):.1e}"
         pairs = f"{BATCH / best:.3f}" if stage == "dpo" else ""
