@@ -85,7 +85,7 @@ def resolve_dtype(dtype: str, device: torch.device | str) -> torch.dtype:
 
 def autocast(
     device: torch.device | str, dtype: torch.dtype | str
-) -> contextlib.AbstractContextManager:
+) -> contextlib.AbstractContextManager[Any]:
     """Autocast to `dtype` (a torch dtype or its name, `auto` resolved) on `device`; nothing at
     float32. Weights stay float32: the master copy the optimiser updates."""
     device = torch.device(device)

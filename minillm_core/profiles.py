@@ -53,7 +53,7 @@ _CPU_QUOTAS = {"general": 60_000, "knowledge": 2_000, "math": 500, "identity": 5
 def _cpu_categories() -> dict[str, dict[str, Any]]:
     return {
         name: {**cat.model_dump(), "target": _CPU_QUOTAS.get(name, 2_000)}
-        for name, cat in MixConfig().categories.items()
+        for name, cat in MixConfig.model_validate({}).categories.items()
     }
 
 
