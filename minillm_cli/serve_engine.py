@@ -13,7 +13,10 @@ from typing import Any
 
 import torch
 
-from minillm_core.inference import SamplingParams, TextStreamer, generate, stop_ids
+from minillm_core.inference import SamplingParams, TextStreamer, generate, logits_of, stop_ids
+
+# OpenAI's bound on `top_logprobs` (and vLLM's default bound on `logprobs`).
+MAX_TOP_LOGPROBS = 20
 
 
 class APIError(Exception):
@@ -71,6 +74,13 @@ class Engine:
             # Build the RoPE tables for the whole context once, before any request: concurrent
             # generations then only read them.
             rope_for(0, self.max_context, next(model.parameters()).device)
+        self._running = 0
+        self._lock = threading.Lock()
+
+    def stats(self) -> dict[str, int]:
+        """Generations decoding now and waiting inside the engine (this engine runs each
+        request's generation in its caller's thread: nothing waits inside it)."""
+        return {"running": self._running, "waiting": 0}
 
     def prompt_ids(self, messages: Sequence[dict[str, Any]]) -> list[int]:
         try:
@@ -86,22 +96,46 @@ class Engine:
         *,
         stops: Sequence[str] = (),
         cancel: threading.Event | None = None,
+        logprobs: int | None = None,
     ) -> Generator[tuple[Any, ...], None, None]:
         """Yield ("text", piece) as text becomes final, then ("done", finish_reason, n_tokens).
 
         finish_reason: "stop" (end token or a stop string), "length" (max_new_tokens reached).
-        `params` without stop ids gets the engine's (the end of the turn, BOS)."""
+        `params` without stop ids gets the engine's (the end of the turn, BOS). With `logprobs`
+        = k (0..20), each generated token other than a stop token is first announced as
+        ("token", {"id", "logprob", "top": [(id, logprob)] * k}): log-softmax of the model's raw
+        logits, before penalties and temperature (what vLLM reports by default)."""
+        with self._lock:
+            self._running += 1
+        try:
+            yield from self._events(prompt, max_new_tokens, params, stops, cancel, logprobs)
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    def _events(
+        self,
+        prompt: list[int],
+        max_new_tokens: int,
+        params: SamplingParams,
+        stops: Sequence[str],
+        cancel: threading.Event | None,
+        logprobs: int | None,
+    ) -> Generator[tuple[Any, ...], None, None]:
         if not params.stop_ids:
             params = dataclasses.replace(params, stop_ids=tuple(self.stop_ids))
         streamer = TextStreamer(self.tokenizer)
         held, n, finish, stopped_by_string = "", 0, "length", False
-        it = generate(self.model, prompt, max_new_tokens, params, include_stop=True)
+        tap = _LogitTap(self.model) if logprobs is not None else None
+        it = generate(tap or self.model, prompt, max_new_tokens, params, include_stop=True)
         try:
             for tok in it:
                 n += 1
                 if tok in params.stop_ids:
                     finish = "stop"
                     break
+                if tap is not None:
+                    yield ("token", tap.logprobs(tok, logprobs or 0))
                 if tok in self.control_ids:
                     continue
                 held += streamer.push(tok)
@@ -124,6 +158,38 @@ class Engine:
                 yield ("text", text)
             finish = "stop" if hit else finish
         yield ("done", finish, n)
+
+
+class _LogitTap(torch.nn.Module):
+    """The model, remembering the last position's raw logits of its latest forward pass: those
+    the token `generate` yields next was sampled from (the sampler applies penalties,
+    temperature and filters to its own copy). Wrapping keeps `generate` the one decode loop."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.inner = model
+        self.last: torch.Tensor | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:  # new_cache, config, ...: the model's own, when it has them
+            return getattr(self._modules["inner"], name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.inner(*args, **kwargs)
+        self.last = logits_of(out)[0, -1].float()
+        return out
+
+    def logprobs(self, tok: int, k: int) -> dict[str, Any]:
+        assert self.last is not None
+        lp = torch.log_softmax(self.last, dim=-1)
+        top = torch.topk(lp, min(k, lp.shape[-1])) if k else None
+        return {
+            "id": tok,
+            "logprob": float(lp[tok]),
+            "top": [] if top is None else list(zip(top.indices.tolist(), top.values.tolist())),
+        }
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:
