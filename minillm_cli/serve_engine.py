@@ -82,9 +82,12 @@ class Engine:
         request's generation in its caller's thread: nothing waits inside it)."""
         return {"running": self._running, "waiting": 0}
 
-    def prompt_ids(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+    def prompt_ids(self, conversation: Sequence[dict[str, Any]] | dict[str, Any]) -> list[int]:
+        """The prompt of a conversation: messages, or `{"messages": [...], "tools": [...]}`."""
+        if not isinstance(conversation, dict):
+            conversation = list(conversation)
         try:
-            return list(self.tokenizer.render_for_completion(list(messages)))
+            return list(self.tokenizer.render_for_completion(conversation))
         except (ValueError, AttributeError, TypeError) as exc:
             raise APIError(400, f"messages: {exc}", param="messages") from None
 

@@ -22,7 +22,9 @@ uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from minillm_cli import serve, serve_engine  # noqa: E402
-from minillm_cli.serve import Engine, ServeConfig, create_app, load_engine  # noqa: E402
+from minillm_cli.serve import load_engine  # noqa: E402
+from minillm_cli.serve_app import ServeConfig, create_app  # noqa: E402
+from minillm_cli.serve_engine import Engine  # noqa: E402
 from minillm_core.inference import SamplingParams, complete  # noqa: E402
 from minillm_core.tokenizer import Tokenizer  # noqa: E402
 from minillm_core.train.checkpointer import load_checkpoint  # noqa: E402
@@ -301,9 +303,20 @@ OK = {"model": "minillm", "messages": [{"role": "user", "content": "hi"}], "max_
         ({**OK, "n": 9}, 400, "n"),
         ({**OK, "presence_penalty": 2.5}, 400, "presence_penalty"),
         ({**OK, "repetition_penalty": 0}, 400, "repetition_penalty"),
-        ({**OK, "logprobs": True}, 400, "logprobs"),
+        ({**OK, "top_logprobs": 2}, 400, "top_logprobs needs logprobs"),
+        ({**OK, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
+        ({**OK, "tool_choice": "required"}, 400, "does not parse tool calls"),
+        ({**OK, "response_format": {"type": "json_object"}}, 400, "response_format"),
+        ({**OK, "logit_bias": {"1": 5}}, 400, "logit_bias"),
+        (
+            {
+                **OK,
+                "messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "y"}],
+            },
+            400,
+            "tool_call_id",
+        ),
         ({**OK, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
-        ({**OK, "frobnicate": True}, 400, "unrecognized request argument: frobnicate"),
         (
             {
                 **OK,
@@ -390,6 +403,19 @@ def test_nulls_mean_not_given(url: str):
     assert _post(url, {**OK, "tools": [{"type": "function"}]}).status_code == 400  # not null
 
 
+def test_unknown_fields_are_ignored_and_logged_once(url: str, caplog):
+    """Fields of newer API versions or other servers: ignored (OpenAI accepts what its SDKs send),
+    each name logged once so a typo shows in the log."""
+    caplog.set_level("WARNING", logger="minillm.serve")
+    body = {**OK, "frobnicate": True, "service_tier": "auto", "store": False}
+    body["messages"] = [{"role": "user", "content": "hi", "annotations": []}]
+    assert _post(url, body).status_code == 200
+    assert _post(url, body).status_code == 200
+    logged = [r.getMessage() for r in caplog.records if r.name == "minillm.serve"]
+    for name in ("frobnicate", "service_tier", "store", "messages[].annotations"):
+        assert sum(repr(name) in m for m in logged) == 1, (name, logged)
+
+
 def test_sdk_dumped_messages_are_accepted(url: str):
     openai = pytest.importorskip("openai")
     from openai.types.chat import ChatCompletionMessage
@@ -414,8 +440,9 @@ def test_context_errors_name_the_openai_code(url: str):
 
 
 def test_unknown_route_and_method(url: str):
-    assert httpx.get(f"{url}/v1/completions").status_code == 404
+    assert httpx.get(f"{url}/v1/nothing").status_code == 404
     assert httpx.get(f"{url}/v1/chat/completions").status_code == 405
+    assert httpx.get(f"{url}/v1/completions").status_code == 405
 
 
 def test_api_key(engine: Engine):
