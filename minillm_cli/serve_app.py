@@ -272,9 +272,12 @@ class _Run:
                     self.metrics.cancelled.inc()
             events = work.result()
         finally:
-            self.cancel.set()
             if not work.done():  # this handler was cancelled: the thread still stops at `cancel`
+                if not self.cancel.is_set():
+                    self.metrics.cancelled.inc()
+                self.cancel.set()
                 await asyncio.shield(asyncio.wait({work}))
+            self.cancel.set()
         return body(self.job, self.engine.tokenizer, collect(self.job, events))
 
     async def stream(self) -> AsyncIterator[str]:

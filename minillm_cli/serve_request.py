@@ -25,6 +25,8 @@ log = logging.getLogger("minillm.serve")
 
 # Choices per request (`n`); they are generated one after another in the request's slot.
 MAX_CHOICES = 8
+# Prompts per /v1/completions request (each gets `n` choices, generated one after another).
+MAX_PROMPTS = 16
 # OpenAI's default completion length on /v1/completions (chat has the server's own default).
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
@@ -219,8 +221,8 @@ class CompletionRequest(_Sampling):
     @field_validator("prompt")
     @classmethod
     def _prompts(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list) and not v:
-            raise ValueError("at least one prompt")
+        if isinstance(v, list) and not 1 <= len(v) <= MAX_PROMPTS:
+            raise ValueError(f"1 to {MAX_PROMPTS} prompts")
         return v
 
     @field_validator("echo")

@@ -201,6 +201,41 @@ def test_completions_are_the_models_continuation(smoke: Smoke, client):
     assert many.choices[0].text == many.choices[1].text == choice.text[: len(many.choices[0].text)]
 
 
+TEXT = {"model": MODEL, "prompt": "你好", "max_tokens": 2}
+
+
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ({**TEXT, "prompt": [1, 2, 3]}, "prompt"),
+        ({**TEXT, "prompt": []}, "1 to 16 prompts"),
+        ({**TEXT, "prompt": ["a"] * 17}, "1 to 16 prompts"),
+        ({**TEXT, "logprobs": 21}, "logprobs"),
+        ({**TEXT, "logprobs": True, "echo": True}, "echo"),
+        ({**TEXT, "suffix": "。"}, "suffix"),
+        ({**TEXT, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({**TEXT, "max_tokens": 10**6}, "maximum context length"),
+        ({**TEXT, "n": 9}, "n"),
+        ({**TEXT, "seed": 2**64}, "seed"),
+        ({"model": MODEL}, "prompt"),
+    ],
+)
+def test_completions_refusals_are_400s(url: str, body, needle):
+    r = httpx.post(f"{url}/v1/completions", json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert needle in err["message"] and err["type"] == "invalid_request_error"
+
+
+def test_completions_take_nulls_and_an_empty_prompt(url: str):
+    nulls = dict.fromkeys(["n", "stop", "seed", "logprobs", "echo", "suffix", "top_p", "user"])
+    r = httpx.post(f"{url}/v1/completions", json={**TEXT, **nulls, "max_tokens": None}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] <= 16  # OpenAI's default max_tokens
+    r = httpx.post(f"{url}/v1/completions", json={**TEXT, "prompt": ""}, timeout=30)
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 1  # <|bos|> alone
+
+
 # --------------------------------------------------------------------- cancellation and metrics
 
 
