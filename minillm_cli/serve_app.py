@@ -19,7 +19,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError
@@ -250,7 +250,7 @@ class _Run:
         self.first = True
         metrics.prompt_tokens.inc(job.prompt_tokens)
 
-    def _events(self) -> Iterator[tuple[Any, ...]]:
+    def _events(self) -> Generator[tuple[Any, ...], None, None]:
         for event in self.job.events(self.engine, self.cancel):
             if self.first:
                 self.first = False
