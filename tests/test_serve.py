@@ -643,6 +643,44 @@ def test_control_tokens_never_reach_the_content():
     assert "".join(pieces) == "abc" and finish == "stop" and n == 6  # counted, not shown
 
 
+def test_engine_logprobs_contract():
+    """With logprobs=k, each generated token but the end token is announced before its text:
+    its id, its log-softmax under the raw logits, and the top k."""
+    eng = _byte_engine("中a")  # 3 bytes of one character, then "a", then the end token
+    plain = list(eng.events([0], 100, SamplingParams(temperature=2.0, top_k=1)))
+    assert not any(e[0] == "token" for e in plain)
+    events = list(eng.events([0], 100, SamplingParams(temperature=2.0, top_k=1), logprobs=2))
+    kinds = [e[0] for e in events]
+    assert kinds == ["token", "token", "token", "text", "token", "text", "done"]
+    assert [e[1] for e in events if e[0] == "text"] == ["中", "a"]
+    infos = [e[1] for e in events if e[0] == "token"]
+    assert [i["id"] for i in infos] == list("中a".encode())
+    # Script's logits: 10 for the scripted token, 0 for the other 255 + specials.
+    vocab = eng.tokenizer.get_vocab_size()
+    want = float(torch.log_softmax(torch.tensor([10.0] + [0.0] * (vocab - 1)), 0)[0])
+    for i in infos:
+        assert i["logprob"] == pytest.approx(want, abs=1e-5)  # raw: temperature not applied
+        assert len(i["top"]) == 2 and i["top"][0] == (i["id"], pytest.approx(want, abs=1e-5))
+    assert all(i["top"] == [] for i in _tokens(eng, logprobs=0))
+    assert events[-1] == plain[-1] == ("done", "stop", 5)
+
+
+def _tokens(eng: Engine, logprobs: int) -> list[dict]:
+    return [
+        e[1] for e in eng.events([0], 100, SamplingParams(), logprobs=logprobs) if e[0] == "token"
+    ]
+
+
+def test_engine_stats_count_running_generations():
+    eng = _byte_engine("ab")
+    it = eng.events([0], 100, SamplingParams())
+    assert eng.stats() == {"running": 0, "waiting": 0}
+    next(it)
+    assert eng.stats() == {"running": 1, "waiting": 0}
+    it.close()
+    assert eng.stats() == {"running": 0, "waiting": 0}
+
+
 def test_stop_strings_cut_the_answer_and_are_never_sent():
     pieces, finish, _ = _run(_byte_engine("hello world, bye"), stops=["o w"])
     assert "".join(pieces) == "hell" and finish == "stop"
