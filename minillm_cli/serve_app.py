@@ -248,9 +248,9 @@ class _Run:
         self.job, self.engine, self.metrics = job, engine, metrics
         self.cancel = threading.Event()
         self.first = True
-        metrics.prompt_tokens.inc(job.prompt_tokens)
 
     def _events(self) -> Generator[tuple[Any, ...], None, None]:
+        self.metrics.prompt_tokens.inc(self.job.prompt_tokens)
         for event in self.job.events(self.engine, self.cancel):
             if self.first:
                 self.first = False
@@ -305,7 +305,10 @@ class _Run:
             if not finished:
                 self.metrics.cancelled.inc()
             self.cancel.set()
-            it.close()
+            try:
+                it.close()
+            except ValueError:
+                pass  # a worker thread is inside `next`: it returns at `cancel`, the loop is over
 
 
 def _gated_stream(content: Any, release: Any) -> Any:
