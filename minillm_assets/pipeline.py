@@ -20,6 +20,8 @@ from typing import Any
 
 from minillm_assets.resources import STAGES, MiniLLMResource
 from minillm_cli.train import train_overrides
+from minillm_core.devices import require_profile
+from minillm_core.errors import DeviceUnavailableError
 from minillm_core.eval import print_latest
 from minillm_core.profiles import PROFILES
 from minillm_core.train.checkpointer import load_checkpoint
@@ -73,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             help=f"extra options for {stage} training, as one string",
         )
     args = p.parse_args(argv)
+    try:
+        # Before the mix: a profile that needs CUDA stops here in seconds, in one line.
+        require_profile(args.profile)
+    except DeviceUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     config = run_config(args.profile, {s: getattr(args, f"{s}_args") for s in STAGES})
     dagster = str(Path(sys.executable).with_name("dagster"))
     cmd = [

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from minillm_core.artifacts import read_json
+from minillm_core.devices import require_device
 from minillm_core.errors import ConfigError
 from minillm_core.layout import Layout
 from minillm_core.model import ModelConfig
@@ -180,11 +181,20 @@ def stage_flags(cfg: TrainConfig, model_cfg: ModelConfig) -> list[str]:
     return out
 
 
+def check_device(cfg: TrainConfig, argv: Sequence[str]) -> None:
+    """Stop before any work when the device asked for is not here (one line, what to use instead)."""
+    ns = vars(build_parser(cfg.stage).parse_args(list(argv)))
+    profile = ns.get("profile")
+    what = None if "device" in ns or not profile else f"--profile {profile} (device {cfg.device})"
+    require_device(cfg.device, what, "Use --device cpu, or --profile smoke")
+
+
 def _main(stage: str, argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def run() -> Any:
         cfg, model_cfg = parse_train_args(stage, argv)
+        check_device(cfg, argv)
         model_cfg = fill_model_from_upstream(cfg, model_cfg, train_overrides(stage, argv)[1])
         ns = build_parser(stage).parse_args(argv)
         return run_in_group(cfg, model_cfg, ns.dist_backend, ns.dist_timeout_s)
