@@ -1,10 +1,12 @@
-"""`minillm pretrain|sft|dpo` (and scripts/train_*.py): the training stages from the command line.
+"""`minillm pretrain|sft|dpo` (and the seed's trainer/train_*.py): the training stages from the command line.
 
 Every TrainConfig and ModelConfig field is a flag of the same name. Unset flags take the
 profile's preset (`--profile`), then the defaults; default paths come from the project layout
 (`minillm_core.layout`: tokens, checkpoints and the parent checkpoint under the project root or
-`MINILLM_ROOT`), never from the current directory. SFT and DPO take the model shape of the
-checkpoint they start from, and every stage takes the data's vocabulary size.
+`MINILLM_ROOT`), never from the current directory; a JSONL `--data_path` is tokenized with the
+layout's trained tokenizer (out/tokenizer) unless `--tokenizer_dir` names another. SFT and DPO
+take the model shape of the checkpoint they start from, and every stage takes the data's
+vocabulary size.
 
 `--max_seq_len` is the model's context (`max_position_embeddings`): pretraining sets it; SFT and
 DPO train at their parent checkpoint's context, and a different value is refused.
@@ -119,6 +121,8 @@ def default_paths(stage: str, layout: Layout | None = None) -> dict[str, str]:
     paths = {
         "data_path": str(layout.tokens_dir(stage)),
         "out_dir": str(layout.checkpoint_dir(stage)),
+        # Tokenizes a JSONL --data_path (token tensors carry their own tokenizer's hash).
+        "tokenizer_dir": str(layout.tokenizer_dir),
     }
     parent = PARENT[stage]
     if parent:
