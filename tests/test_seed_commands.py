@@ -36,13 +36,13 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
-def seed(clone: Path, *argv: str) -> subprocess.CompletedProcess:
+def seed(clone: Path, *argv: str, rc: int = 0) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("MINILLM_ROOT", "PYTHONPATH")}
     env.update(TF_DIR=str(clone.parent / "tf"), MPLBACKEND="Agg", CUDA_VISIBLE_DEVICES="")
     res = subprocess.run(
         [sys.executable, *argv], cwd=clone, env=env, capture_output=True, text=True, timeout=600
     )
-    assert res.returncode == 0, f"{argv}\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+    assert res.returncode == rc, f"{argv}\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
     return res
 
 
@@ -68,6 +68,19 @@ def test_seed_commands_from_a_fresh_clone(clone):
     assert json.loads(pre.stdout[pre.stdout.index("{") :])["steps"] == 2
     # The run used the clone's code: its model.json names the clone's layout.
     assert meta["train"]["tokenizer_dir"] == str(clone / "out" / "tokenizer")
+
+    # SFT on data tokenized with another tokenizer than the pretrain checkpoint's: one line
+    # that names the right fix (that checkpoint's tokenizer), not --vocab_size.
+    seed(clone, "-c", run_here + "runpy.run_path(sys.argv[0], run_name='__main__')",
+         "scripts/train_rustbpe_tokenizer.py", "--data_path",
+         "data/processed/sft_chinese.jsonl", "--vocab_size", "300", "--trainer", "python",
+         "--out_dir", "out/tok300")  # fmt: skip
+    bad = seed(clone, "trainer/train_full_sft.py", "--data_path",
+               "data/processed/sft_chinese.jsonl", "--tokenizer_dir", "out/tok300", *TINY,
+               rc=1)  # fmt: skip
+    assert bad.stderr.startswith("minillm sft: vocabulary mismatch"), bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "--vocab_size" not in bad.stderr
+    assert "--tokenizer_dir" in bad.stderr and "400-token tokenizer" in bad.stderr
 
     seed(clone, "trainer/train_full_sft.py", "--data_path", "data/processed/sft_chinese.jsonl",
          *TINY)  # fmt: skip
