@@ -50,7 +50,9 @@ def _latest_evals(layout: Layout) -> dict[str, dict[str, Any]]:
     return latest
 
 
-def _stage_row(layout: Layout, stage: str, evals: Mapping, times: Mapping) -> list[str] | None:
+def _stage_row(
+    layout: Layout, stage: str, evals: Mapping[str, Any], times: Mapping[str, float]
+) -> list[str] | None:
     ckpt = layout.checkpoint_dir(stage)
     meta_path = ckpt / "model.json"
     if not meta_path.is_file():
