@@ -15,9 +15,9 @@ on any end-of-turn token (`<|assistant_end|>`, `<|bos|>`).
 
 Choices and trade-offs:
 
-- Bounded concurrency: at most `max_concurrency` generations run at once (default 1: one model on
-  one device; on a CPU a second generation only splits the same cores) and at most `max_queue`
-  more wait; beyond that a request gets 429 at once instead of piling up. Generation runs in
+- Batched decoding: up to `max_concurrency` requests (default 8) are decoded together, one
+  forward per step for all of them (`minillm_core.batching`); at most `max_queue` more wait;
+  beyond that a request gets 429 at once instead of piling up. Requests are read in
   worker threads, so the event loop keeps answering `/v1/models`, `/health` and 429s meanwhile.
 - A request whose client disconnects stops generating at the next token and frees its slot:
   a stream is closed when the send fails; a non-streaming request polls for the disconnect every
@@ -26,8 +26,8 @@ Choices and trade-offs:
   named; an unknown model is 404; a prompt that does not fit the context, or `max_tokens` beyond
   what is left, is 400 `context_length_exceeded` (OpenAI's status, so clients raise their usual
   BadRequestError); a body over `max_body_bytes` is 413. Features the model does not have
-  (logprobs, tools) are refused with 400 rather than ignored. `n` choices (up to 8) are generated
-  one after another in the request's slot.
+  (logprobs, tools) are refused with 400 rather than ignored. `n` choices (up to 8) are rows of the
+  batch, decoded together.
 - Sampling defaults are `minillm chat`'s (temperature 0.6, top-k 50, no nucleus cut); `top_p`,
   `presence_penalty`, `frequency_penalty` (and the extensions `min_p`, `repetition_penalty`) go to
   the project's one sampler; `temperature: 0` is greedy
@@ -95,7 +95,9 @@ class ServeConfig(CoreConfig):
         ge=1,
         description="completion length when the request sets none (cut to what the context leaves)",
     )
-    max_concurrency: int = Field(1, ge=1, description="generations running at once")
+    max_concurrency: int = Field(
+        8, ge=1, description="requests decoded at once (the batch's rows; n > 1 takes n rows)"
+    )
     max_queue: int = Field(16, ge=0, description="requests waiting for a slot; beyond: 429")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
     temperature: float = Field(0.6, ge=0, le=2, description="default sampling temperature")
@@ -124,19 +126,17 @@ class Completion:
     def events(
         self, engine: Engine, cancel: threading.Event
     ) -> Generator[tuple[Any, ...], None, None]:
-        """(choice index, *event) for each of the `n` choices in turn; with a seed, choice i
-        samples with seed + i (reproducible, and the choices differ)."""
+        """(choice index, *event) for the `n` choices, decoded together as rows of the batch;
+        with a seed, choice i samples with seed + i (reproducible, and the choices differ)."""
+        choices = []
         for i in range(self.req.n):
             seed = self.params.seed
             if seed is not None:
                 seed = seed + i if seed + i <= SEED_MAX else seed - i
-            params = dataclasses.replace(self.params, seed=seed)
-            for event in engine.events(
-                self.prompt, self.max_new, params, stops=self.stops, cancel=cancel
-            ):
-                yield (i, *event)
-            if cancel.is_set():
-                return
+            choices.append(dataclasses.replace(self.params, seed=seed))
+        yield from engine.choices(
+            self.prompt, self.max_new, choices, stops=self.stops, cancel=cancel
+        )
 
 
 def create_app(engine: Engine, cfg: ServeConfig | None = None):
@@ -506,6 +506,7 @@ def load_engine(
         tokenizer,
         model_id=cfg.model_id,
         max_context=context,
+        max_batch=cfg.max_concurrency,
         created=int(weights.stat().st_mtime),
         fingerprint=f"fp_{sha256_file(weights)[:12]}",
     )
@@ -542,10 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-concurrency",
         "--max_concurrency",
+        "--max-batch",
         dest="max_concurrency",
         type=int,
         default=None,
-        help="generations at once (1)",
+        help="requests decoded together in one batch (8)",
     )
     p.add_argument(
         "--max-queue",

@@ -1,7 +1,9 @@
 """Inference, once for every caller: device and dtype choice, the one sampler, the one generate.
 
 Chat, evaluation, the server and the export's check all turn logits into tokens through
-`Sampler` and produce tokens through `generate` / `generate_rows`; nothing else samples.
+`Sampler` (`sample_rows` for a batch of requests, each row with its own sampler) and produce
+tokens through `generate` / `generate_rows` (one request) or `minillm_core.batching` (the
+server's batch of requests); nothing else samples.
 
 - Sampling order (vLLM's and HF's): penalties on the raw logits, then temperature, then top-k,
   top-p (nucleus) and min-p filtering, then one draw from the softmax with a seeded
@@ -191,6 +193,21 @@ def _filtered(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
         floor = p.min_p * probs.max(dim=-1, keepdim=True).values
         logits = logits.masked_fill(probs < floor, float("-inf"))
     return logits
+
+
+def sample_rows(samplers: Sequence[Sampler], logits: torch.Tensor) -> list[int]:
+    """Next token of each row of logits [B, V] (float32), row i chosen by `samplers[i]` with its
+    own params, seeded generator and penalty state (a batch of different requests). Plain greedy
+    rows share one argmax; the others draw one by one, so a row's draw never depends on which
+    rows it shares the batch with."""
+    plain = [not s.params.penalised and s.params.temperature <= 0 for s in samplers]
+    if all(plain):
+        return logits.argmax(dim=-1).tolist()
+    out = logits.argmax(dim=-1).tolist() if any(plain) else [0] * len(samplers)
+    for i, s in enumerate(samplers):
+        if not plain[i]:
+            out[i] = int(s.sample(logits[i : i + 1])[0])
+    return out
 
 
 def sample(

@@ -166,6 +166,74 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
+class SlotKVCache:
+    """Keys and values for rows decoded together, one token per row per step, each row at its
+    own length (the server's batch). Rows 0..rows-1 are live; a row's prompt is written through
+    `row_view` (an ordinary `KVCache` over that row's storage) and each `MiniLLM.forward` with
+    this cache then appends one position to every live row, masking the positions a shorter row
+    has not reached."""
+
+    def __init__(
+        self, cfg: ModelConfig, slots: int, max_len: int, device: torch.device, dtype: torch.dtype
+    ):
+        shape = (slots, cfg.kv_heads, max_len, cfg.head_dim)
+        self.k = [
+            torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)
+        ]
+        self.v = [
+            torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)
+        ]
+        self.lengths: list[int] = [0] * slots  # positions stored per row
+        self.rows = 0  # live rows: 0..rows-1
+        self.max_len, self.device = max_len, device
+        self.mask = torch.ones(0, dtype=torch.bool)
+        self._pos = torch.zeros(0, dtype=torch.long)
+
+    @property
+    def length(self) -> int:
+        """The longest live row's length (what a plain `KVCache.length` would say)."""
+        return max(self.lengths[: self.rows], default=0)
+
+    def row_view(self, row: int) -> KVCache:
+        """An empty single-row `KVCache` writing into row `row` (for the prompt's forward)."""
+        view = KVCache.__new__(KVCache)
+        view.k = [k[row : row + 1] for k in self.k]
+        view.v = [v[row : row + 1] for v in self.v]
+        view.length, view.max_len = 0, self.max_len
+        return view
+
+    def move(self, src: int, dst: int) -> None:
+        """Row `src` takes row `dst`'s place (keeps live rows contiguous when one leaves)."""
+        n = self.lengths[src]
+        for k, v in zip(self.k, self.v, strict=True):
+            k[dst, :, :n] = k[src, :, :n]
+            v[dst, :, :n] = v[src, :, :n]
+        self.lengths[dst] = n
+
+    def positions(self) -> torch.Tensor:
+        """Prepare a step: the new token's position per live row [rows], and the mask."""
+        lengths = self.lengths[: self.rows]
+        if max(lengths) + 1 > self.max_len:
+            raise ValueError(f"KV cache full: {max(lengths) + 1} positions > {self.max_len}")
+        self._pos = torch.tensor(lengths, dtype=torch.long, device=self.device)
+        span = torch.arange(max(lengths) + 1, device=self.device)
+        self.mask = (span <= self._pos[:, None])[:, None, None, :]  # [rows, 1, 1, span]
+        return self._pos
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, span = self.rows, self.mask.shape[-1]
+        idx = torch.arange(rows, device=k.device)
+        self.k[layer][idx, :, self._pos] = k[:, :, 0]
+        self.v[layer][idx, :, self._pos] = v[:, :, 0]
+        return self.k[layer][:rows, :, :span], self.v[layer][:rows, :, :span]
+
+    def advance(self) -> None:
+        for r in range(self.rows):
+            self.lengths[r] += 1
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -181,7 +249,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: KVCache | None = None,
+        cache: KVCache | SlotKVCache | None = None,
         layer: int = 0,
     ) -> torch.Tensor:
         b, t, _ = x.shape
@@ -193,7 +261,10 @@ class Attention(nn.Module):
         if cache is not None:
             past = cache.length
             k, v = cache.update(layer, k, v)
-        if past == 0:
+        if isinstance(cache, SlotKVCache):
+            # One new token per row, each row seeing its own stored positions only.
+            mask, causal = cache.mask, False
+        elif past == 0:
             # Training and prefill: plain causal attention over the block.
             mask, causal = None, True
         elif t == 1:
@@ -241,7 +312,7 @@ class DecoderLayer(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: KVCache | None,
+        cache: KVCache | SlotKVCache | None,
         layer: int,
     ) -> torch.Tensor:
         x = x + self.resid_dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache, layer))
@@ -317,8 +388,13 @@ class MiniLLM(nn.Module):
         cos, sin = self._rope
         return cos[start:end], sin[start:end]
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits [B, T, V] for input_ids [B, T]; with `cache`, positions continue after it."""
+    def forward(
+        self, input_ids: torch.Tensor, cache: KVCache | SlotKVCache | None = None
+    ) -> torch.Tensor:
+        """Logits [B, T, V] for input_ids [B, T]; with `cache`, positions continue after it
+        (a `SlotKVCache`: one token per live row, each at its own position)."""
+        if isinstance(cache, SlotKVCache):
+            return self._forward_slots(input_ids, cache)
         start = cache.length if cache is not None else 0
         cos, sin = self._rope_for(start, input_ids.shape[1], input_ids.device)
         x = self.model.dropout(self.model.embed_tokens(input_ids))
@@ -326,6 +402,17 @@ class MiniLLM(nn.Module):
             x = layer(x, cos.to(x.dtype), sin.to(x.dtype), cache, i)
         if cache is not None:
             cache.length += input_ids.shape[1]
+        return self.lm_head(self.model.norm(x))
+
+    def _forward_slots(self, input_ids: torch.Tensor, cache: SlotKVCache) -> torch.Tensor:
+        pos = cache.positions()
+        full_cos, full_sin = self._rope_for(0, cache.max_len, input_ids.device)
+        x = self.model.embed_tokens(input_ids)
+        # Per-row angles [rows, 1, 1, D] broadcast over heads like the [T, D] tables do.
+        cos, sin = (t[pos][:, None, None, :].to(x.dtype) for t in (full_cos, full_sin))
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, cache, i)
+        cache.advance()
         return self.lm_head(self.model.norm(x))
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
