@@ -176,13 +176,8 @@ class SlotKVCache:
     def __init__(
         self, cfg: ModelConfig, slots: int, max_len: int, device: torch.device, dtype: torch.dtype
     ):
-        shape = (slots, cfg.kv_heads, max_len, cfg.head_dim)
-        self.k = [
-            torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)
-        ]
-        self.v = [
-            torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)
-        ]
+        whole = KVCache(cfg, slots, max_len, device, dtype)  # the storage, [slots, H, L, D]
+        self.k, self.v = whole.k, whole.v
         self.lengths: list[int] = [0] * slots  # positions stored per row
         self.rows = 0  # live rows: 0..rows-1
         self.max_len, self.device = max_len, device
