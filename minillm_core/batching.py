@@ -120,30 +120,47 @@ class BatchDecoder:
     # ------------------------------------------------------------------------ the decode loop
 
     def _run(self) -> None:
-        with torch.inference_mode():
-            while True:
-                with self._lock:
-                    for row in [r for r in self.rows if r.gone]:
-                        self._drop(row, "cancelled")
-                    cancelled = [r for r in self._pending if r.gone]
-                    self._pending = [r for r in self._pending if not r.gone]
-                    joining = self._pending[: self.max_batch - len(self.rows)]
-                    del self._pending[: len(joining)]
-                    self._joining = list(joining)
-                    if not joining and not self.rows:
-                        self._thread = None  # the next submit starts a new loop
-                        for row in cancelled:
-                            row.put("end", "cancelled")
-                        return
-                for row in cancelled:
-                    row.put("end", "cancelled")
-                for row in joining:
-                    self._guarded([row], self._prefill, row)
-                    with self._lock:
-                        if row in self._joining:  # its prefill failed
-                            self._joining.remove(row)
-                if self.rows:
-                    self._guarded(list(self.rows), self._step)
+        try:
+            with torch.inference_mode():
+                while self._cycle():
+                    pass
+        except BaseException as exc:  # a fault of the loop itself: no reader may wait forever
+            with self._lock:
+                stranded = self.rows + self._joining + self._pending
+                self.rows, self._joining, self._pending = [], [], []
+                if self._cache is not None:
+                    self._cache.rows = 0
+                self._thread = None
+            for row in stranded:
+                row.put("error", exc)
+            raise
+
+    def _cycle(self) -> bool:
+        """Between steps: drop cancelled rows, prefill joining ones, then one step for all.
+        False when there is nothing left to do (the thread then ends)."""
+        with self._lock:
+            for row in [r for r in self.rows if r.gone]:
+                self._drop(row, "cancelled")
+            cancelled = [r for r in self._pending if r.gone]
+            self._pending = [r for r in self._pending if not r.gone]
+            joining = self._pending[: self.max_batch - len(self.rows)]
+            del self._pending[: len(joining)]
+            self._joining = list(joining)
+            idle = not joining and not self.rows
+            if idle:
+                self._thread = None  # the next submit starts a new loop
+        for row in cancelled:
+            row.put("end", "cancelled")
+        if idle:
+            return False
+        for row in joining:
+            self._guarded([row], self._prefill, row)
+            with self._lock:
+                if row in self._joining:  # its prefill failed
+                    self._joining.remove(row)
+        if self.rows:
+            self._guarded(list(self.rows), self._step)
+        return True
 
     def _guarded(self, rows: list[Row], fn: Any, *args: Any) -> None:
         """Run fn; if it fails, every row it was for gets the error and leaves."""
