@@ -181,7 +181,7 @@ class SlotKVCache:
         self.lengths: list[int] = [0] * slots  # positions stored per row
         self.rows = 0  # live rows: 0..rows-1
         self.max_len, self.device = max_len, device
-        self.mask = torch.ones(0, dtype=torch.bool)
+        self.bias = torch.zeros(0)  # additive attention mask of the step, [rows, 1, 1, span]
         self._pos = torch.zeros(0, dtype=torch.long)
 
     @property
@@ -212,13 +212,14 @@ class SlotKVCache:
             raise ValueError(f"KV cache full: {max(lengths) + 1} positions > {self.max_len}")
         self._pos = torch.tensor(lengths, dtype=torch.long, device=self.device)
         span = torch.arange(max(lengths) + 1, device=self.device)
-        self.mask = (span <= self._pos[:, None])[:, None, None, :]  # [rows, 1, 1, span]
+        seen = (span <= self._pos[:, None])[:, None, None, :]  # [rows, 1, 1, span]
+        self.bias = torch.zeros(seen.shape, device=self.device).masked_fill(~seen, float("-inf"))
         return self._pos
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        rows, span = self.rows, self.mask.shape[-1]
+        rows, span = self.rows, self.bias.shape[-1]
         idx = torch.arange(rows, device=k.device)
         self.k[layer][idx, :, self._pos] = k[:, :, 0]
         self.v[layer][idx, :, self._pos] = v[:, :, 0]
@@ -227,6 +228,21 @@ class SlotKVCache:
     def advance(self) -> None:
         for r in range(self.rows):
             self.lengths[r] += 1
+
+
+def decode_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """One query per row [B, H, 1, D] over its cached keys and values [B, Hkv, S, D], with an
+    additive mask `bias` [B, 1, 1, S] (-inf where a row has no key). Plain matmuls: for a single
+    query, CPU's fused attention kernels are several times slower (bfloat16 most of all).
+    Query head i reads key head i // (H / Hkv), as `scaled_dot_product_attention(enable_gqa)`."""
+    b, h, _, d = q.shape
+    n_kv = k.shape[1]
+    q = q.reshape(b, n_kv, h // n_kv, d)  # the query heads of each key head, side by side
+    scores = (q @ k.transpose(-1, -2)).float() * d**-0.5 + bias  # [B, Hkv, H / Hkv, S]
+    y = torch.softmax(scores, dim=-1).to(v.dtype) @ v
+    return y.reshape(b, h, 1, d)
 
 
 class Attention(nn.Module):
@@ -252,14 +268,15 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if isinstance(cache, SlotKVCache):
+            k, v = cache.update(layer, k, v)
+            y = decode_attention(q, k, v, cache.bias)
+            return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
         past = 0
         if cache is not None:
             past = cache.length
             k, v = cache.update(layer, k, v)
-        if isinstance(cache, SlotKVCache):
-            # One new token per row, each row seeing its own stored positions only.
-            mask, causal = cache.mask, False
-        elif past == 0:
+        if past == 0:
             # Training and prefill: plain causal attention over the block.
             mask, causal = None, True
         elif t == 1:
