@@ -59,6 +59,41 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+class PackedLinear(torch.nn.Module):
+    """A bias-free `nn.Linear` for bfloat16 inference on CPU, its weight laid out once for
+    oneDNN's GEMM (what torch.compile's CPU backend does). Several rows at once (a decoding
+    batch) run 1.5 to 4 times faster than with the plain layout; one row runs as fast."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.weight = linear.weight  # kept: tied weights, and what `.weight` readers expect
+        with torch.no_grad():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [None], "")
+
+
+def pack_linears(model: torch.nn.Module) -> int:
+    """For serving a bfloat16 model on CPU: every bias-free `nn.Linear` becomes a `PackedLinear`
+    (inference only: the packed copy gets no gradient). Elsewhere (CUDA, float32, no oneDNN
+    bfloat16) nothing changes. Returns how many layers were packed."""
+    params = list(model.parameters())
+    if not params or params[0].device.type != "cpu" or params[0].dtype != torch.bfloat16:
+        return 0
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return 0
+    targets = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is torch.nn.Linear and child.bias is None
+    ]
+    for parent, name, child in targets:
+        setattr(parent, name, PackedLinear(child))
+    return len(targets)
+
+
 def device_of(model: torch.nn.Module) -> torch.device:
     try:
         return next(model.parameters()).device

@@ -3,6 +3,7 @@ small random MiniLLM (float32, CPU) with a byte-level tokenizer."""
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from minillm_cli.serve_engine import Engine
-from minillm_core.inference import SamplingParams, generate
+from minillm_core.inference import PackedLinear, SamplingParams, generate
 from minillm_core.model import MiniLLM, ModelConfig
 from minillm_core.tokenizer import Tokenizer
 
@@ -237,3 +238,25 @@ def test_a_failing_forward_reaches_every_reader_and_the_loop_goes_on(model):
         list(eng.events(PROMPTS[0], 5, NO_STOP))
     failing.free_run = True
     assert list(eng.events(PROMPTS[0], 5, NO_STOP))[-1] == ("done", "length", 5)
+
+
+def test_bfloat16_on_cpu_serves_with_packed_linears(model):
+    bf = copy.deepcopy(model).to(torch.bfloat16)
+    ids = torch.tensor([PROMPTS[1]])
+    with torch.inference_mode():
+        want = bf(ids).float()
+    eng = Engine(bf, TOK, max_context=128)  # packs bf's linears when oneDNN has bfloat16
+    packed = [m for m in bf.modules() if isinstance(m, PackedLinear)]
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert not packed
+        return
+    assert len(packed) == 7 * model.config.num_hidden_layers + 1  # q k v o gate up down, head
+    assert bf.lm_head.weight is bf.model.embed_tokens.weight  # still tied
+    with torch.inference_mode():
+        got = bf(ids).float()
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
+    rows: list[list] = [[] for _ in PROMPTS]
+    threads = [_collect(eng.events(p, 6, NO_STOP), r) for p, r in zip(PROMPTS, rows, strict=True)]
+    for t in threads:
+        t.join(30)
+    assert all(r[-1] == ("done", "length", 6) for r in rows)
