@@ -16,7 +16,9 @@ full budget; the table shows the mean completion length so an early stop is visi
 
 The peer: `transformers` `LlamaForCausalLM.generate` on the exported folder, one prompt, greedy,
 `min_new_tokens` = `max_new_tokens` (no early end), in this process while the server is idle, in
-the same dtype and with the same thread count. The load average (1 min) is printed beside every
+the same dtype and with the same thread count. One torch thread by default (`--threads`): on a
+shared, loaded 2-core machine, two OpenMP threads wait on each other at every operation (a small
+model ran 20 times slower with two than with one at load 8). The load average (1 min) is printed beside every
 figure: other jobs on the machine distort timings.
 """
 

@@ -21,8 +21,10 @@ Architecture choices (the seed's, kept in `ModelConfig` rather than scattered de
   `model.layers.N.{input,post_attention}_layernorm`, `model.norm`, `lm_head`), so exporting is a
   config translation plus a file rename.
 - A preallocated KV cache per layer (`new_cache`): the prompt is processed once (prefill), then
-  each new token costs one position. Sampling and the generation loop live in
-  `minillm_core.inference`; this file is only the network and its cache.
+  each new token costs one position. A `SlotKVCache` holds the rows of several requests decoded
+  together, each at its own length (per-row positions and an attention mask; the server's
+  batch). Sampling and the generation loops live in `minillm_core.inference` and
+  `minillm_core.batching`; this file is only the network and its caches.
 """
 
 from __future__ import annotations
@@ -182,7 +184,7 @@ class SlotKVCache:
         self.rows = 0  # live rows: 0..rows-1
         self.max_len, self.device = max_len, device
         self.bias = torch.zeros(0)  # additive attention mask of the step, [rows, 1, 1, span]
-        self._pos = torch.zeros(0, dtype=torch.long)
+        self._pos = self._rows = torch.zeros(0, dtype=torch.long)
 
     @property
     def length(self) -> int:
@@ -211,6 +213,7 @@ class SlotKVCache:
         if max(lengths) + 1 > self.max_len:
             raise ValueError(f"KV cache full: {max(lengths) + 1} positions > {self.max_len}")
         self._pos = torch.tensor(lengths, dtype=torch.long, device=self.device)
+        self._rows = torch.arange(self.rows, device=self.device)
         span = torch.arange(max(lengths) + 1, device=self.device)
         seen = (span <= self._pos[:, None])[:, None, None, :]  # [rows, 1, 1, span]
         self.bias = torch.zeros(seen.shape, device=self.device).masked_fill(~seen, float("-inf"))
@@ -220,9 +223,8 @@ class SlotKVCache:
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         rows, span = self.rows, self.bias.shape[-1]
-        idx = torch.arange(rows, device=k.device)
-        self.k[layer][idx, :, self._pos] = k[:, :, 0]
-        self.v[layer][idx, :, self._pos] = v[:, :, 0]
+        self.k[layer][self._rows, :, self._pos] = k[:, :, 0]
+        self.v[layer][self._rows, :, self._pos] = v[:, :, 0]
         return self.k[layer][:rows, :, :span], self.v[layer][:rows, :, :span]
 
     def advance(self) -> None:
