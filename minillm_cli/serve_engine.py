@@ -126,7 +126,7 @@ class Engine:
     ) -> Generator[tuple[Any, ...], None, None]:
         """`events` for several choices of one prompt decoded as rows of the batch together
         (choice i samples with params[i]): yields (i, *event), interleaved."""
-        out: queue.SimpleQueue = queue.SimpleQueue()
+        out: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         rows, texts = [], []
         for i, p in enumerate(params):
             if not p.stop_ids:

@@ -47,7 +47,7 @@ class Row:
     prompt: list[int]
     budget: int
     sampler: Sampler
-    out: queue.SimpleQueue
+    out: queue.SimpleQueue[tuple[Any, ...]]
     tag: Any
     logprobs: int | None = None
     cancel: threading.Event | None = None
@@ -77,7 +77,8 @@ class BatchDecoder:
         self.model, self.max_batch, self.max_len = model, max_batch, max_len
         self.device = device_of(model)
         cfg = getattr(model, "config", None)
-        self.cached = isinstance(cfg, ModelConfig) and callable(getattr(model, "new_cache", None))
+        self.config = cfg if isinstance(cfg, ModelConfig) else None
+        self.cached = self.config is not None and callable(getattr(model, "new_cache", None))
         self._cache: SlotKVCache | None = None
         self.rows: list[Row] = []  # live, in slot order
         self._pending: list[Row] = []
@@ -95,7 +96,7 @@ class BatchDecoder:
         prompt: Sequence[int],
         max_new_tokens: int,
         params: SamplingParams,
-        out: queue.SimpleQueue,
+        out: queue.SimpleQueue[tuple[Any, ...]],
         tag: Any = None,
         *,
         logprobs: int | None = None,
@@ -176,11 +177,11 @@ class BatchDecoder:
 
     def _prefill(self, row: Row) -> None:
         prompt = torch.tensor([row.prompt], dtype=torch.long, device=self.device)
-        if self.cached:
+        if self.cached and self.config is not None:
             if self._cache is None:
                 w = next(self.model.parameters())
                 self._cache = SlotKVCache(
-                    self.model.config, self.max_batch, self.max_len, w.device, w.dtype
+                    self.config, self.max_batch, self.max_len, w.device, w.dtype
                 )
             slot = len(self.rows)
             logits = logits_of(self.model(prompt, self._cache.row_view(slot)))[:, -1].float()

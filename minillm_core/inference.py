@@ -71,7 +71,10 @@ class PackedLinear(torch.nn.Module):
             self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [None], "")
+        y: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
+            x, self.packed, None, "none", [None], ""
+        )
+        return y
 
 
 def pack_linears(model: torch.nn.Module) -> int:
@@ -81,14 +84,15 @@ def pack_linears(model: torch.nn.Module) -> int:
     params = list(model.parameters())
     if not params or params[0].device.type != "cpu" or params[0].dtype != torch.bfloat16:
         return 0
-    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+    if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
         return 0
-    targets = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if type(child) is torch.nn.Linear and child.bias is None
-    ]
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return 0
+    targets: list[tuple[torch.nn.Module, str, torch.nn.Linear]] = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if type(child) is torch.nn.Linear and child.bias is None:
+                targets.append((parent, name, child))
     for parent, name, child in targets:
         setattr(parent, name, PackedLinear(child))
     return len(targets)
