@@ -6,8 +6,8 @@ OpenAI's `chat.completion.chunk` format ending with `data: [DONE]`), `GET /v1/mo
 "http://127.0.0.1:8000/v1"`); errors come back in OpenAI's `{"error": {...}}` shape.
 
 Generation is the project's own: the conversation is rendered with `render_for_completion` (what
-SFT trained on) and decoded with `minillm_core.inference.generate`, the KV-cached loop and the one
-sampler `minillm chat` and the evaluation use; text is released to the client only up to the
+SFT trained on) and decoded by `minillm_core.batching` (concurrent requests share each forward)
+with the one sampler `minillm chat` and the evaluation use; text is released to the client only up to the
 last whole character (a byte-level token can be half a Chinese character) and, with `stop`
 strings, only once it cannot be the start of one. Control tokens (`<|python_start|>`,
 `<|output_start|>`, ...) count as completion tokens but never reach `content`; generation stops

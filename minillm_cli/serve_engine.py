@@ -50,7 +50,8 @@ class Engine:
 
     `events`/`choices` are synchronous generators, safe to run from many worker threads at once:
     each submits its rows to the one `BatchDecoder` (one background decode loop per engine) and
-    turns the tokens that come back into text events."""
+    turns the tokens that come back into text events. A bfloat16 model on CPU has its linear
+    layers packed in place for oneDNN (`inference.pack_linears`): the engine owns it for serving."""
 
     def __init__(
         self,
