@@ -64,6 +64,7 @@ def load_engine(
         tokenizer,
         model_id=cfg.model_id,
         max_context=context,
+        max_batch=cfg.max_concurrency,
         created=int(weights.stat().st_mtime),
         fingerprint=f"fp_{sha256_file(weights)[:12]}",
     )
@@ -100,10 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-concurrency",
         "--max_concurrency",
+        "--max-batch",
         dest="max_concurrency",
         type=int,
         default=None,
-        help="generations at once (1)",
+        help="requests decoded together as one batch (8)",
     )
     p.add_argument(
         "--max-queue",

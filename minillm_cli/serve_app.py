@@ -3,7 +3,8 @@ concurrency gate, cancellation and streaming. Request and response shapes live i
 `serve_request` / `serve_openai`, the generation loop in `serve_engine`, the metrics in
 `serve_metrics`; `minillm serve` (serve.py) loads a checkpoint and runs this app in uvicorn.
 
-- Bounded concurrency: at most `max_concurrency` generations run at once and at most
+- Batched, bounded concurrency: up to `max_concurrency` requests (default 8) are decoded
+  together, one forward per step for all of them (`minillm_core.batching`); at most
   `max_queue` more wait; beyond that a request gets 429 at once instead of piling up. Generation
   runs in worker threads, so the event loop keeps answering `/v1/models`, `/health`, `/metrics`
   and 429s meanwhile.
@@ -61,7 +62,9 @@ class ServeConfig(CoreConfig):
         description="chat completion length when the request sets none (cut to what the "
         "context leaves); /v1/completions defaults to 16, as OpenAI's",
     )
-    max_concurrency: int = Field(1, ge=1, description="generations running at once")
+    max_concurrency: int = Field(
+        8, ge=1, description="requests decoded at once (the batch's rows; n > 1 takes n rows)"
+    )
     max_queue: int = Field(16, ge=0, description="requests waiting for a slot; beyond: 429")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
     temperature: float = Field(0.6, ge=0, le=2, description="default sampling temperature")

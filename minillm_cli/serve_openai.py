@@ -25,7 +25,7 @@ MIN_LOGPROB = -9999.0
 
 @dataclass
 class Job:
-    """A validated request, ready to generate: `n` choices per prompt, one after another."""
+    """A validated request, ready to generate: `n` choices per prompt, decoded together as rows of the batch."""
 
     kind: Literal["chat", "text"]
     prompts: list[list[int]]
@@ -56,24 +56,26 @@ class Job:
     def events(
         self, engine: Engine, cancel: threading.Event
     ) -> Generator[tuple[Any, ...], None, None]:
-        """(choice index, *event) for every choice in turn (index = prompt * n + j, OpenAI's
-        order); with a seed, choice j of a prompt samples with seed + j (reproducible, and the
+        """(choice index, *event) for every choice (index = prompt * n + j, OpenAI's order): the
+        n choices of a prompt are decoded together as rows of the batch, prompts one after
+        another. With a seed, choice j of a prompt samples with seed + j (reproducible, and the
         choices differ)."""
-        for index in range(self.choices):
-            prompt, j = self.prompts[index // self.n], index % self.n
+        rows = []
+        for j in range(self.n):
             seed = self.params.seed
             if seed is not None:
                 seed = seed + j if seed + j <= SEED_MAX else seed - j
-            params = dataclasses.replace(self.params, seed=seed)
-            for event in engine.events(
+            rows.append(dataclasses.replace(self.params, seed=seed))
+        for p, prompt in enumerate(self.prompts):
+            for j, *event in engine.choices(
                 prompt,
                 self.max_new,
-                params,
+                rows,
                 stops=self.stops,
                 cancel=cancel,
                 logprobs=self.logprobs,
             ):
-                yield (index, *event)
+                yield (p * self.n + j, *event)
             if cancel.is_set():
                 return
 

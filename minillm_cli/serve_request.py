@@ -23,9 +23,9 @@ from minillm_core.inference import SEED_MAX, SEED_MIN
 
 log = logging.getLogger("minillm.serve")
 
-# Choices per request (`n`); they are generated one after another in the request's slot.
+# Choices per request (`n`); they are decoded together as rows of the batch.
 MAX_CHOICES = 8
-# Prompts per /v1/completions request (each gets `n` choices, generated one after another).
+# Prompts per /v1/completions request (each gets `n` choices; prompts are decoded one after another).
 MAX_PROMPTS = 16
 # OpenAI's default completion length on /v1/completions (chat has the server's own default).
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
