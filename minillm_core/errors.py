@@ -42,6 +42,11 @@ class DataError(MiniLLMError, ValueError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class DeviceUnavailableError(ConfigError):
+    """A setting names a device this machine does not have (cuda without CUDA); the message is
+    one line that says what to run instead. Never retried: the machine will not grow a GPU."""
+
+
 class ArtifactError(MiniLLMError, RuntimeError):
     """An artifact on disk is missing, corrupt, or was made from other inputs."""
 

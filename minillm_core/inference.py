@@ -1,7 +1,9 @@
 """Inference, once for every caller: device and dtype choice, the one sampler, the one generate.
 
 Chat, evaluation, the server and the export's check all turn logits into tokens through
-`Sampler` and produce tokens through `generate` / `generate_rows`; nothing else samples.
+`Sampler` (`sample_rows` for a batch of requests, each row with its own sampler) and produce
+tokens through `generate` / `generate_rows` (one request) or `minillm_core.batching` (the
+server's batch of requests); nothing else samples.
 
 - Sampling order (vLLM's and HF's): penalties on the raw logits, then temperature, then top-k,
   top-p (nucleus) and min-p filtering, then one draw from the softmax with a seeded
@@ -94,6 +96,45 @@ def autocast(
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class PackedLinear(torch.nn.Module):
+    """A bias-free `nn.Linear` for bfloat16 inference on CPU, its weight laid out once for
+    oneDNN's GEMM (what torch.compile's CPU backend does). Several rows at once (a decoding
+    batch) run 1.5 to 4 times faster than with the plain layout; one row runs as fast."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.weight = linear.weight  # kept: tied weights, and what `.weight` readers expect
+        with torch.no_grad():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
+            x, self.packed, None, "none", [None], ""
+        )
+        return y
+
+
+def pack_linears(model: torch.nn.Module) -> int:
+    """For serving a bfloat16 model on CPU: every bias-free `nn.Linear` becomes a `PackedLinear`
+    (inference only: the packed copy gets no gradient). Elsewhere (CUDA, float32, no oneDNN
+    bfloat16) nothing changes. Returns how many layers were packed."""
+    params = list(model.parameters())
+    if not params or params[0].device.type != "cpu" or params[0].dtype != torch.bfloat16:
+        return 0
+    if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
+        return 0
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return 0
+    targets: list[tuple[torch.nn.Module, str, torch.nn.Linear]] = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if type(child) is torch.nn.Linear and child.bias is None:
+                targets.append((parent, name, child))
+    for parent, name, child in targets:
+        setattr(parent, name, PackedLinear(child))
+    return len(targets)
 
 
 def device_of(model: torch.nn.Module) -> torch.device:
@@ -230,6 +271,21 @@ def _filtered(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
         floor = p.min_p * probs.max(dim=-1, keepdim=True).values
         logits = logits.masked_fill(probs < floor, float("-inf"))
     return logits
+
+
+def sample_rows(samplers: Sequence[Sampler], logits: torch.Tensor) -> list[int]:
+    """Next token of each row of logits [B, V] (float32), row i chosen by `samplers[i]` with its
+    own params, seeded generator and penalty state (a batch of different requests). Plain greedy
+    rows share one argmax; the others draw one by one, so a row's draw never depends on which
+    rows it shares the batch with."""
+    plain = [not s.params.penalised and s.params.temperature <= 0 for s in samplers]
+    if all(plain):
+        return logits.argmax(dim=-1).tolist()
+    out = logits.argmax(dim=-1).tolist() if any(plain) else [0] * len(samplers)
+    for i, s in enumerate(samplers):
+        if not plain[i]:
+            out[i] = int(s.sample(logits[i : i + 1])[0])
+    return out
 
 
 def sample(

@@ -12,6 +12,8 @@ records and sidecars name files relative to the root (`Layout.relative`), never 
     <root>/out/tokens/<stage>/           token shards
     <root>/out/<stage>/                  checkpoints
     <root>/out/hf/                       HuggingFace export
+    <root>/out/logs/                     the run script's full logs and the run's step times
+    <root>/out/run_summary.md            the last run's summary table
     <tf>/eval_results.jsonl, <tf>/eval, <tf>/<stage>   eval results and TensorBoard logs
                                          (tf: $TF_DIR relative to the root, else <root>/../tf_dir)
 """
@@ -119,6 +121,19 @@ class Layout:
     @property
     def hf_dir(self) -> Path:
         return self.out / "hf"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.out / "logs"
+
+    @property
+    def step_times_file(self) -> Path:
+        """Seconds per Dagster step of the last pipeline run (the summary's time column)."""
+        return self.logs_dir / "step_times.json"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.out / "run_summary.md"
 
     @property
     def results_file(self) -> Path:

@@ -21,8 +21,10 @@ Architecture choices (the seed's, kept in `ModelConfig` rather than scattered de
   `model.layers.N.{input,post_attention}_layernorm`, `model.norm`, `lm_head`), so exporting is a
   config translation plus a file rename.
 - A preallocated KV cache per layer (`new_cache`): the prompt is processed once (prefill), then
-  each new token costs one position. Sampling and the generation loop live in
-  `minillm_core.inference`; this file is only the network and its cache.
+  each new token costs one position. A `SlotKVCache` holds the rows of several requests decoded
+  together, each at its own length (per-row positions and an attention mask; the server's
+  batch). Sampling and the generation loops live in `minillm_core.inference` and
+  `minillm_core.batching`; this file is only the network and its caches.
 """
 
 from __future__ import annotations
@@ -166,6 +168,85 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
+class SlotKVCache:
+    """Keys and values for rows decoded together, one token per row per step, each row at its
+    own length (the server's batch). Rows 0..rows-1 are live; a row's prompt is written through
+    `row_view` (an ordinary `KVCache` over that row's storage) and each `MiniLLM.forward` with
+    this cache then appends one position to every live row, masking the positions a shorter row
+    has not reached."""
+
+    def __init__(
+        self, cfg: ModelConfig, slots: int, max_len: int, device: torch.device, dtype: torch.dtype
+    ):
+        whole = KVCache(cfg, slots, max_len, device, dtype)  # the storage, [slots, H, L, D]
+        self.k, self.v = whole.k, whole.v
+        self.lengths: list[int] = [0] * slots  # positions stored per row
+        self.rows = 0  # live rows: 0..rows-1
+        self.max_len, self.device = max_len, device
+        self.bias = torch.zeros(0)  # additive attention mask of the step, [rows, 1, 1, span]
+        self._pos = self._rows = torch.zeros(0, dtype=torch.long)
+
+    @property
+    def length(self) -> int:
+        """The longest live row's length (what a plain `KVCache.length` would say)."""
+        return max(self.lengths[: self.rows], default=0)
+
+    def row_view(self, row: int) -> KVCache:
+        """An empty single-row `KVCache` writing into row `row` (for the prompt's forward)."""
+        view = KVCache.__new__(KVCache)
+        view.k = [k[row : row + 1] for k in self.k]
+        view.v = [v[row : row + 1] for v in self.v]
+        view.length, view.max_len = 0, self.max_len
+        return view
+
+    def move(self, src: int, dst: int) -> None:
+        """Row `src` takes row `dst`'s place (keeps live rows contiguous when one leaves)."""
+        n = self.lengths[src]
+        for k, v in zip(self.k, self.v, strict=True):
+            k[dst, :, :n] = k[src, :, :n]
+            v[dst, :, :n] = v[src, :, :n]
+        self.lengths[dst] = n
+
+    def positions(self) -> torch.Tensor:
+        """Prepare a step: the new token's position per live row [rows], and the mask."""
+        lengths = self.lengths[: self.rows]
+        if max(lengths) + 1 > self.max_len:
+            raise ValueError(f"KV cache full: {max(lengths) + 1} positions > {self.max_len}")
+        self._pos = torch.tensor(lengths, dtype=torch.long, device=self.device)
+        self._rows = torch.arange(self.rows, device=self.device)
+        span = torch.arange(max(lengths) + 1, device=self.device)
+        seen = (span <= self._pos[:, None])[:, None, None, :]  # [rows, 1, 1, span]
+        self.bias = torch.zeros(seen.shape, device=self.device).masked_fill(~seen, float("-inf"))
+        return self._pos
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, span = self.rows, self.bias.shape[-1]
+        self.k[layer][self._rows, :, self._pos] = k[:, :, 0]
+        self.v[layer][self._rows, :, self._pos] = v[:, :, 0]
+        return self.k[layer][:rows, :, :span], self.v[layer][:rows, :, :span]
+
+    def advance(self) -> None:
+        for r in range(self.rows):
+            self.lengths[r] += 1
+
+
+def decode_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """One query per row [B, H, 1, D] over its cached keys and values [B, Hkv, S, D], with an
+    additive mask `bias` [B, 1, 1, S] (-inf where a row has no key). Plain matmuls: for a single
+    query, CPU's fused attention kernels are several times slower (bfloat16 most of all).
+    Query head i reads key head i // (H / Hkv), as `scaled_dot_product_attention(enable_gqa)`."""
+    b, h, _, d = q.shape
+    n_kv = k.shape[1]
+    q = q.reshape(b, n_kv, h // n_kv, d)  # the query heads of each key head, side by side
+    scores = (q @ k.transpose(-1, -2)).float() * d**-0.5 + bias  # [B, Hkv, H / Hkv, S]
+    y = torch.softmax(scores, dim=-1).to(v.dtype) @ v
+    return y.reshape(b, h, 1, d)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -181,7 +262,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: KVCache | None = None,
+        cache: KVCache | SlotKVCache | None = None,
         layer: int = 0,
     ) -> torch.Tensor:
         b, t, _ = x.shape
@@ -189,6 +270,10 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if isinstance(cache, SlotKVCache):
+            k, v = cache.update(layer, k, v)
+            y = decode_attention(q, k, v, cache.bias)
+            return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
         past = 0
         if cache is not None:
             past = cache.length
@@ -241,7 +326,7 @@ class DecoderLayer(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: KVCache | None,
+        cache: KVCache | SlotKVCache | None,
         layer: int,
     ) -> torch.Tensor:
         x = x + self.resid_dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache, layer))
@@ -317,8 +402,13 @@ class MiniLLM(nn.Module):
         cos, sin = self._rope
         return cos[start:end], sin[start:end]
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits [B, T, V] for input_ids [B, T]; with `cache`, positions continue after it."""
+    def forward(
+        self, input_ids: torch.Tensor, cache: KVCache | SlotKVCache | None = None
+    ) -> torch.Tensor:
+        """Logits [B, T, V] for input_ids [B, T]; with `cache`, positions continue after it
+        (a `SlotKVCache`: one token per live row, each at its own position)."""
+        if isinstance(cache, SlotKVCache):
+            return self._forward_slots(input_ids, cache)
         start = cache.length if cache is not None else 0
         cos, sin = self._rope_for(start, input_ids.shape[1], input_ids.device)
         x = self.model.dropout(self.model.embed_tokens(input_ids))
@@ -326,6 +416,17 @@ class MiniLLM(nn.Module):
             x = layer(x, cos.to(x.dtype), sin.to(x.dtype), cache, i)
         if cache is not None:
             cache.length += input_ids.shape[1]
+        return self.lm_head(self.model.norm(x))
+
+    def _forward_slots(self, input_ids: torch.Tensor, cache: SlotKVCache) -> torch.Tensor:
+        pos = cache.positions()
+        full_cos, full_sin = self._rope_for(0, cache.max_len, input_ids.device)
+        x = self.model.embed_tokens(input_ids)
+        # Per-row angles [rows, 1, 1, D] broadcast over heads like the [T, D] tables do.
+        cos, sin = (t[pos][:, None, None, :].to(x.dtype) for t in (full_cos, full_sin))
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, cache, i)
+        cache.advance()
         return self.lm_head(self.model.norm(x))
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:

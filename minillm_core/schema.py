@@ -74,6 +74,10 @@ def normalize_conversation(record: Any) -> list[dict[str, Any]]:
             raise ValueError(f"message {i}: unknown role {role!r}")
         content = m.get("content", m.get("value"))
         out.append({"role": role, "content": "" if content is None else content})
+        if m.get("tool_calls"):  # OpenAI's function calls of an assistant turn
+            if role != "assistant":
+                raise ValueError(f"message {i}: only an assistant message carries tool_calls")
+            out[-1]["tool_calls"] = m["tool_calls"]
     if out[0]["role"] == "system":
         system = out.pop(0)
         if not out or out[0]["role"] != "user":

@@ -1,4 +1,4 @@
-"""The Rust trainer (`minillm_rustbpe`) against the pure-Python reference: same chunks, same merges,
+"""The Rust trainer (`rustbpe`) against the pure-Python reference: same chunks, same merges,
 same ids as tiktoken. Skipped when the extension is not built (`.venv/bin/pip install ./rustbpe`)."""
 
 from __future__ import annotations
@@ -10,12 +10,15 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minillm_core.tokenizer import HELDOUT_EN, HELDOUT_ZH, TRICKY_TEXT, Tokenizer
+from minillm_core.tokenizer import HELDOUT_EN, HELDOUT_ZH, TRICKY_TEXT, Tokenizer, rust_module
 from minillm_core.tokenizer import reference as ref
 
-rb = pytest.importorskip(
-    "minillm_rustbpe", reason="minillm_rustbpe not built (pip install ./rustbpe)"
-)
+# Not importorskip: from the repository root the crate's folder imports as a namespace package.
+rb = rust_module()
+if rb is None:
+    pytest.skip(
+        "the rustbpe extension is not built (pip install ./rustbpe)", allow_module_level=True
+    )
 
 GPT4_PATTERN = rb.GPT4_PATTERN
 

@@ -399,6 +399,110 @@ def test_chat_template_refuses_what_we_refuse(smoke: Smoke, exported: Path, conv
         hf_tok.apply_chat_template(conv, tokenize=False)
 
 
+# A function-calling exchange in OpenAI's shapes: tool definitions, an assistant turn of calls
+# only (content null), the tool's answer, and the final reply.
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "查询城市天气",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    },
+    {"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}},
+]
+TOOL_CONVERSATION = [
+    {"role": "system", "content": "你是一个助手。"},
+    {"role": "user", "content": "北京天气怎么样？"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "北京"}'},
+            },
+            {"id": "call_2", "type": "function", "function": {"name": "now", "arguments": "{}"}},
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "晴，25°C"},
+    {"role": "tool", "tool_call_id": "call_2", "content": "12:00"},
+    {"role": "assistant", "content": "北京现在晴，25°C。"},
+]
+
+
+def test_tool_conversation_renders_identically(smoke: Smoke, exported: Path):
+    transformers = _transformers()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(exported))
+    conv = {"messages": TOOL_CONVERSATION, "tools": TOOLS}
+    ids, mask = smoke.tok.render_conversation(conv, max_tokens=10**9)
+    assert _ids(hf_tok.apply_chat_template(TOOL_CONVERSATION, tools=TOOLS, tokenize=True)) == ids
+    prompt = smoke.tok.render_for_completion(conv)
+    got = hf_tok.apply_chat_template(
+        TOOL_CONVERSATION[:-1], tools=TOOLS, tokenize=True, add_generation_prompt=True
+    )
+    assert _ids(got) == prompt
+    text = smoke.tok.decode(ids)
+    # What the model reads: the tools as JSON lines, its own calls as python spans.
+    assert '"name": "get_weather"' in text and "查询城市天气" in text
+    assert (
+        '<|python_start|>{"name": "get_weather", "arguments": "{\\"city\\": \\"北京\\"}"}' in text
+    )
+    assert "<|output_start|>晴，25°C<|output_end|>" in text
+    # The calls are trained on (mask 1); the tool's answers are not.
+    calls = [i for i, t in enumerate(ids) if t == smoke.tok.encode_special("<|python_start|>")]
+    outputs = [i for i, t in enumerate(ids) if t == smoke.tok.encode_special("<|output_start|>")]
+    assert len(calls) == 2 and all(mask[i] for i in calls)
+    assert len(outputs) == 2 and not any(mask[i] for i in outputs)
+    # Without tools, nothing of the block is rendered; tool calls on a user message are refused.
+    assert "# Tools" not in smoke.tok.decode(smoke.tok.render_for_completion(TOOL_CONVERSATION))
+    bad = [{"role": "user", "content": "x", "tool_calls": TOOL_CONVERSATION[2]["tool_calls"]}]
+    with pytest.raises(ValueError, match="only an assistant message carries tool_calls"):
+        smoke.tok.render_conversation(bad)
+    with pytest.raises(Exception, match="only an assistant message carries tool_calls"):
+        hf_tok.apply_chat_template(bad, tokenize=False)
+
+
+MASK_CONVERSATIONS = [
+    *hf_export.CHECK_CONVERSATIONS[1:],  # the first has no answer: no SFT row
+    TOOL_CONVERSATION,
+    [
+        {"role": "user", "content": "第一轮"},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": "第二轮"},
+        {"role": "assistant", "content": [{"type": "text", "text": "好 😀"}]},
+        {"role": "user", "content": "第三轮"},
+        {"role": "assistant", "content": "再见。"},
+    ],
+]
+
+
+@pytest.mark.parametrize("conv", MASK_CONVERSATIONS, ids=range(len(MASK_CONVERSATIONS)))
+def test_assistant_mask_is_the_sft_loss_mask(smoke: Smoke, exported: Path, conv):
+    """transformers' assistant-token mask (TRL's assistant_only_loss) marks exactly the tokens
+    the tokens stage trains SFT on."""
+    from minillm_core.tokens import TensorConfig, encode_record
+
+    transformers = _transformers()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(exported))
+    out = hf_tok.apply_chat_template(
+        conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    row = encode_record("sft", {"conversations": conv}, smoke.tok, TensorConfig(max_length=4096))
+    assert row is not None
+    ids, hf_mask = list(out["input_ids"]), list(out["assistant_masks"])
+    assert ids[:-1] == row["input_ids"].tolist()
+    # The row's loss mask is the mask of the predicted tokens: positions 1.. of the sequence.
+    assert hf_mask[0] == 0 and hf_mask[1:] == row["loss_mask"].tolist()
+    assert sum(hf_mask) > 0
+
+
 # ------------------------------------------------------------------------------- the export verb
 
 

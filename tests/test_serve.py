@@ -22,7 +22,9 @@ uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from minillm_cli import serve, serve_engine  # noqa: E402
-from minillm_cli.serve import Engine, ServeConfig, create_app, load_engine  # noqa: E402
+from minillm_cli.serve import load_engine  # noqa: E402
+from minillm_cli.serve_app import ServeConfig, create_app  # noqa: E402
+from minillm_cli.serve_engine import Engine  # noqa: E402
 from minillm_core.inference import SamplingParams, complete  # noqa: E402
 from minillm_core.tokenizer import Tokenizer  # noqa: E402
 from minillm_core.train.checkpointer import load_checkpoint  # noqa: E402
@@ -301,9 +303,20 @@ OK = {"model": "minillm", "messages": [{"role": "user", "content": "hi"}], "max_
         ({**OK, "n": 9}, 400, "n"),
         ({**OK, "presence_penalty": 2.5}, 400, "presence_penalty"),
         ({**OK, "repetition_penalty": 0}, 400, "repetition_penalty"),
-        ({**OK, "logprobs": True}, 400, "logprobs"),
+        ({**OK, "top_logprobs": 2}, 400, "top_logprobs needs logprobs"),
+        ({**OK, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
+        ({**OK, "tool_choice": "required"}, 400, "does not parse tool calls"),
+        ({**OK, "response_format": {"type": "json_object"}}, 400, "response_format"),
+        ({**OK, "logit_bias": {"1": 5}}, 400, "logit_bias"),
+        (
+            {
+                **OK,
+                "messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "y"}],
+            },
+            400,
+            "tool_call_id",
+        ),
         ({**OK, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
-        ({**OK, "frobnicate": True}, 400, "unrecognized request argument: frobnicate"),
         (
             {
                 **OK,
@@ -390,6 +403,19 @@ def test_nulls_mean_not_given(url: str):
     assert _post(url, {**OK, "tools": [{"type": "function"}]}).status_code == 400  # not null
 
 
+def test_unknown_fields_are_ignored_and_logged_once(url: str, caplog):
+    """Fields of newer API versions or other servers: ignored (OpenAI accepts what its SDKs send),
+    each name logged once so a typo shows in the log."""
+    caplog.set_level("WARNING", logger="minillm.serve")
+    body = {**OK, "frobnicate": True, "service_tier": "auto", "store": False}
+    body["messages"] = [{"role": "user", "content": "hi", "annotations": []}]
+    assert _post(url, body).status_code == 200
+    assert _post(url, body).status_code == 200
+    logged = [r.getMessage() for r in caplog.records if r.name == "minillm.serve"]
+    for name in ("frobnicate", "service_tier", "store", "messages[].annotations"):
+        assert sum(repr(name) in m for m in logged) == 1, (name, logged)
+
+
 def test_sdk_dumped_messages_are_accepted(url: str):
     openai = pytest.importorskip("openai")
     from openai.types.chat import ChatCompletionMessage
@@ -414,8 +440,9 @@ def test_context_errors_name_the_openai_code(url: str):
 
 
 def test_unknown_route_and_method(url: str):
-    assert httpx.get(f"{url}/v1/completions").status_code == 404
+    assert httpx.get(f"{url}/v1/nothing").status_code == 404
     assert httpx.get(f"{url}/v1/chat/completions").status_code == 405
+    assert httpx.get(f"{url}/v1/completions").status_code == 405
 
 
 def test_api_key(engine: Engine):
@@ -614,6 +641,48 @@ def test_control_tokens_never_reach_the_content():
     script.tokens = [*b"a", start, *b"b", end, *b"c", tok.encode_special("<|assistant_end|>")]
     pieces, finish, n = _run(Engine(script, tok, max_context=512))
     assert "".join(pieces) == "abc" and finish == "stop" and n == 6  # counted, not shown
+
+
+def test_engine_logprobs_contract():
+    """With logprobs=k, each generated token but the end token is announced before its text:
+    its id, its log-softmax under the raw logits, and the top k."""
+    eng = _byte_engine("中a")  # 3 bytes of one character, then "a", then the end token
+    plain = list(eng.events([0], 100, SamplingParams(temperature=2.0, top_k=1)))
+    assert not any(e[0] == "token" for e in plain)
+    events = list(eng.events([0], 100, SamplingParams(temperature=2.0, top_k=1), logprobs=2))
+    kinds = [e[0] for e in events]
+    assert kinds == ["token", "token", "token", "text", "token", "text", "done"]
+    assert [e[1] for e in events if e[0] == "text"] == ["中", "a"]
+    infos = [e[1] for e in events if e[0] == "token"]
+    assert [i["id"] for i in infos] == list("中a".encode())
+    # Script's logits: 10 for the scripted token, 0 for the other 255 + specials.
+    vocab = eng.tokenizer.get_vocab_size()
+    want = float(torch.log_softmax(torch.tensor([10.0] + [0.0] * (vocab - 1)), 0)[0])
+    for i in infos:
+        assert i["logprob"] == pytest.approx(want, abs=1e-5)  # raw: temperature not applied
+        assert len(i["top"]) == 2 and i["top"][0] == (i["id"], pytest.approx(want, abs=1e-5))
+    assert all(i["top"] == [] for i in _tokens(eng, logprobs=0))
+    assert events[-1] == plain[-1] == ("done", "stop", 5)
+
+
+def _tokens(eng: Engine, logprobs: int) -> list[dict]:
+    return [
+        e[1] for e in eng.events([0], 100, SamplingParams(), logprobs=logprobs) if e[0] == "token"
+    ]
+
+
+def test_engine_stats_count_running_generations():
+    eng = _byte_engine("ab")
+    it = eng.events([0], 100, SamplingParams())
+    assert eng.stats() == {"running": 0, "waiting": 0}
+    next(it)
+    assert eng.stats() == {"running": 1, "waiting": 0}
+    it.close()
+    # The decode loop drops a closed row at its next step.
+    deadline = time.monotonic() + 20
+    while eng.stats() != {"running": 0, "waiting": 0}:
+        assert time.monotonic() < deadline, eng.stats()
+        time.sleep(0.005)
 
 
 def test_stop_strings_cut_the_answer_and_are_never_sent():

@@ -169,7 +169,7 @@ def test_python_fallback_logs_one_line_and_matches_rust(mixes, tmp_path, monkeyp
     logs: list[str] = []
     py = train_tokenizer(cfg, mixes, tmp_path / "py", logs.append)
     assert [line for line in logs if "not built" in line] == [
-        "minillm_rustbpe not built; training with the pure-Python reference trainer (slow; "
+        "rustbpe not built; training with the pure-Python reference trainer (slow; "
         "build it with `.venv/bin/pip install ./rustbpe`)"
     ]
     assert py.metadata["trainer"].startswith("bpe_reference")
@@ -179,7 +179,7 @@ def test_python_fallback_logs_one_line_and_matches_rust(mixes, tmp_path, monkeyp
             train_tokenizer(cfg.model_copy(update={"trainer": "rust"}), mixes, tmp_path / "r")
         return
     rust = train_tokenizer(cfg.model_copy(update={"trainer": "rust"}), mixes, tmp_path / "rust")
-    assert rust.metadata["trainer"].startswith("minillm_rustbpe")
+    assert rust.metadata["trainer"].startswith("rustbpe ")
     assert rust.metadata["hash"] == py.metadata["hash"]  # identical tokenizers
 
 

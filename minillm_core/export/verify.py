@@ -47,6 +47,18 @@ CHECK_CONVERSATIONS: list[list[dict[str, Any]]] = [
         {"role": "user", "content": "谢谢 😀"},
         {"role": "assistant", "content": "不客气！"},
     ],
+    [  # OpenAI's function calling: an assistant turn of calls only, then the tool's answer
+        {"role": "user", "content": "现在几点？"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "now", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "12:00"},
+        {"role": "assistant", "content": "中午 12 点。"},
+    ],
 ]
 
 

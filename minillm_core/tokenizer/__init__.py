@@ -1,4 +1,4 @@
-"""The byte-level BPE tokenizer: trained by `minillm_rustbpe` (Rust), served by tiktoken.
+"""The byte-level BPE tokenizer: trained by `rustbpe` (Rust), served by tiktoken.
 
 core       Tokenizer (alias RustBPETokenizer, nanochat's name), load_tokenizer, the files
 render     conversations as ids and a loss mask

@@ -1,4 +1,4 @@
-"""The BPE trainers behind one call: the Rust extension `minillm_rustbpe` (crate `rustbpe/`), or
+"""The BPE trainers behind one call: the Rust extension `rustbpe` (crate `rustbpe/`), or
 the pure-Python reference (`reference`, same merges exactly) when the extension is not built.
 
 This is the only module that imports the extension. The Rust trainer splits and counts the corpus
@@ -20,12 +20,14 @@ from minillm_core.tokenizer.core import TokenizerError
 
 @lru_cache(maxsize=1)
 def rust_module() -> ModuleType | None:
-    """The `minillm_rustbpe` extension, or None when it is not built."""
+    """The `rustbpe` extension, or None when it is not built. From the repository root, the
+    crate's folder `rustbpe/` imports as an empty namespace package when the extension is not
+    installed: that is "not built" too."""
     try:
-        import minillm_rustbpe
+        import rustbpe
     except ImportError:
         return None
-    return minillm_rustbpe
+    return rustbpe if hasattr(rustbpe, "Tokenizer") else None
 
 
 def train_ranks(
@@ -40,7 +42,7 @@ def train_ranks(
     mod = rust_module() if trainer in ("auto", "rust") else None
     if trainer == "rust" and mod is None:
         raise TokenizerError(
-            "trainer='rust' but minillm_rustbpe is not built: run "
+            "trainer='rust' but the rustbpe extension is not built: run "
             "`.venv/bin/pip install ./rustbpe` (needs cargo), or use trainer='auto'"
         )
     if mod is not None:
@@ -48,13 +50,13 @@ def train_ranks(
         try:
             tok.train_from_iterator(iter(texts), n_ranks, pattern=pattern, num_threads=num_threads)
         except ValueError as exc:  # a pattern fancy-regex rejects (tiktoken could not serve it)
-            raise TokenizerError(f"minillm_rustbpe: {exc}") from None
+            raise TokenizerError(f"rustbpe: {exc}") from None
         ranks = dict(tok.get_mergeable_ranks())
-        return ranks, f"minillm_rustbpe {getattr(mod, '__version__', '?')}"
+        return ranks, f"rustbpe {getattr(mod, '__version__', '?')}"
     if trainer == "auto":
         emit(
             log,
-            "minillm_rustbpe not built; training with the pure-Python reference trainer "
+            "rustbpe not built; training with the pure-Python reference trainer "
             "(slow; build it with `.venv/bin/pip install ./rustbpe`)",
         )
     merges = reference.train(texts, n_ranks, pattern)

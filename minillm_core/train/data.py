@@ -224,6 +224,20 @@ def dataset_meta(ds: Any) -> dict[str, Any]:
     return meta
 
 
+def _vocab_fix(cfg: TrainConfig, data_vocab: int, model_vocab: int) -> str:
+    """What to change on a vocabulary mismatch. Pretraining may size its new model to the data;
+    SFT and DPO cannot resize the checkpoint they start from, so the data must be tokenized with
+    the tokenizer that checkpoint was trained with (or the parent retrained with this one)."""
+    if cfg.stage == "pretrain":
+        return f"set --vocab_size {data_vocab} (or leave it unset: it follows the data)"
+    return (
+        f"{cfg.pretrained_path} was trained with a {model_vocab}-token tokenizer: tokenize "
+        f"{cfg.data_path} with that tokenizer (--tokenizer_dir for a JSONL mix, or `minillm "
+        f"tokens --tokenizer` for token tensors), or point --pretrained_path at a checkpoint "
+        f"trained with this one"
+    )
+
+
 def check_data(cfg: TrainConfig, model_cfg: ModelConfig, meta: dict[str, Any], n: int) -> None:
     if meta.get("stage") not in (None, cfg.stage):
         raise ConfigError(
@@ -233,8 +247,8 @@ def check_data(cfg: TrainConfig, model_cfg: ModelConfig, meta: dict[str, Any], n
     if meta.get("vocab_size") is not None and int(meta["vocab_size"]) != model_cfg.vocab_size:
         raise ConfigError(
             f"vocabulary mismatch: the data was tokenized with a {meta['vocab_size']}-token "
-            f"tokenizer but the model has vocab_size {model_cfg.vocab_size}; set "
-            f"model vocab_size={meta['vocab_size']} (--vocab_size)"
+            f"tokenizer but the model has vocab_size {model_cfg.vocab_size}; "
+            + _vocab_fix(cfg, int(meta["vocab_size"]), model_cfg.vocab_size)
         )
     if (
         cfg.tokenizer_hash

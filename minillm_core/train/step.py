@@ -56,11 +56,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def out_of_memory(cfg: TrainConfig, width: int, device: torch.device) -> OutOfMemoryError:
+    """The one line a user needs: the flags that lower memory (batch, then the row length, then
+    the activations' dtype), keeping the global batch through accumulation."""
     keep = f" and raise --accumulation_steps to keep the global batch of {cfg.global_batch}"
+    half = ", or --dtype bfloat16" if cfg.dtype in ("float32", "auto") else ""
     return OutOfMemoryError(
         f"out of memory on {device} at batch_size={cfg.batch_size}, rows of {width} positions",
         f"lower --batch_size{keep if cfg.batch_size > 1 else ''}, or pretrain at a lower "
-        f"--max_seq_len",
+        f"--max_seq_len{half}",
     )
 
 

@@ -34,7 +34,7 @@ struct Stats {
     fast_splitter: bool,
 }
 
-#[pyclass(module = "minillm_rustbpe")]
+#[pyclass(module = "rustbpe")]
 pub struct Tokenizer {
     pattern: String,
     merges: Vec<Merge>,
@@ -283,8 +283,11 @@ fn split_regex(text: &str, pattern: Option<&str>) -> PyResult<Vec<String>> {
         .collect())
 }
 
+// The Python module is `rustbpe`, as nanochat and the seed name it (the Rust crate stays
+// `minillm_rustbpe` for `cargo test` and the examples).
 #[pymodule]
-fn minillm_rustbpe(m: &Bound<'_, PyModule>) -> PyResult<()> {
+#[pyo3(name = "rustbpe")]
+fn rustbpe_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Tokenizer>()?;
     m.add_function(wrap_pyfunction!(split, m)?)?;
     m.add_function(wrap_pyfunction!(split_regex, m)?)?;
