@@ -169,9 +169,9 @@ def run_ours(args: argparse.Namespace, work: Path, budget_s: float) -> dict:
 
 
 def resolve_train_dtype() -> torch.dtype:
-    from minillm_core.inference import resolve_dtype
+    from minillm_core.inference import autocast_dtype
 
-    return resolve_dtype("auto", torch.device("cpu"))
+    return autocast_dtype("auto", torch.device("cpu"))
 
 
 # ------------------------------------------------------------------------------------ minimind

@@ -76,23 +76,32 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_dtype(dtype: str, device: torch.device | str) -> torch.dtype:
-    """`auto` = bfloat16 on cuda and on a CPU with native bf16, float32 elsewhere; else the
-    named torch dtype."""
+    """The dtype of inference weights (serve, chat) and of evaluation: `auto` = bfloat16 on cuda,
+    float32 elsewhere (bf16 weights on a CPU change greedy outputs, and evaluation scores stay
+    comparable across CPUs); else the named torch dtype."""
     if dtype == "auto":
-        kind = torch.device(device).type
-        native = kind == "cuda" or (kind == "cpu" and cpu_has_native_bf16())
-        return torch.bfloat16 if native else torch.float32
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     return getattr(torch, dtype)
+
+
+def autocast_dtype(dtype: str, device: torch.device | str) -> torch.dtype:
+    """The dtype of training's autocast: `auto` = bfloat16 on cuda and on a CPU with native bf16
+    (mixed precision with float32 master weights: faster matmuls, the loss curve within
+    float32's seed-to-seed noise, see bench/bench_bf16.py), float32 elsewhere; else the named
+    torch dtype."""
+    if dtype == "auto" and torch.device(device).type == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    return resolve_dtype(dtype, device)
 
 
 def autocast(
     device: torch.device | str, dtype: torch.dtype | str
 ) -> contextlib.AbstractContextManager[Any]:
-    """Autocast to `dtype` (a torch dtype or its name, `auto` resolved) on `device`; nothing at
-    float32. Weights stay float32: the master copy the optimiser updates."""
+    """Autocast to `dtype` (a torch dtype, or a name resolved by `autocast_dtype`) on `device`;
+    nothing at float32. Weights stay as they are (training: the float32 master copy)."""
     device = torch.device(device)
     if isinstance(dtype, str):
-        dtype = resolve_dtype(dtype, device)
+        dtype = autocast_dtype(dtype, device)
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,5 +1,6 @@
 """Mixed precision has one owner (`minillm_core.inference`): native-bf16 detection, `auto`
-resolution, and the trainer's autocast with float32 master weights."""
+resolution (training's autocast: bf16 where the CPU has it; inference weights and evaluation:
+float32 on every CPU), and the trainer's autocast with float32 master weights."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 
 from minillm_core import inference
 from minillm_core import model as model_mod
-from minillm_core.inference import autocast, flags_in, resolve_dtype
+from minillm_core.inference import autocast, autocast_dtype, flags_in, resolve_dtype
 from minillm_core.model import ModelConfig
 from minillm_core.train import TrainConfig, train
 from minillm_core.train.checkpointer import load_checkpoint
@@ -43,17 +44,21 @@ def test_flags_are_read_from_x86_and_arm_cpuinfo():
     "text, expected",
     [(XEON, torch.bfloat16), (ARM, torch.bfloat16), (OLD_X86, torch.float32), ("", torch.float32)],
 )
-def test_auto_is_bf16_only_on_a_cpu_with_native_bf16(cpu, text, expected):
+def test_training_auto_is_bf16_only_on_a_cpu_with_native_bf16(cpu, text, expected):
     cpu(text)
-    assert resolve_dtype("auto", torch.device("cpu")) == expected
-    assert resolve_dtype("auto", "cpu") == expected
+    assert autocast_dtype("auto", torch.device("cpu")) == expected
+    assert autocast_dtype("auto", "cpu") == expected
+    # Inference weights and evaluation stay float32 on every CPU (same greedy outputs, same
+    # scores everywhere).
+    assert resolve_dtype("auto", "cpu") == torch.float32
 
 
 def test_auto_on_cuda_and_explicit_names_ignore_the_cpu(cpu):
     cpu(OLD_X86)
-    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
-    assert resolve_dtype("bfloat16", "cpu") == torch.bfloat16
-    assert resolve_dtype("float32", "cpu") == torch.float32
+    for resolve in (autocast_dtype, resolve_dtype):
+        assert resolve("auto", torch.device("cuda")) == torch.bfloat16
+        assert resolve("bfloat16", "cpu") == torch.bfloat16
+        assert resolve("float32", "cpu") == torch.float32
 
 
 def test_this_machine_is_detected_as_its_cpuinfo_says():

@@ -81,7 +81,8 @@ class TrainConfig(CoreConfig):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "float32",
         description="autocast dtype (weights stay float32); float16 uses a grad scaler; auto = "
-        "bfloat16 on cuda and on a CPU with native bf16, else float32",
+        "bfloat16 on cuda and on a CPU with native bf16 (AVX512-BF16, AMX, Arm BF16), "
+        "else float32",
     )
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     num_workers: int = Field(

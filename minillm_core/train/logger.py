@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from minillm_core.artifacts import atomic_path
-from minillm_core.inference import resolve_dtype
+from minillm_core.inference import autocast_dtype
 from minillm_core.progress import LogFn, Progress, emit
 from minillm_core.train.config import TrainConfig, TrainReport
 
@@ -174,7 +174,7 @@ class StepLogger:
             "global_batch": cfg.global_batch,
             "world_size": self.comm.world,
             "device": cfg.device,
-            "dtype": str(resolve_dtype(cfg.dtype, cfg.device)).removeprefix("torch."),
+            "dtype": str(autocast_dtype(cfg.dtype, cfg.device)).removeprefix("torch."),
             "checkpoint_dir": str(out),
             "tokenizer_hash": data_meta.get("tokenizer_hash"),
             "data_hash": data_meta.get("data_hash"),
