@@ -4,13 +4,15 @@ from typing import Any
 
 import dagster as dg
 
-from minillm_assets._util import check_result, need, to_metadata, user_errors
+from minillm_assets._util import check_result, code_version, need, to_metadata, user_errors
 from minillm_assets.configs import dagster_config
 from minillm_assets.resources import MiniLLMResource
 from minillm_core.artifacts import read_json, sidecar_path
 from minillm_core.eval import EvalConfig, check_eval, evaluate
 
 EvalRunConfig = dagster_config(EvalConfig, "EvalRunConfig", exclude=("stage",))
+# The code these assets run: this module, the core and command code it imports, the resource.
+CODE_VERSION = code_version(__name__, "minillm_assets.resources")
 
 _DESCRIPTIONS = {
     "pretrain": "Held-out loss, perplexity and bits per byte of the pretrain checkpoint, plus "
@@ -46,7 +48,7 @@ def eval_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinitio
         group_name="eval",
         description=_DESCRIPTIONS[stage],
         deps=deps,
-        code_version="eval-1",
+        code_version=CODE_VERSION,
         kinds={"pytorch"},
     )
     def _eval(

@@ -2,18 +2,20 @@
 
 import dagster as dg
 
-from minillm_assets._util import check_result, need, to_metadata, user_errors
+from minillm_assets._util import check_result, code_version, need, to_metadata, user_errors
 from minillm_assets.configs import dagster_config
 from minillm_assets.resources import MiniLLMResource
 from minillm_core.artifacts import read_json, sha256_tree
 from minillm_core.export import ExportConfig, export_hf
 
 ExportRunConfig = dagster_config(ExportConfig, "ExportRunConfig")
+# The code these assets run: this module, the core and command code it imports, the resource.
+CODE_VERSION = code_version(__name__, "minillm_assets.resources")
 
 
 @dg.asset(
     group_name="export",
-    code_version="hf-export-1",
+    code_version=CODE_VERSION,
     kinds={"huggingface"},
     deps=["dpo_checkpoint", "tokenizer"],
     description="The DPO checkpoint as a HuggingFace folder (Llama config.json, "

@@ -6,7 +6,7 @@ from typing import Any, Optional
 import dagster as dg
 from pydantic import Field
 
-from minillm_assets._util import need, user_errors
+from minillm_assets._util import code_version, need, user_errors
 from minillm_assets.configs import dagster_config
 from minillm_assets.k8s import K8sPodConfig, run_k8s
 from minillm_assets.pipes import checkpoint_metadata, run_torchrun
@@ -56,6 +56,15 @@ FinetuneRunConfig = dagster_config(
 
 # Training on one device at a time: runs that would share the GPU (or the CPU cores) queue on
 # this pool instead (its limit is set in the instance's dagster.yaml).
+# The code these assets run: this module and the core it imports, the launchers (torchrun via
+# Pipes, Kubernetes) and the rank entry point they start, the resource.
+CODE_VERSION = code_version(
+    __name__,
+    "minillm_assets.resources",
+    "minillm_assets.pipes",
+    "minillm_assets.k8s",
+    "minillm_core.train.__main__",
+)
 TRAIN_POOL = "minillm_train"
 
 # With resume state written every save_interval steps, a retry continues from the last checkpoint.
@@ -100,7 +109,7 @@ def checkpoint_asset(
         group_name="training",
         description=_DESCRIPTIONS[stage],
         deps=deps,
-        code_version="train-1",
+        code_version=CODE_VERSION,
         kinds={"pytorch"},
         pool=TRAIN_POOL,
         retry_policy=retry_policy,
