@@ -31,12 +31,6 @@ def _identity(minillm: MiniLLMResource) -> dict[str, Any]:
     return {k: cfg[k] for k in ("model_name", "model_author") if k in cfg}
 
 
-def _trained_length(minillm: MiniLLMResource, stage: str) -> dict[str, Any]:
-    """Score rows as long as the ones the stage trained on (its token tensors' max length)."""
-    index = minillm.tokens_dir(stage) / "index.json"
-    return {"max_seq_len": read_json(index)["max_length"]} if index.exists() else {}
-
-
 def eval_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinition]:
     name = f"{stage}_eval"
     deps = [f"{stage}_checkpoint", f"{stage}_mix", "tokenizer"] + (
@@ -60,9 +54,10 @@ def eval_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinitio
             "data_path": str(need(minillm.mix_path(stage, heldout=True), f"{stage}_mix", name)),
             "tokenizer_dir": str(need(minillm.tokenizer_dir, "tokenizer", name)),
             "results_file": str(minillm.results_file),
-            "tensorboard_dir": str(minillm.tf / "eval"),
+            "tensorboard_dir": str(minillm.layout.eval_tensorboard_dir),
+            # No max_seq_len: evaluation scores at the checkpoint's context, the length its
+            # token rows were cut to (both are ModelConfig.max_position_embeddings).
             **_identity(minillm),
-            **_trained_length(minillm, stage),
         }
         if stage == "dpo":
             base["reference_checkpoint"] = str(

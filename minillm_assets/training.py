@@ -129,7 +129,7 @@ def checkpoint_asset(
             "stage": stage,
             "data_path": str(data),
             "out_dir": str(minillm.checkpoint_dir(stage)),
-            "tensorboard_dir": str(minillm.tf / stage),
+            "tensorboard_dir": str(minillm.layout.tensorboard_dir(stage)),
         }
         with user_errors(name):
             if parent is None:
@@ -157,7 +157,9 @@ def checkpoint_asset(
             return run_torchrun(context, name, stage, cfg, model_cfg, dist_cfg)
         with user_errors(name):
             report = train(cfg, model_cfg, log=context.log.info)
-        return dg.MaterializeResult(metadata=checkpoint_metadata(report, minillm.tf / stage))
+        return dg.MaterializeResult(
+            metadata=checkpoint_metadata(report, minillm.layout.tensorboard_dir(stage))
+        )
 
     @dg.multi_asset_check(
         specs=[
