@@ -25,12 +25,13 @@ def test_terminal_session_through_a_pty(tmp_path):
     import select
     import subprocess
     import sys
+    import termios
     import time
     from pathlib import Path
 
     tok = byte_tokenizer()
     _checkpoint(tmp_path, tok)
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
         [
@@ -72,8 +73,14 @@ def test_terminal_session_through_a_pty(tmp_path):
             assert read(0.2), seen.decode(errors="replace")
 
     def type_in(keys: bytes) -> None:
-        time.sleep(0.3)  # let readline set the terminal up first (that may drop pending input)
-        os.write(leader, keys)
+        # Readline drops input typed before it puts the terminal in raw mode: wait for that.
+        # (The leader reads the follower's settings.) Once the chat has exited, nothing waits.
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and termios.tcgetattr(leader)[3] & termios.ICANON:
+            assert time.monotonic() < deadline, "the terminal never left canonical mode"
+            time.sleep(0.01)
+        if proc.poll() is None:
+            os.write(leader, keys)
 
     try:
         read_until(b"you: ")
