@@ -54,8 +54,6 @@ FinetuneRunConfig = dagster_config(
     TrainConfig, "FinetuneRunConfig", exclude=("stage",), distributed=_DISTRIBUTED, k8s=_K8S
 )
 
-# Training on one device at a time: runs that would share the GPU (or the CPU cores) queue on
-# this pool instead (its limit is set in the instance's dagster.yaml).
 # The code these assets run: this module and the core it imports, the launchers (torchrun via
 # Pipes, Kubernetes) and the rank entry point they start, the resource.
 CODE_VERSION = code_version(
@@ -65,6 +63,9 @@ CODE_VERSION = code_version(
     "minillm_assets.k8s",
     "minillm_core.train.__main__",
 )
+
+# Training on one device at a time: runs that would share the GPU (or the CPU cores) queue on
+# this pool instead (its limit is set in the instance's dagster.yaml).
 TRAIN_POOL = "minillm_train"
 
 # With resume state written every save_interval steps, a retry continues from the last checkpoint.
@@ -161,6 +162,13 @@ def checkpoint_asset(
             metadata=checkpoint_metadata(report, minillm.layout.tensorboard_dir(stage))
         )
 
+    return _checkpoint, loss_checks(stage)
+
+
+def loss_checks(stage: str) -> dg.AssetChecksDefinition:
+    """The checks on a stage's logged losses: all finite (blocking), and decreasing (a warning)."""
+    name = f"{stage}_checkpoint"
+
     @dg.multi_asset_check(
         specs=[
             dg.AssetCheckSpec(
@@ -195,7 +203,7 @@ def checkpoint_asset(
             metadata={"problems": dg.MetadataValue.json(warnings), "points": len(losses)},
         )
 
-    return _checkpoint, _checks
+    return _checks
 
 
 pretrain_checkpoint, pretrain_checkpoint_checks = checkpoint_asset("pretrain")
