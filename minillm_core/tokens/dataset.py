@@ -52,7 +52,7 @@ class TokenDataset(torch.utils.data.Dataset[Row]):
     that reads them (and the maps are dropped when the dataset is pickled into a DataLoader worker
     or a spawned rank), so constructing it in every DDP rank and worker costs no memory: the pages
     are the OS page cache, shared by all of them. `ds[i]` is a dict of unpadded torch.long tensors
-    (TOKEN ROWS in docs/architecture.md); batch them with `collate_rows` / `ds.collate_fn`."""
+    (the row table in docs/tensors.md); batch them with `collate_rows` / `ds.collate_fn`."""
 
     def __init__(self, path: Path | str, expected_tokenizer_hash: str | None = None):
         self.path = Path(path)
