@@ -2,13 +2,15 @@
 
 import dagster as dg
 
-from minillm_assets._util import check_result, to_metadata, user_errors
+from minillm_assets._util import check_result, code_version, to_metadata, user_errors
 from minillm_assets.configs import dagster_config
 from minillm_assets.resources import MiniLLMResource
 from minillm_core.artifacts import sha256_file
 from minillm_core.data import MixConfig, build_mix, check_mix
 
 MixRunConfig = dagster_config(MixConfig, "MixRunConfig", exclude=("sources_dir", "samples_dir"))
+# The code these assets run: this module, the core and command code it imports, the resource.
+CODE_VERSION = code_version(__name__, "minillm_assets.resources")
 
 _DESCRIPTIONS = {
     "pretrain": "Pretraining text, {text, source} per line: the categories' text, by quota.",
@@ -24,7 +26,7 @@ def mix_asset(output: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinitio
         name=name,
         group_name="data",
         description=_DESCRIPTIONS[output],
-        code_version="mix-1",
+        code_version=CODE_VERSION,
         kinds={"jsonl"},
         deps=["chinese_sources"],
     )

@@ -69,7 +69,8 @@ def normalize_conversation(record: Any) -> list[dict[str, Any]]:
         if not isinstance(m, dict):
             raise ValueError(f"message {i} is not an object: {m!r:.80}")
         role = m.get("role", m.get("from"))
-        role = ROLE_ALIASES.get(role, role)
+        if isinstance(role, str):  # anything else is refused just below
+            role = ROLE_ALIASES.get(role, role)
         if role not in ROLES:
             raise ValueError(f"message {i}: unknown role {role!r}")
         content = m.get("content", m.get("value"))

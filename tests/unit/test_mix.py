@@ -26,7 +26,7 @@ from minillm_core.data.sampling import sample_sorted
 from minillm_core.data.spool import Spool
 from minillm_core.errors import DataError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = {"pretrain": 64, "sft": 16, "dpo": 8}
 
 
