@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from minillm_core.config import CoreConfig
 from minillm_core.data.formats import FORMATS
@@ -122,6 +122,28 @@ class MixConfig(CoreConfig):
         "collapsed, metadata ignored), across files and categories, before "
         "the held-out split",
     )
+    decontam_window: int = Field(
+        50,
+        ge=0,
+        description="characters: a training record sharing a window this long (normalised "
+        "as the dedup key) with a held-out record is dropped before re-sampling; 0: off",
+    )
+    max_record_chars: int = Field(
+        default_factory=lambda: default_record_chars(),
+        ge=1,
+        description="records with more characters of content are dropped, counted and named "
+        "(default: 16 x the model's default context in tokens)",
+    )
+    max_repeat: int = Field(
+        10,
+        ge=1,
+        description="no record is written more than this many times to fill a quota (before "
+        "`repeat`); a quota that needs more is left unmet and reported",
+    )
+    files: dict[str, str] = Field(
+        default_factory=dict,
+        description="file (relative to sources_dir) -> category, for files no glob matches",
+    )
     model_name: str = Field("MiniLLM", min_length=1, description="fills {{name}} in identity data")
     model_author: str = Field(
         "MiniLLM 开源社区", min_length=1, description="fills {{author}} in identity data"
@@ -134,6 +156,15 @@ class MixConfig(CoreConfig):
             if n < 1:
                 raise ValueError(f"max_records.{k} must be >= 1 (got {n})")
         return v
+
+    @model_validator(mode="after")
+    def _files(self) -> MixConfig:
+        for f, cat in self.files.items():
+            if cat not in self.categories:
+                raise ValueError(
+                    f"files.{f}: unknown category {cat!r}; allowed: {', '.join(self.categories)}"
+                )
+        return self
 
     @staticmethod
     def load_layer(path: Path | str) -> dict[str, Any]:
@@ -157,6 +188,18 @@ class MixConfig(CoreConfig):
         if not isinstance(data, dict):
             raise ConfigError(f"mix config {p}: expected a mapping of settings")
         return data
+
+
+RECORD_CHARS_PER_POSITION = 16
+
+
+def default_record_chars() -> int:
+    """16 characters per position of the model's default context: several rows' worth even at
+    4 characters a token, so only records no row could hold the end of are dropped."""
+    from minillm_core.model import ModelConfig  # the owner of the context length
+
+    context = ModelConfig.model_fields["max_position_embeddings"].default
+    return int(context) * RECORD_CHARS_PER_POSITION
 
 
 def quotas(cfg: MixConfig, output: str) -> dict[str, int]:

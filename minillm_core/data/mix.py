@@ -50,10 +50,11 @@ from minillm_core.artifacts import (
     write_json,
 )
 from minillm_core.data.config import OUTPUTS, MixConfig, Output, quotas
+from minillm_core.data.decontam import heldout_index, overlapping
 from minillm_core.data.dedup import distinct_ordinals
 from minillm_core.data.formats import CANONICAL_KEYS
 from minillm_core.data.readers import MixError
-from minillm_core.data.sampling import heldout_count, select
+from minillm_core.data.sampling import draw_heldout, draw_training, heldout_count
 from minillm_core.data.scan import EXAMPLES_KEPT, FileScan, resolve_files, scan_file
 from minillm_core.data.spool import Spool, write_pass
 from minillm_core.progress import LogFn, Progress, emit
@@ -103,13 +104,11 @@ def build_mix(
         "category_repeat": {},
         "valid_per_category": {},
         "records_per_file": {},
+        "quota_unmet": {},
     }
     distinct = _dedup(output, scans, meta, log) if cfg.dedup else {}
     # Select every category first: the totals size the occurrence list exactly (no regrowth).
-    chosen = {
-        cat: _choose(cfg, output, cat, files, q[cat], distinct.pop(cat, None), meta, log)
-        for cat, files in scans.items()
-    }
+    chosen = _choose_all(cfg, output, scans, q, distinct, meta, log)
     slots, n_bytes, held_bytes = _write_outputs(
         cfg, output, scans, chosen, meta, out_dir, main_path, held_path
     )
@@ -196,43 +195,121 @@ def _scan_all(
     return scans, samples_used
 
 
+def _choose_all(
+    cfg: MixConfig,
+    output: str,
+    scans: dict[str, list[FileScan]],
+    q: dict[str, int],
+    distinct: dict[str, np.ndarray],
+    meta: dict[str, Any],
+    log: LogFn | None,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per category the wanted ordinals and multiplicities: held-out records first (every
+    category), then the training records that overlap them are excluded (`decontam`), then the
+    training draw from what is left."""
+    spaces: dict[str, np.ndarray] = {}  # per category: the ordinals of its distinct records
+    held: dict[str, np.ndarray] = {}  # indices into spaces[cat]
+    for cat, files in scans.items():
+        n_valid = sum(fs.valid for fs in files)
+        if n_valid == 0:
+            na = sum(fs.not_applicable for fs in files)
+            bad = sum(sum(fs.bad.values()) for fs in files)
+            raise MixError(
+                f"category {cat!r}: no records usable for {output} in "
+                f"{', '.join(fs.display for fs in files)} ({na} valid records of a format "
+                f"that has no {output} form, {bad} bad)",
+                field=f"categories.{cat}",
+            )
+        space = distinct.pop(cat, None)
+        spaces[cat] = np.arange(n_valid, dtype=np.int64) if space is None else space
+        if space is not None:
+            meta["duplicates_per_category"][cat] = n_valid - len(space)
+        meta["valid_per_category"][cat] = n_valid
+        n_held = heldout_count(cfg, len(spaces[cat]), q[cat])
+        held[cat] = draw_heldout(cfg.seed, cat, len(spaces[cat]), n_held)
+    contam = _decontaminate(cfg, output, scans, spaces, held, meta, log)
+    return {
+        cat: _choose(cfg, output, cat, q[cat], spaces[cat], held[cat], contam[cat], meta, log)
+        for cat in scans
+    }
+
+
+def _decontaminate(
+    cfg: MixConfig,
+    output: str,
+    scans: dict[str, list[FileScan]],
+    spaces: dict[str, np.ndarray],
+    held: dict[str, np.ndarray],
+    meta: dict[str, Any],
+    log: LogFn | None,
+) -> dict[str, np.ndarray]:
+    """Per category the indices (into spaces[cat]) of the candidates for training that share a
+    `decontam_window`-character window with any held-out record of this output."""
+    none = {cat: np.zeros(0, dtype=np.int64) for cat in scans}
+    meta["decontam_window"] = cfg.decontam_window
+    if not cfg.decontam_window:
+        return none
+    index = heldout_index(cfg, output, scans, {c: spaces[c][held[c]] for c in scans})
+    meta["heldout_windows"] = len(index)
+    if not len(index):
+        hits = {c: np.zeros(0, dtype=np.int64) for c in scans}
+    else:
+        pool = {c: np.delete(spaces[c], held[c]) for c in scans}
+        hits = overlapping(cfg, output, scans, index, pool)
+    per_file = {
+        fs.display: fs.contaminated for files in scans.values() for fs in files if fs.contaminated
+    }
+    meta["contaminated_total"] = sum(per_file.values())
+    meta["contaminated_per_file"] = per_file
+    meta["contaminated_per_category"] = {c: len(h) for c, h in hits.items()}
+    if per_file:
+        emit(
+            log,
+            f"mix {output}: dropped {meta['contaminated_total']} training records sharing a "
+            f"{cfg.decontam_window}-character window with a held-out record: "
+            + ", ".join(f"{d}: {n}" for d, n in list(per_file.items())[:EXAMPLES_KEPT]),
+        )
+    return {c: np.searchsorted(spaces[c], hits[c]) for c in scans}
+
+
 def _choose(
     cfg: MixConfig,
     output: str,
     cat: str,
-    files: list[FileScan],
     quota: int,
-    distinct: np.ndarray | None,
+    space: np.ndarray,
+    held: np.ndarray,
+    contaminated: np.ndarray,
     meta: dict[str, Any],
     log: LogFn | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One category's wanted ordinals, sorted, and how often each is written (0: held out).
-    `distinct`: the ordinals left after dedup (None: dedup is off, every valid record)."""
+    """One category's wanted ordinals, sorted, and how often each is written (0: held out)."""
     c = cfg.categories[cat]
-    n_valid = sum(fs.valid for fs in files)
-    if n_valid == 0:
-        na = sum(fs.not_applicable for fs in files)
-        bad = sum(sum(fs.bad.values()) for fs in files)
+    excluded = np.union1d(held, contaminated)
+    pool = len(space) - len(excluded)
+    if pool <= 0:
         raise MixError(
-            f"category {cat!r}: no records usable for {output} in "
-            f"{', '.join(fs.display for fs in files)} ({na} valid records of a format "
-            f"that has no {output} form, {bad} bad)",
+            f"category {cat!r}: no training records left for {output} after the held-out "
+            f"split and decontamination ({len(held)} held out, {len(contaminated)} overlapping)",
             field=f"categories.{cat}",
         )
-    n_unique = n_valid if distinct is None else len(distinct)
-    n_held = heldout_count(cfg, n_unique, quota)
-    held, train, mult = select(cfg.seed, output, cat, n_unique, quota, n_held)
-    if distinct is not None:  # indices among the distinct records -> ordinals among all
-        held, train = distinct[held], distinct[train]
-        meta["duplicates_per_category"][cat] = n_valid - n_unique
-    pool = n_unique - n_held
-    meta["valid_per_category"][cat] = n_valid
+    picks, mult = draw_training(cfg.seed, output, cat, len(space), quota, excluded, cfg.max_repeat)
+    held, train = space[held], space[picks]
+    drawn = int(mult.sum())
     meta["distinct_per_category"][cat] = len(train)
-    meta["heldout_per_category"][cat] = n_held
-    meta["records_per_category"][cat] = int(mult.sum()) * c.repeat
-    meta["repeat_factors"][cat] = round(quota / pool, 3) if quota > pool else 1.0
+    meta["heldout_per_category"][cat] = len(held)
+    meta["records_per_category"][cat] = drawn * c.repeat
+    meta["repeat_factors"][cat] = round(drawn / pool, 3) if drawn > pool else 1.0
     meta["category_repeat"][cat] = c.repeat
-    if quota > pool:
+    if drawn < quota:
+        meta["quota_unmet"][cat] = {"quota": quota, "drawn": drawn}
+        emit(
+            log,
+            f"mix {output}: category {cat} has {pool} distinct training records for a "
+            f"quota of {quota}: each written at most max_repeat={cfg.max_repeat} times, "
+            f"so {drawn} records instead of {quota}",
+        )
+    elif quota > pool:
         emit(
             log,
             f"mix {output}: category {cat} has {pool} distinct training records "

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minillm_core.data import formats, readers
+from minillm_core.data import formats, policy, readers
 from minillm_core.data.config import CategoryConfig, MixConfig
 from minillm_core.data.dedup import content_key
 from minillm_core.data.readers import MixError, NotApplicable, RecordError, Sniff
@@ -49,30 +49,45 @@ class FileScan:
     # many of them repeat an earlier record (set by `dedup.distinct_ordinals`).
     keys: array = field(default_factory=lambda: array("Q"))
     duplicates: int = 0
+    # Every bad or dropped line: (line, reason, detail), for mix_report.json.
+    problems: list[tuple[int, str, str]] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)  # by policy (too long), not bad input
+    controls_stripped: int = 0  # records that had control characters removed
+    contaminated: int = 0  # records dropped for sharing a window with a held-out record
 
     @property
     def items(self) -> int:
-        return self.valid + self.not_applicable + sum(self.bad.values())
+        return (
+            self.valid + self.not_applicable + sum(self.bad.values()) + sum(self.dropped.values())
+        )
 
 
 class Converter:
-    """Turns one parsed value of a category into canonical fields for one output."""
+    """Turns one parsed value of a category into canonical fields for one output.
 
-    def __init__(self, cfg: MixConfig, category: str, output: str, check_only: bool = False):
+    Every pass uses it, so the scan, the decontamination pass and the write pass agree on which
+    records are valid (their ordinals line up): control characters are stripped first
+    (`policy.strip_controls`), and a record over `max_record_chars` raises `TooLong`.
+    """
+
+    def __init__(self, cfg: MixConfig, category: str, output: str):
         c = cfg.categories[category]
-        # The dedup key needs every record's fields, so nothing is skipped when it is on.
         self.dedup = cfg.dedup
         self.output, self.category = output, category
-        self.check_only = check_only and not cfg.dedup
+        self.max_chars = cfg.max_record_chars
         self.names = (
             {"name": cfg.model_name, "author": cfg.model_author} if c.fill_placeholders else None
         )
+        self.stripped = False  # whether the last call removed control characters
 
     def __call__(self, value: Any, fmt: str | None) -> tuple[str, Any, dict]:
+        value, self.stripped = policy.strip_controls(value)
         if self.names is not None:
             value = formats.fill_placeholders(value, self.names)
         fmt = fmt or formats.detect_format(value)
-        return fmt, value, formats.convert(value, fmt, self.output, self.check_only)
+        fields = formats.convert(value, fmt, self.output)
+        policy.check_size(fields, self.max_chars)
+        return fmt, value, fields
 
 
 def resolve_files(cfg: MixConfig, category: str) -> tuple[list[tuple[Path, str, Path]], bool]:
@@ -131,6 +146,7 @@ def count_item(fs: FileScan, conv: Converter, line: int, value: Any, keep_sample
         return False
     fs.formats[fmt] += 1
     fs.valid += 1
+    fs.controls_stripped += conv.stripped
     if conv.dedup:
         fs.keys.append(content_key(fields))
     if len(fs.samples) < keep_samples:
@@ -139,6 +155,10 @@ def count_item(fs: FileScan, conv: Converter, line: int, value: Any, keep_sample
 
 
 def _bad(fs: FileScan, line: int, exc: RecordError) -> None:
+    fs.problems.append((line, exc.kind, exc.detail))
+    if isinstance(exc, policy.Dropped):
+        fs.dropped[exc.kind] += 1
+        return
     fs.bad[exc.kind] += 1
     if len(fs.examples) < EXAMPLES_KEPT:
         fs.examples.append(f"{fs.display}:{line}: {exc}")
@@ -200,8 +220,7 @@ def scan_file(
         size=st.st_size,
         mtime_ns=st.st_mtime_ns,
     )
-    # Fields are only needed here for the samples shown; counting only validates.
-    conv = Converter(cfg, category, output, check_only=not keep_samples)
+    conv = Converter(cfg, category, output)
     h = hashlib.sha256()
     if fs.sniff.container == "jsonl":
         _scan_jsonl(fs, conv, h, progress, keep_samples)

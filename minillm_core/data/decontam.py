@@ -1,0 +1,266 @@
+"""Held-out decontamination by long exact overlap: no training record shares a 50-character
+window with a held-out record.
+
+Published LLM reports decontaminate with 13-token (GPT-3) or 50-character windows; the mix runs
+before the tokenizer exists, so it counts characters. A window is taken over a record's
+*normalised text*: every string of its canonical fields except roles (the text, the turns'
+contents), whitespace runs collapsed, joined by one space, then NFKC, the same normalisation
+as the dedup key. A conversation and the pretrain text built from it therefore have the same
+windows, so one index serves every output.
+
+Every window is hashed with a polynomial rolling hash modulo 2^64 in numpy (base odd, so it
+has an inverse and each window's hash comes from two prefix sums without a Python loop),
+mixed by a final avalanche step; the held-out windows are kept as one sorted uint64 array
+(8 bytes a window), and a training record is tested with one `searchsorted`. A 64-bit false
+match between two different windows is about a 1e-19 chance per pair of windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from minillm_core.data import readers
+from minillm_core.data.config import MixConfig
+from minillm_core.data.dedup import _nfkc
+from minillm_core.data.policy import strings
+from minillm_core.data.readers import NotApplicable, RecordError, strict_loads
+from minillm_core.data.scan import Converter, FileScan
+from minillm_core.data.spool import write_pass
+from minillm_core.layout import Layout
+from minillm_core.schema import STAGES
+
+WINDOW_CHARS = 50
+_BASE = 0x9E3779B97F4A7C15  # odd: invertible modulo 2^64
+_INV = pow(_BASE, -1, 1 << 64)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_pw = np.ones(1, dtype=np.uint64)
+_ipw = np.ones(1, dtype=np.uint64)
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """B^j and B^-j (mod 2^64) for j < n, grown by doubling and kept."""
+    global _pw, _ipw
+    if len(_pw) < n:
+        size = max(n, 2 * len(_pw))
+        _pw = np.cumprod(np.full(size, _BASE, dtype=np.uint64)) * np.uint64(_INV)
+        _ipw = np.cumprod(np.full(size, _INV, dtype=np.uint64)) * np.uint64(_BASE)
+    return _pw[:n], _ipw[:n]
+
+
+def record_text(fields: dict) -> str:
+    """The normalised text the windows are taken over (module docstring)."""
+    return _nfkc(" ".join(" ".join(s.split()) for s in strings(fields, []) if not s.isspace()))
+
+
+def window_hashes(text: str, window: int = WINDOW_CHARS) -> np.ndarray:
+    """The uint64 hash of every `window`-character substring of `text` (none if shorter)."""
+    n = len(text)
+    if n < window or window <= 0:
+        return np.zeros(0, dtype=np.uint64)
+    a = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+    pw, ipw = _powers(n)
+    prefix = np.zeros(n + 1, dtype=np.uint64)
+    np.cumsum(a * pw, out=prefix[1:])
+    h = (prefix[window:] - prefix[:-window]) * ipw[: n - window + 1]
+    h ^= h >> np.uint64(30)
+    h *= _M1
+    h ^= h >> np.uint64(27)
+    h *= _M2
+    h ^= h >> np.uint64(31)
+    return h
+
+
+class WindowIndex:
+    """The windows of a set of (held-out) records, as one sorted uint64 array."""
+
+    def __init__(self, window: int = WINDOW_CHARS):
+        self.window = window
+        self._parts: list[np.ndarray] = []
+        self.hashes = np.zeros(0, dtype=np.uint64)
+        self.records = 0
+
+    def _hashes(self, fields: dict) -> np.ndarray:
+        # A text shorter than the window is one "window" of its own length: an exact twin
+        # (same normalised text, e.g. a conversation and its pretrain text) still matches.
+        text = record_text(fields)
+        return window_hashes(text, min(self.window, len(text)))
+
+    def add(self, fields: dict) -> None:
+        self._parts.append(self._hashes(fields))
+        self.records += 1
+
+    def freeze(self) -> WindowIndex:
+        if self._parts:
+            self.hashes = np.unique(np.concatenate([self.hashes, *self._parts]))
+            self._parts = []
+        return self
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def overlaps(self, fields: dict) -> bool:
+        """Whether the record shares at least one window with the index."""
+        if not len(self.hashes):
+            return False
+        h = self._hashes(fields)
+        if not len(h):
+            return False
+        at = np.searchsorted(self.hashes, h)
+        at[at == len(self.hashes)] = 0
+        return bool((self.hashes[at] == h).any())
+
+
+CANONICAL = {"pretrain": ("text",), "sft": ("conversations",), "dpo": ("chosen", "rejected")}
+
+
+def mix_records(path: Path) -> Iterator[dict]:
+    """The records of a built mix file (bad lines are the file check's to report)."""
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                rec = strict_loads(raw.decode("utf-8"))
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                yield rec
+
+
+def content(rec: dict) -> dict:
+    """The canonical fields of a mix record, whatever its output."""
+    return {k: rec[k] for keys in CANONICAL.values() for k in keys if k in rec}
+
+
+def index_of(records: Iterable[dict], window: int = WINDOW_CHARS) -> WindowIndex:
+    idx = WindowIndex(window)
+    for rec in records:
+        idx.add(content(rec))
+    return idx.freeze()
+
+
+def count_overlaps(index: WindowIndex, records: Iterable[dict]) -> int:
+    """How many of `records` share a window with `index`."""
+    return sum(index.overlaps(content(r)) for r in records)
+
+
+def seen_mixes(heldout: Path, stage: str) -> list[Path]:
+    """The training mixes beside a held-out file that a `stage` checkpoint has trained on
+    (every stage up to it: an SFT model has also read the pretrain mix)."""
+    lay = Layout.at(processed_dir=str(heldout.parent))
+    upto = STAGES[: STAGES.index(stage) + 1] if stage in STAGES else STAGES  # type: ignore[arg-type]
+    return [p for s in upto if (p := lay.mix_path(s)).is_file() and p != heldout]
+
+
+def clean_heldout(
+    heldout: Path, stage: str, records: list[dict] | None = None, window: int = WINDOW_CHARS
+) -> tuple[list[dict], dict[str, int]]:
+    """The held-out records of `stage` that share no `window`-character window (nor their
+    whole normalised text) with any training mix the checkpoint saw (`seen_mixes`); and per
+    training mix how many held-out records overlap it.
+
+    Held-out records are drawn per output, so one output's held-out record can be another
+    output's training record (the general category feeds pretrain and SFT); the eval scores
+    only the clean ones.
+    """
+    if records is None:
+        records = list(mix_records(heldout))
+    if window <= 0:
+        return records, {}
+    index = WindowIndex(window)
+    for rec in records:
+        index.add(content(rec))
+    index.freeze()
+    dirty: set[int] = set()
+    counts: dict[str, int] = {}
+    for mix in seen_mixes(heldout, stage):
+        train = WindowIndex(window)
+        for rec in mix_records(mix):
+            if index.overlaps(content(rec)):
+                train.add(content(rec))
+        train.freeze()
+        hit = {i for i, rec in enumerate(records) if train.overlaps(content(rec))}
+        counts[mix.name] = len(hit)
+        dirty |= hit
+    return [r for i, r in enumerate(records) if i not in dirty], counts
+
+
+# ------------------------------------------------------------------- the mix's decontamination
+
+
+class _Collector:
+    """Stands in for the spool of `write_pass`: held-out records go into a window index."""
+
+    def __init__(self, index: WindowIndex):
+        self.index = index
+
+    def add(self, rec: dict) -> int:
+        self.index.add(content(rec))
+        return self.index.records - 1
+
+
+def _per_file(
+    files: list[FileScan], ords: np.ndarray
+) -> Iterator[tuple[FileScan, np.ndarray, int]]:
+    """Each file with the local ordinals of `ords` (sorted, category-wide) that fall in it, and
+    the category ordinal of its first record."""
+    bounds = np.cumsum([0] + [fs.valid for fs in files])
+    for i, fs in enumerate(files):
+        lo, hi = np.searchsorted(ords, [bounds[i], bounds[i + 1]])
+        if lo < hi:
+            yield fs, ords[lo:hi] - bounds[i], int(bounds[i])
+
+
+def heldout_index(
+    cfg: MixConfig, output: str, scans: dict[str, list[FileScan]], held: dict[str, np.ndarray]
+) -> WindowIndex:
+    """The windows of every held-out record of `output` (all categories), read back from the
+    sources (only the held-out lines are parsed)."""
+    index = WindowIndex(cfg.decontam_window)
+    sink = _Collector(index)
+    for cat, files in scans.items():
+        for fs, local, _base in _per_file(files, held[cat]):
+            write_pass(fs, cfg, output, local, lambda _k, _slot: None, sink)  # type: ignore[arg-type]
+    return index.freeze()
+
+
+def _valid_fields(fs: FileScan, conv: Converter) -> Iterator[tuple[int, dict]]:
+    """(local ordinal, canonical fields) of every valid record of a file, as the scan counted."""
+    ordinal = 0
+    for _line, value in readers.iter_items(fs.path, fs.display, fs.sniff):
+        if isinstance(value, RecordError):
+            continue
+        try:
+            _fmt, _value, fields = conv(value, fs.fmt)
+        except (RecordError, NotApplicable):
+            continue
+        yield ordinal, fields
+        ordinal += 1
+
+
+def overlapping(
+    cfg: MixConfig,
+    output: str,
+    scans: dict[str, list[FileScan]],
+    index: WindowIndex,
+    pool: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Per category, the sorted ordinals of `pool` (the candidates for training) whose record
+    shares a window with `index`; sets each file's `contaminated` count."""
+    out: dict[str, np.ndarray] = {}
+    for cat, files in scans.items():
+        hits: list[np.ndarray] = []
+        for fs, local, base in _per_file(files, pool[cat]) if len(index) else ():
+            wanted = np.zeros(fs.valid, dtype=bool)  # a byte per record, not a set of ints
+            wanted[local] = True
+            found = [
+                o
+                for o, fields in _valid_fields(fs, Converter(cfg, cat, output))
+                if wanted[o] and index.overlaps(fields)
+            ]
+            fs.contaminated = len(found)
+            hits.append(np.asarray(found, dtype=np.int64) + base)
+        out[cat] = np.concatenate(hits) if hits else np.zeros(0, dtype=np.int64)
+    return out
