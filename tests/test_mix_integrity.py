@@ -7,6 +7,8 @@ import json
 import random
 from pathlib import Path
 
+import pytest
+
 from minillm_core.data import CategoryConfig, MixConfig, build_mix, check_mix
 from minillm_core.data.check import check_mix_counts
 from minillm_core.data.decontam import (
@@ -158,3 +160,177 @@ def test_eval_scores_only_heldout_records_clean_of_every_seen_mix(tmp_path):
     assert set(clean_heldout(out / "pretrain_chinese_heldout.jsonl", "pretrain")[1]) == {
         "pretrain_chinese.jsonl"
     }
+
+
+# ------------------------------------------------------------------ every file accounted for
+
+
+def chat(i: int, prefix: str = "问题") -> dict:
+    return conv(f"{prefix}{i}", f"回答{i}")
+
+
+def test_unmatched_file_warned_with_globs_and_mapped_by_config(tmp_path):
+    jsonl(tmp_path / "src/general/a.jsonl", [chat(i) for i in range(5)])
+    belle = jsonl(tmp_path / "src/belle_cn.jsonl", [chat(i, "贝儿") for i in range(4)])
+    logged: list[str] = []
+    r = build_mix(config(tmp_path, 10), "sft", tmp_path / "o", log=logged.append)
+    warning = next(x for x in logged if "belle_cn.jsonl" in x)
+    assert "used by no category" in warning and "general: general/*.jsonl" in warning
+    assert 'files: {"belle_cn.jsonl": "general"}' in warning
+    assert r.metadata["unmatched_files"] == ["belle_cn.jsonl"]
+    assert str(belle) not in r.metadata["records_per_file"]
+    mapped = config(tmp_path, 10, files={"belle_cn.jsonl": "general"})
+    logged.clear()
+    r = build_mix(mapped, "sft", tmp_path / "m", log=logged.append)
+    assert r.metadata["unmatched_files"] == [] and not any("no category" in x for x in logged)
+    assert r.metadata["valid_per_category"]["general"] == 9
+    with pytest.raises(Exception, match="unknown category 'nope'"):
+        config(tmp_path, 10, files={"belle_cn.jsonl": "nope"})
+
+
+def test_empty_and_zero_record_files_named(tmp_path):
+    jsonl(tmp_path / "src/general/a.jsonl", [chat(i) for i in range(5)])
+    empty = tmp_path / "src/general/empty.jsonl"
+    empty.write_bytes(b"")
+    texts = jsonl(tmp_path / "src/general/texts.jsonl", [{"text": "只有正文"}])
+    logged: list[str] = []
+    r = build_mix(config(tmp_path, 4), "sft", tmp_path / "o", log=logged.append)
+    assert r.metadata["empty_files"] == [str(empty)]
+    assert r.metadata["zero_record_files"] == [str(texts)]
+    assert f"mix sft: warning: {empty}: empty (no records)" in logged
+    assert f"mix sft: warning: {texts}: no record usable for sft" in logged
+    rep = json.loads((tmp_path / "o/mix_report.json").read_text())["sft"]
+    assert rep["empty_files"] == [str(empty)]
+    assert rep["no_form_for_output"] == {str(texts): {"records": 1, "first_lines": [1]}}
+
+
+# ------------------------------------------------------------------ size, repeats, controls
+
+
+def test_giant_record_dropped_named_and_resampling_capped(tmp_path):
+    rows = [chat(i) for i in range(3)] + [conv("长文", "很" * 200_000)]
+    src = jsonl(tmp_path / "src/general/a.jsonl", rows)
+    logged: list[str] = []
+    cfg = config(tmp_path, 16_000, heldout_min=1)
+    assert cfg.max_record_chars == 512 * 16  # 16 characters per position of the default context
+    r = build_mix(cfg, "sft", tmp_path / "o", log=logged.append)
+    m = r.metadata
+    assert m["dropped_per_file"] == {str(src): {"too long": 1}} and m["dropped_total"] == 1
+    assert max(len(json.dumps(x)) for x in lines(r.path)) < 1000
+    # Two training records, each at most max_repeat (10) times: 20 records, not 16,000.
+    assert r.records == 20 and m["quota_unmet"] == {"general": {"quota": 16_000, "drawn": 20}}
+    assert any("at most max_repeat=10 times, so 20 records instead of 16000" in x for x in logged)
+    rep = json.loads((tmp_path / "o/mix_report.json").read_text())["sft"]
+    assert rep["bad_lines"] == [
+        {
+            "file": str(src),
+            "line": 4,
+            "reason": "too long",
+            "detail": "200002 characters > max_record_chars 8192",
+        }
+    ]
+    assert rep["quota_unmet"] == m["quota_unmet"]
+    assert check_mix(r.path, "sft") == []
+    r = build_mix(
+        config(tmp_path, 100, max_record_chars=300_000, max_repeat=2), "sft", tmp_path / "b"
+    )
+    assert r.metadata["dropped_total"] == 0 and r.records == 6
+
+
+def test_control_characters_stripped_and_counted(tmp_path):
+    rows = [
+        conv("正常\t问题\r\n", "回答"),
+        conv("带\x00空字符", "回\x1b[31m答\x7f"),
+        conv("问\x07题", "答\x0b案"),
+    ]
+    src = jsonl(tmp_path / "src/general/a.jsonl", rows)
+    r = build_mix(config(tmp_path, 6, heldout_min=0), "sft", tmp_path / "o")
+    out = (tmp_path / "o/sft_chinese.jsonl").read_text(encoding="utf-8")
+    for ch in "\x00\x1b\x7f\x07\x0b":
+        assert json.dumps(ch)[1:-1] not in out and ch not in out
+    texts = {x["conversations"][1]["content"] for x in lines(r.path) + lines(r.heldout_path)}
+    assert texts == {"回答", "回[31m答", "答案"}
+    assert r.metadata["control_chars_stripped"] == {str(src): 2}
+
+
+# ------------------------------------------------------------------ reporting and dry run
+
+
+def test_every_bad_line_in_mix_report(tmp_path):
+    good = [json.dumps(chat(i), ensure_ascii=False) for i in range(100)]
+    bad = ['{"conversations": [', "NaN", '{"text": Infinity}', "[1, 2", '{"a": 1}', "{", '"x"', "]"]
+    raw = good[:50] + bad + good[50:]
+    src = tmp_path / "src/general/a.jsonl"
+    src.parent.mkdir(parents=True)
+    src.write_text("\n".join(raw) + "\n", encoding="utf-8")
+    logged: list[str] = []
+    build_mix(config(tmp_path, 20), "sft", tmp_path / "o", log=logged.append)
+    rep = json.loads((tmp_path / "o/mix_report.json").read_text())
+    assert set(rep) == {"sft"}
+    bad_lines = rep["sft"]["bad_lines"]
+    assert [b["line"] for b in bad_lines] == list(range(51, 59))
+    assert all(b["file"] == str(src) and b["reason"] for b in bad_lines)
+    assert sum(rep["sft"]["counts_per_reason"].values()) == 8
+    assert rep["sft"]["counts_per_source"] == {str(src): rep["sft"]["counts_per_reason"]}
+    assert any(x.startswith("mix sft: skipped per reason: invalid JSON:") for x in logged)
+    # Another output's build adds its own section beside this one.
+    jsonl(tmp_path / "src/general/t.jsonl", [{"text": "正文"}])
+    build_mix(config(tmp_path, 20, outputs=("pretrain", "sft")), "pretrain", tmp_path / "o")
+    assert set(json.loads((tmp_path / "o/mix_report.json").read_text())) == {"sft", "pretrain"}
+
+
+def test_dry_run_reports_every_failing_file(tmp_path, capsys):
+    from minillm_cli.mix import main as mix_main
+
+    for name in ("a", "b"):
+        jsonl(tmp_path / f"src/general/{name}.jsonl", [chat(i) for i in range(5)])
+        with open(tmp_path / f"src/general/{name}.jsonl", "a") as f:
+            f.write("not json\n{broken\n")
+    jsonl(tmp_path / "src/general/c.jsonl", [chat(i) for i in range(5)])
+    cfg_file = tmp_path / "mix.json"
+    cfg_file.write_text(
+        json.dumps(
+            {
+                "categories": {
+                    "general": {"sources": ["general/*.jsonl"], "target": 5, "outputs": ["sft"]}
+                },
+                "allow_samples": False,
+            }
+        )
+    )
+    argv = ["--dry-run", "--config", str(cfg_file), "--sources-dir", str(tmp_path / "src")]
+    assert mix_main([*argv, "--outputs", "sft"]) == 1
+    out = capsys.readouterr().out
+    assert "dry run: 2 failures:" in out
+    for name in ("a", "b"):
+        assert f"{tmp_path}/src/general/{name}.jsonl: 2 of 7 records are bad" in out
+        assert f"skipped {tmp_path}/src/general/{name}.jsonl:7: invalid JSON" in out
+    assert f"{tmp_path}/src/general/c.jsonl: jsonl" in out
+
+
+# ------------------------------------------------------------------ Chinese fields, test splits
+
+
+def test_metamath_layout_and_test_rows_without_answers(tmp_path):
+    rows = [
+        {
+            "question": "Natalia sold clips to 48 friends.",
+            "question_zh": f"娜塔莉亚卖给了{i}个朋友发夹。",
+            "answer": "She sold 48. #### 48",
+            "answer_zh": f"她卖了{i}个。#### {i}",
+        }
+        for i in range(6)
+    ]
+    test_rows = [
+        {"question": "哪个正确？", "A": "甲", "B": "乙", "C": "丙", "D": "丁", "answer": ""},
+        {"question_zh": "一加一等于几？", "answer_zh": None},
+    ]
+    src = jsonl(tmp_path / "src/general/m.jsonl", rows + test_rows)
+    r = build_mix(config(tmp_path, 5, max_bad_fraction=0.5), "sft", tmp_path / "o")
+    got = lines(r.path) + lines(r.heldout_path)
+    assert len({x["source"]["line"] for x in got}) == 6
+    for x in got:
+        user, answer = (m["content"] for m in x["conversations"])
+        assert user.startswith("娜塔莉亚") and "Natalia" not in user
+        assert answer.startswith("她卖了") and "答案：" in answer
+    assert r.metadata["skipped"] == {str(src): {"empty content": 1, "missing field": 1}}

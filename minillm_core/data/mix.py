@@ -32,7 +32,6 @@ outputs.
 from __future__ import annotations
 
 import errno
-import json
 import random
 import time
 from array import array
@@ -49,10 +48,10 @@ from minillm_core.artifacts import (
     sidecar_path,
     write_json,
 )
+from minillm_core.data import report
 from minillm_core.data.config import OUTPUTS, MixConfig, Output, quotas
 from minillm_core.data.decontam import heldout_index, overlapping
 from minillm_core.data.dedup import distinct_ordinals
-from minillm_core.data.formats import CANONICAL_KEYS
 from minillm_core.data.readers import MixError
 from minillm_core.data.sampling import draw_heldout, draw_training, heldout_count
 from minillm_core.data.scan import EXAMPLES_KEPT, FileScan, resolve_files, scan_file
@@ -113,6 +112,8 @@ def build_mix(
         cfg, output, scans, chosen, meta, out_dir, main_path, held_path
     )
     all_files = [fs for files in scans.values() for fs in files]
+    report.file_warnings(cfg, output, all_files, meta, log)
+    report.policy_counts(all_files, meta)
     _write_sidecars(
         cfg,
         all_files,
@@ -134,8 +135,10 @@ def build_mix(
     meta["scan_mb_per_s"] = round(source_bytes / 1e6 / max(scan_seconds, 1e-9), 2)
     meta["scan_cpu_seconds"] = round(scan_cpu_seconds, 3)
     meta["source_mb_per_s"] = round(source_bytes / 1e6 / max(seconds, 1e-9), 2)
-    for line in meta["skipped_examples"]:
-        emit(log, f"mix {output}: skipped {line}")
+    report.log_problems(output, all_files, log)
+    meta["report"] = str(
+        report.write_report(out_dir, output, report.section(output, all_files, meta))
+    )
     emit(
         log,
         f"mix {output}: wrote {len(slots.train)} records ({n_bytes / 1e6:.1f} MB) to "
@@ -482,33 +485,3 @@ def _write_sidecars(
         sidecar_path(held_path),
         {**sidecar, "artifact": held_path.name, "training_artifact": main_path.name},
     )
-
-
-def dry_run(
-    cfg: MixConfig, outputs: list[str], show: int = 2, out: Callable[[str], None] = print
-) -> None:
-    """Print per file the detected container and formats, counts per output, a few samples."""
-    for output in outputs:
-        q = quotas(cfg, output)
-        out(f"== {output}: quotas {q}")
-        for cat in q:
-            files, used_samples = resolve_files(cfg, cat)
-            tag = " (shipped samples)" if used_samples else ""
-            out(f"-- category {cat}{tag}")
-            for p, d, root in files:
-                fs = scan_file(p, d, root, cfg, cat, output, None, keep_samples=show)
-                fmts = ", ".join(f"{k} x{v}" for k, v in fs.formats.most_common()) or "-"
-                out(
-                    f"{d}: {fs.sniff.container}, {fmts}; valid {fs.valid}, bad "
-                    f"{sum(fs.bad.values())}, no {output} form {fs.not_applicable}"
-                )
-                for e in fs.examples:
-                    out(f"  skipped {e}")
-                for s in fs.samples:
-                    out(
-                        "  sample "
-                        + json.dumps(
-                            {k: s[k] for k in (*CANONICAL_KEYS[output], "source")},
-                            ensure_ascii=False,
-                        )[:600]
-                    )

@@ -53,6 +53,7 @@ class FileScan:
     problems: list[tuple[int, str, str]] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)  # by policy (too long), not bad input
     controls_stripped: int = 0  # records that had control characters removed
+    na_lines: list[int] = field(default_factory=list)  # the first lines with no form for the output
     contaminated: int = 0  # records dropped for sharing a window with a held-out record
 
     @property
@@ -90,25 +91,55 @@ class Converter:
         return fmt, value, fields
 
 
+def _is_data(root: Path, p: Path) -> bool:
+    """Editors' and our own temporaries (dot files and folders) and READMEs are never data."""
+    rel = p.relative_to(root)
+    return (
+        p.is_file()
+        and not any(part.startswith(".") for part in rel.parts)
+        and not p.name.lower().startswith("readme")
+    )
+
+
+def _mapped_elsewhere(cfg: MixConfig, category: str, rel: str) -> bool:
+    """Whether `files` maps this file to another category (the mapping beats the globs)."""
+    return cfg.files.get(rel, category) != category
+
+
+def _globbed(cfg: MixConfig, category: str, root: Path) -> dict[Path, None]:
+    found: dict[Path, None] = {}
+    if not root.is_dir():
+        return found
+    for pattern in cfg.categories[category].sources:
+        for p in root.glob(pattern):
+            if _is_data(root, p) and not _mapped_elsewhere(
+                cfg, category, p.relative_to(root).as_posix()
+            ):
+                found[p] = None
+    return found
+
+
 def resolve_files(cfg: MixConfig, category: str) -> tuple[list[tuple[Path, str, Path]], bool]:
-    """[(path, display name, root)] of a category, sorted; and whether shipped samples are used."""
+    """[(path, display name, root)] of a category, sorted; and whether shipped samples are used.
+
+    A category's files are those its globs match plus those `files` maps to it (relative to
+    sources_dir); the shipped samples are used only when both find nothing."""
     c = cfg.categories[category]
     lay = Layout.at(sources_dir=str(cfg.sources_dir), samples_dir=str(cfg.samples_dir))
+    mapped = {}
+    for rel, cat in cfg.files.items():
+        if cat == category:
+            p = lay.sources / rel
+            if not p.is_file():
+                raise MixError(
+                    f"files: {rel!r} (mapped to {category!r}) is not a file under {lay.sources}",
+                    field=f"files.{rel}",
+                )
+            mapped[p] = None
     for root, is_sample in ((lay.sources, False), (lay.samples, True)):
         if is_sample and not cfg.allow_samples:
             break
-        found: dict[Path, None] = {}
-        if root.is_dir():
-            for pattern in c.sources:
-                for p in root.glob(pattern):
-                    rel = p.relative_to(root)
-                    # Editors' and our own temporaries, READMEs: never data.
-                    if (
-                        p.is_file()
-                        and not any(part.startswith(".") for part in rel.parts)
-                        and not p.name.lower().startswith("readme")
-                    ):
-                        found[p] = None
+        found = {**_globbed(cfg, category, root), **(mapped if not is_sample else {})}
         if found:
             files = sorted(found, key=lambda p: str(p.relative_to(root)))
             return [(p, str(p), root) for p in files], is_sample
@@ -119,6 +150,30 @@ def resolve_files(cfg: MixConfig, category: str) -> tuple[list[tuple[Path, str, 
         f"category {category!r}: no files match {', '.join(c.sources)} {where}",
         field=f"categories.{category}.sources",
     )
+
+
+def unmatched_files(cfg: MixConfig) -> dict[str, str]:
+    """Files under sources_dir that no category uses -> a warning saying which globs they
+    missed and how to map them."""
+    lay = Layout.at(sources_dir=str(cfg.sources_dir), samples_dir=str(cfg.samples_dir))
+    root = lay.sources
+    if not root.is_dir():
+        return {}
+    used = set(lay.sources / rel for rel in cfg.files)
+    for cat in cfg.categories:
+        used |= set(_globbed(cfg, cat, root))
+    out: dict[str, str] = {}
+    for p in sorted(root.rglob("*")):
+        if p in used or not _is_data(root, p):
+            continue
+        rel = p.relative_to(root).as_posix()
+        globs = "; ".join(f"{n}: {', '.join(c.sources)}" for n, c in cfg.categories.items())
+        out[rel] = (
+            f"{p}: used by no category: it matches none of the globs ({globs}); to use it, "
+            f'map it in the mix config, e.g. files: {{"{rel}": "general"}}, or move it '
+            "into a category's folder"
+        )
+    return out
 
 
 def _override(c: CategoryConfig, root: Path, path: Path) -> tuple[str | None, str | None]:
@@ -143,6 +198,8 @@ def count_item(fs: FileScan, conv: Converter, line: int, value: Any, keep_sample
         return False
     except NotApplicable:
         fs.not_applicable += 1
+        if len(fs.na_lines) < EXAMPLES_KEPT:
+            fs.na_lines.append(line)
         return False
     fs.formats[fmt] += 1
     fs.valid += 1
@@ -206,6 +263,7 @@ def scan_file(
     output: str,
     progress: Progress | None = None,
     keep_samples: int = 0,
+    check_bad: bool = True,
 ) -> FileScan:
     """Pass 1 over one file: counts, errors, formats, hash (module docstring, step 1)."""
     c = cfg.categories[category]
@@ -233,6 +291,13 @@ def scan_file(
         if progress is not None:
             progress.update(fs.size)
     fs.sha256 = h.hexdigest()
+    if check_bad:
+        check_bad_fraction(fs, cfg)
+    return fs
+
+
+def check_bad_fraction(fs: FileScan, cfg: MixConfig) -> None:
+    """MixError when more than `max_bad_fraction` of a file's records are bad."""
     bad = sum(fs.bad.values())
     if bad and bad > cfg.max_bad_fraction * fs.items:
         reasons = ", ".join(f"{k}: {v}" for k, v in fs.bad.most_common())
@@ -240,9 +305,8 @@ def scan_file(
             f"{bad} of {fs.items} records are bad "
             f"({bad / fs.items:.0%} > max_bad_fraction {cfg.max_bad_fraction:.0%}; "
             f"{reasons}); first: " + "; ".join(fs.examples),
-            file=display,
+            file=fs.display,
         )
-    return fs
 
 
 def canonical_record(fields: dict, value: Any, display: str, line: int, category: str) -> dict:
