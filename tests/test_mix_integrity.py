@@ -334,3 +334,37 @@ def test_metamath_layout_and_test_rows_without_answers(tmp_path):
         assert user.startswith("娜塔莉亚") and "Natalia" not in user
         assert answer.startswith("她卖了") and "答案：" in answer
     assert r.metadata["skipped"] == {str(src): {"empty content": 1, "missing field": 1}}
+
+
+# ------------------------------------------------------------------ near-duplicates
+
+
+def test_near_duplicates_dropped_with_minhash_lsh(tmp_path):
+    rng = random.Random(11)
+    originals = [conv(hanzi(rng, 40), hanzi(rng, 200)) for _ in range(20)]
+    near = []
+    for o in originals[:8]:  # one character changed in the answer
+        a = o["conversations"][1]["content"]
+        near.append(conv(o["conversations"][0]["content"], a[:100] + "改" + a[101:]))
+    far = [
+        conv(hanzi(rng, 40), o["conversations"][1]["content"][:100] + hanzi(rng, 100))
+        for o in originals[8:12]
+    ]
+    a = jsonl(tmp_path / "src/general/a.jsonl", originals)
+    b = jsonl(tmp_path / "src/general/b.jsonl", near + far + [originals[15]])
+    on = config(tmp_path, 100, near_dedup=True, decontam_window=0, max_repeat=100)
+    r = build_mix(on, "sft", tmp_path / "on")
+    m = r.metadata
+    assert m["near_duplicates_per_file"] == {str(b): 8} and m["near_duplicates_total"] == 8
+    assert m["duplicates_per_file"] == {str(b): 1}  # the exact copy counts as exact
+    kept = {
+        (Path(x["source"]["file"]).name, x["source"]["line"])
+        for x in lines(r.path) + lines(r.heldout_path)
+    }
+    assert kept == {("a.jsonl", i) for i in range(1, 21)} | {("b.jsonl", i) for i in range(9, 13)}
+    rep = json.loads((tmp_path / "on/mix_report.json").read_text())["sft"]
+    assert rep["near_duplicates_total"] == 8
+    off = build_mix(
+        config(tmp_path, 100, decontam_window=0, max_repeat=100), "sft", tmp_path / "off"
+    )
+    assert "near_duplicates_total" not in off.metadata and off.metadata["duplicates_total"] == 1

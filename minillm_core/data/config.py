@@ -144,6 +144,17 @@ class MixConfig(CoreConfig):
         default_factory=dict,
         description="file (relative to sources_dir) -> category, for files no glob matches",
     )
+    near_dedup: bool = Field(
+        False,
+        description="also drop near-duplicates (MinHash LSH over character 5-grams, with "
+        "dedup on); the gpu profile turns it on",
+    )
+    near_dedup_threshold: float = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="Jaccard similarity at which two records are near-duplicates",
+    )
     model_name: str = Field("MiniLLM", min_length=1, description="fills {{name}} in identity data")
     model_author: str = Field(
         "MiniLLM 开源社区", min_length=1, description="fills {{author}} in identity data"

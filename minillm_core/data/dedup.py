@@ -71,6 +71,13 @@ def distinct_ordinals(scans: dict[str, list[FileScan]]) -> dict[str, np.ndarray]
     keep = np.zeros(len(keys), dtype=bool)
     keep[np.unique(keys, return_index=True)[1]] = True
     del keys
+    at = 0
+    for fs in files:  # near-duplicates (scan order) that are not exact ones go too
+        if fs.near:
+            near = at + np.frombuffer(fs.near, dtype=np.int64)
+            fs.near_duplicates = int(keep[near].sum())
+            keep[near] = False
+        at += fs.valid
     out: dict[str, np.ndarray] = {}
     start = 0
     for cat, cat_files in scans.items():
@@ -78,7 +85,7 @@ def distinct_ordinals(scans: dict[str, list[FileScan]]) -> dict[str, np.ndarray]
         k = keep[start : start + n]
         at = start
         for fs in cat_files:
-            fs.duplicates = int(fs.valid - keep[at : at + fs.valid].sum())
+            fs.duplicates = int(fs.valid - keep[at : at + fs.valid].sum()) - fs.near_duplicates
             at += fs.valid
         out[cat] = np.flatnonzero(k).astype(np.int64, copy=False)
         start += n

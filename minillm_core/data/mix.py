@@ -52,6 +52,7 @@ from minillm_core.data import report
 from minillm_core.data.config import OUTPUTS, MixConfig, Output, quotas
 from minillm_core.data.decontam import heldout_index, overlapping
 from minillm_core.data.dedup import distinct_ordinals
+from minillm_core.data.neardup import NearDup
 from minillm_core.data.readers import MixError
 from minillm_core.data.sampling import draw_heldout, draw_training, heldout_count
 from minillm_core.data.scan import EXAMPLES_KEPT, FileScan, resolve_files, scan_file
@@ -105,7 +106,7 @@ def build_mix(
         "records_per_file": {},
         "quota_unmet": {},
     }
-    distinct = _dedup(output, scans, meta, log) if cfg.dedup else {}
+    distinct = _dedup(output, scans, meta, log, cfg.near_dedup) if cfg.dedup else {}
     # Select every category first: the totals size the occurrence list exactly (no regrowth).
     chosen = _choose_all(cfg, output, scans, q, distinct, meta, log)
     slots, n_bytes, held_bytes = _write_outputs(
@@ -184,9 +185,12 @@ def _scan_all(
     total_bytes = sum(p.stat().st_size for files, _ in found.values() for p, _, _ in files)
     scans: dict[str, list[FileScan]] = {}
     samples_used: list[str] = []
+    near = NearDup(cfg.near_dedup_threshold, cfg.seed) if cfg.dedup and cfg.near_dedup else None
     with Progress(total_bytes, f"mix {output}: scan", unit="B", log=log) as prog:
         for cat, (files, used) in found.items():
-            scans[cat] = [scan_file(p, d, root, cfg, cat, output, prog) for p, d, root in files]
+            scans[cat] = [
+                scan_file(p, d, root, cfg, cat, output, prog, near=near) for p, d, root in files
+            ]
             if used:
                 samples_used.append(cat)
     if samples_used:
@@ -226,7 +230,7 @@ def _choose_all(
         space = distinct.pop(cat, None)
         spaces[cat] = np.arange(n_valid, dtype=np.int64) if space is None else space
         if space is not None:
-            meta["duplicates_per_category"][cat] = n_valid - len(space)
+            meta["duplicates_per_category"][cat] = sum(fs.duplicates for fs in files)
         meta["valid_per_category"][cat] = n_valid
         n_held = heldout_count(cfg, len(spaces[cat]), q[cat])
         held[cat] = draw_heldout(cfg.seed, cat, len(spaces[cat]), n_held)
@@ -324,7 +328,11 @@ def _choose(
 
 
 def _dedup(
-    output: str, scans: dict[str, list[FileScan]], meta: dict[str, Any], log: LogFn | None
+    output: str,
+    scans: dict[str, list[FileScan]],
+    meta: dict[str, Any],
+    log: LogFn | None,
+    near_on: bool,
 ) -> dict[str, np.ndarray]:
     """The distinct ordinals per category (`dedup`), the duplicates counted into `meta`."""
     distinct = distinct_ordinals(scans)
@@ -338,13 +346,23 @@ def _dedup(
             "duplicates_per_category": {},
         }
     )
-    if per_file:
-        shown = ", ".join(f"{d}: {n}" for d, n in list(per_file.items())[:EXAMPLES_KEPT])
-        emit(
-            log,
-            f"mix {output}: dropped {meta['duplicates_total']} exact duplicates "
-            f"(first occurrence kept) in {shown}",
-        )
+    near = {
+        fs.display: fs.near_duplicates
+        for files in scans.values()
+        for fs in files
+        if fs.near_duplicates
+    }
+    if near_on:
+        meta["near_duplicates_total"] = sum(near.values())
+        meta["near_duplicates_per_file"] = near
+    for what, counts in (("exact duplicates", per_file), ("near-duplicates", near)):
+        if counts:
+            shown = ", ".join(f"{d}: {n}" for d, n in list(counts.items())[:EXAMPLES_KEPT])
+            emit(
+                log,
+                f"mix {output}: dropped {sum(counts.values())} {what} "
+                f"(first occurrence kept) in {shown}",
+            )
     return distinct
 
 

@@ -13,7 +13,7 @@ from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from minillm_core.data import formats, policy, readers
 from minillm_core.data.config import CategoryConfig, MixConfig
@@ -21,6 +21,9 @@ from minillm_core.data.dedup import content_key
 from minillm_core.data.readers import MixError, NotApplicable, RecordError, Sniff
 from minillm_core.layout import Layout
 from minillm_core.progress import Progress
+
+if TYPE_CHECKING:  # neardup imports decontam, which imports this module
+    from minillm_core.data.neardup import NearDup
 
 EXAMPLES_KEPT = 5  # first `file:line: reason` lines kept per file and overall
 
@@ -53,6 +56,8 @@ class FileScan:
     problems: list[tuple[int, str, str]] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)  # by policy (too long), not bad input
     controls_stripped: int = 0  # records that had control characters removed
+    near: array = field(default_factory=lambda: array("q"))  # near-duplicates' local ordinals
+    near_duplicates: int = 0  # of them, those not also exact duplicates (set by dedup)
     na_lines: list[int] = field(default_factory=list)  # the first lines with no form for the output
     contaminated: int = 0  # records dropped for sharing a window with a held-out record
 
@@ -186,7 +191,14 @@ def _override(c: CategoryConfig, root: Path, path: Path) -> tuple[str | None, st
     return container, fmt
 
 
-def count_item(fs: FileScan, conv: Converter, line: int, value: Any, keep_samples: int = 0) -> bool:
+def count_item(
+    fs: FileScan,
+    conv: Converter,
+    line: int,
+    value: Any,
+    keep_samples: int = 0,
+    near: NearDup | None = None,
+) -> bool:
     """Validate one item into `fs`'s counters; True when it is a usable record for the output."""
     if isinstance(value, RecordError):
         _bad(fs, line, value)
@@ -206,6 +218,8 @@ def count_item(fs: FileScan, conv: Converter, line: int, value: Any, keep_sample
     fs.controls_stripped += conv.stripped
     if conv.dedup:
         fs.keys.append(content_key(fields))
+        if near is not None and near.seen(fields):
+            fs.near.append(fs.valid - 1)
     if len(fs.samples) < keep_samples:
         fs.samples.append(canonical_record(fields, value, fs.display, line, fs.category))
     return True
@@ -222,7 +236,12 @@ def _bad(fs: FileScan, line: int, exc: RecordError) -> None:
 
 
 def _scan_jsonl(
-    fs: FileScan, conv: Converter, h: Any, progress: Progress | None, keep_samples: int
+    fs: FileScan,
+    conv: Converter,
+    h: Any,
+    progress: Progress | None,
+    keep_samples: int,
+    near: NearDup | None,
 ) -> None:
     """The JSON Lines scan: the hot loop of the whole stage, kept flat and free of per-line
     allocations beyond the parse itself (see bench/bench_mix.py)."""
@@ -246,7 +265,7 @@ def _scan_jsonl(
                 continue
             n = 0
             for v in values:
-                n += count_item(fs, conv, line_no, v, keep_samples)
+                n += count_item(fs, conv, line_no, v, keep_samples, near)
             if n != 1:
                 fs.exc_lines.append(line_no)
                 fs.exc_counts.append(n)
@@ -264,6 +283,7 @@ def scan_file(
     progress: Progress | None = None,
     keep_samples: int = 0,
     check_bad: bool = True,
+    near: NearDup | None = None,
 ) -> FileScan:
     """Pass 1 over one file: counts, errors, formats, hash (module docstring, step 1)."""
     c = cfg.categories[category]
@@ -281,13 +301,13 @@ def scan_file(
     conv = Converter(cfg, category, output)
     h = hashlib.sha256()
     if fs.sniff.container == "jsonl":
-        _scan_jsonl(fs, conv, h, progress, keep_samples)
+        _scan_jsonl(fs, conv, h, progress, keep_samples, near)
     else:
         with open(path, "rb") as f:
             while block := f.read(1 << 20):
                 h.update(block)
         for line, value in readers.iter_items(path, display, fs.sniff):
-            count_item(fs, conv, line, value, keep_samples)
+            count_item(fs, conv, line, value, keep_samples, near)
         if progress is not None:
             progress.update(fs.size)
     fs.sha256 = h.hexdigest()
