@@ -80,6 +80,14 @@ def test_window_hash_matches_substring_equality():
     idx.freeze()
     assert idx.overlaps({"text": "x" + text[30:80]})
     assert not idx.overlaps({"text": text[30:79]})  # 49 characters: no full window
+    # The batched test agrees with the per-record one, and a window split across two
+    # consecutive texts of a batch is not a hit.
+    short = text[:20]
+    idx.add({"text": short})
+    idx.freeze()
+    batch = ["无关" * 40, "y" + text[60:110], "开头" + text[100:125], text[125:150] + "结尾", short]
+    assert idx.hits(batch) == [i for i, t in enumerate(batch) if idx.overlaps({"text": t})]
+    assert idx.hits(batch) == [1, 4]
 
 
 def test_training_records_sharing_a_window_with_heldout_are_dropped(tmp_path):
@@ -212,7 +220,10 @@ def test_giant_record_dropped_named_and_resampling_capped(tmp_path):
     src = jsonl(tmp_path / "src/general/a.jsonl", rows)
     logged: list[str] = []
     cfg = config(tmp_path, 16_000, heldout_min=1)
-    assert cfg.max_record_chars == 512 * 16  # 16 characters per position of the default context
+    from minillm_core.model import ModelConfig
+
+    context = ModelConfig.model_fields["max_position_embeddings"].default
+    assert cfg.max_record_chars == context * 16  # 16 characters a position of the context
     r = build_mix(cfg, "sft", tmp_path / "o", log=logged.append)
     m = r.metadata
     assert m["dropped_per_file"] == {str(src): {"too long": 1}} and m["dropped_total"] == 1

@@ -204,13 +204,16 @@ class MixConfig(CoreConfig):
 RECORD_CHARS_PER_POSITION = 16
 
 
+# ModelConfig.max_position_embeddings' default, which owns it; repeated here because importing
+# the model imports torch (hundreds of MB in a mix process). tests/test_mix_integrity.py keeps
+# the two equal.
+DEFAULT_CONTEXT = 512
+
+
 def default_record_chars() -> int:
     """16 characters per position of the model's default context: several rows' worth even at
     4 characters a token, so only records no row could hold the end of are dropped."""
-    from minillm_core.model import ModelConfig  # the owner of the context length
-
-    context = ModelConfig.model_fields["max_position_embeddings"].default
-    return int(context) * RECORD_CHARS_PER_POSITION
+    return DEFAULT_CONTEXT * RECORD_CHARS_PER_POSITION
 
 
 def quotas(cfg: MixConfig, output: str) -> dict[str, int]:

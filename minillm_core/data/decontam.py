@@ -33,6 +33,7 @@ from minillm_core.layout import Layout
 from minillm_core.schema import STAGES
 
 WINDOW_CHARS = 50
+BATCH_CHARS = 1 << 16  # per numpy pass of the decontamination (flat memory: a few MB at most)
 _BASE = 0x9E3779B97F4A7C15  # odd: invertible modulo 2^64
 _INV = pow(_BASE, -1, 1 << 64)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -101,6 +102,33 @@ class WindowIndex:
 
     def __len__(self) -> int:
         return len(self.hashes)
+
+    def _member(self, h: np.ndarray) -> np.ndarray:
+        at = np.searchsorted(self.hashes, h)
+        at[at == len(self.hashes)] = 0
+        return self.hashes[at] == h
+
+    def hits(self, texts: list[str]) -> list[int]:
+        """The indices of the normalised `texts` that share a window with the index: one
+        numpy pass over their concatenation (windows that cross from one text into the next
+        are masked), which costs far less than a call per record."""
+        w = self.window
+        out = [
+            i
+            for i, t in enumerate(texts)
+            if 0 < len(t) < w and self._member(window_hashes(t, len(t))).any()
+        ]
+        longs = [i for i, t in enumerate(texts) if len(t) >= w]
+        if not longs or not len(self.hashes):
+            return sorted(out)
+        lens = np.array([len(texts[i]) for i in longs], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+        h = window_hashes("".join(texts[i] for i in longs), w)
+        pos = np.flatnonzero(self._member(h))
+        rid = np.searchsorted(starts, pos, side="right") - 1
+        inside = pos <= starts[rid] + lens[rid] - w
+        out += [longs[r] for r in np.unique(rid[inside]).tolist()]
+        return sorted(out)
 
     def overlaps(self, fields: dict) -> bool:
         """Whether the record shares at least one window with the index."""
@@ -255,11 +283,17 @@ def overlapping(
         for fs, local, base in _per_file(files, pool[cat]) if len(index) else ():
             wanted = np.zeros(fs.valid, dtype=bool)  # a byte per record, not a set of ints
             wanted[local] = True
-            found = [
-                o
-                for o, fields in _valid_fields(fs, Converter(cfg, cat, output))
-                if wanted[o] and index.overlaps(fields)
-            ]
+            found: list[int] = []
+            batch: list[tuple[int, str]] = []
+            chars = 0
+            for o, fields in _valid_fields(fs, Converter(cfg, cat, output)):
+                if wanted[o]:
+                    batch.append((o, record_text(fields)))
+                    chars += len(batch[-1][1])
+                if chars >= BATCH_CHARS:
+                    found += [batch[i][0] for i in index.hits([t for _o, t in batch])]
+                    batch, chars = [], 0
+            found += [batch[i][0] for i in index.hits([t for _o, t in batch])]
             fs.contaminated = len(found)
             hits.append(np.asarray(found, dtype=np.int64) + base)
         out[cat] = np.concatenate(hits) if hits else np.zeros(0, dtype=np.int64)

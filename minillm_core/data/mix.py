@@ -52,7 +52,6 @@ from minillm_core.data import report
 from minillm_core.data.config import OUTPUTS, MixConfig, Output, quotas
 from minillm_core.data.decontam import heldout_index, overlapping
 from minillm_core.data.dedup import distinct_ordinals
-from minillm_core.data.neardup import NearDup
 from minillm_core.data.readers import MixError
 from minillm_core.data.sampling import draw_heldout, draw_training, heldout_count
 from minillm_core.data.scan import EXAMPLES_KEPT, FileScan, resolve_files, scan_file
@@ -108,7 +107,10 @@ def build_mix(
     }
     distinct = _dedup(output, scans, meta, log, cfg.near_dedup) if cfg.dedup else {}
     # Select every category first: the totals size the occurrence list exactly (no regrowth).
+    t1, cpu1 = time.monotonic(), time.process_time()
     chosen = _choose_all(cfg, output, scans, q, distinct, meta, log)
+    # Timings stay out of the sidecar (written below): rebuilds are byte-identical.
+    choose_seconds = (time.monotonic() - t1, time.process_time() - cpu1)
     slots, n_bytes, held_bytes = _write_outputs(
         cfg, output, scans, chosen, meta, out_dir, main_path, held_path
     )
@@ -132,6 +134,8 @@ def build_mix(
     seconds = time.monotonic() - t0
     source_bytes = meta["source_bytes"]
     meta["seconds"] = round(seconds, 3)
+    meta["decontam_seconds"] = round(choose_seconds[0], 3)  # with the (cheap) draw
+    meta["decontam_cpu_seconds"] = round(choose_seconds[1], 3)
     meta["scan_seconds"] = round(scan_seconds, 3)
     meta["scan_mb_per_s"] = round(source_bytes / 1e6 / max(scan_seconds, 1e-9), 2)
     meta["scan_cpu_seconds"] = round(scan_cpu_seconds, 3)
@@ -185,7 +189,11 @@ def _scan_all(
     total_bytes = sum(p.stat().st_size for files, _ in found.values() for p, _, _ in files)
     scans: dict[str, list[FileScan]] = {}
     samples_used: list[str] = []
-    near = NearDup(cfg.near_dedup_threshold, cfg.seed) if cfg.dedup and cfg.near_dedup else None
+    near = None
+    if cfg.dedup and cfg.near_dedup:
+        from minillm_core.data.neardup import NearDup  # datasketch and scipy: 1 s, 60 MB
+
+        near = NearDup(cfg.near_dedup_threshold, cfg.seed)
     with Progress(total_bytes, f"mix {output}: scan", unit="B", log=log) as prog:
         for cat, (files, used) in found.items():
             scans[cat] = [
@@ -335,7 +343,13 @@ def _dedup(
     near_on: bool,
 ) -> dict[str, np.ndarray]:
     """The distinct ordinals per category (`dedup`), the duplicates counted into `meta`."""
+    # The index: an 8-byte key per valid record while scanning, then an 8-byte ordinal per
+    # distinct record (bench/bench_mix.py reports the bytes per distinct record).
+    key_bytes = sum(fs.keys.itemsize * len(fs.keys) for files in scans.values() for fs in files)
     distinct = distinct_ordinals(scans)
+    n_distinct = sum(len(d) for d in distinct.values())
+    meta["dedup_index_bytes"] = key_bytes + 8 * n_distinct
+    meta["dedup_bytes_per_distinct"] = round(meta["dedup_index_bytes"] / max(n_distinct, 1), 2)
     per_file = {
         fs.display: fs.duplicates for files in scans.values() for fs in files if fs.duplicates
     }

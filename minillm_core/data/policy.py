@@ -57,6 +57,13 @@ def strip_controls(value: Any) -> tuple[Any, bool]:
     return _strip(value), True
 
 
+def line_may_have_controls(raw: bytes) -> bool:
+    """Whether a JSON Lines line could decode to a string with a control character. The strict
+    parser refuses raw C0 bytes inside strings, so only their escapes (`\\u00XX`, `\\b`, `\\f`)
+    and a raw DEL can; four byte searches instead of a walk over the parsed value."""
+    return b"\\u00" in raw or b"\\b" in raw or b"\\f" in raw or b"\x7f" in raw
+
+
 def strings(value: Any, out: list[str]) -> list[str]:
     """Every string of a value, in order, except the values of `role` keys."""
     t = type(value)

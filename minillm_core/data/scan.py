@@ -85,9 +85,15 @@ class Converter:
             {"name": cfg.model_name, "author": cfg.model_author} if c.fill_placeholders else None
         )
         self.stripped = False  # whether the last call removed control characters
+        # Set by the JSON Lines scan per line: the raw line cannot hold a control character
+        # (`policy.line_may_have_controls`), so the walk over the value is skipped.
+        self.line_clean = False
 
     def __call__(self, value: Any, fmt: str | None) -> tuple[str, Any, dict]:
-        value, self.stripped = policy.strip_controls(value)
+        if self.line_clean:
+            self.stripped = False
+        else:
+            value, self.stripped = policy.strip_controls(value)
         if self.names is not None:
             value = formats.fill_placeholders(value, self.names)
         fmt = fmt or formats.detect_format(value)
@@ -247,6 +253,7 @@ def _scan_jsonl(
     allocations beyond the parse itself (see bench/bench_mix.py)."""
     pending = 0
     update, decode, parse = h.update, readers.decode_line, readers.parse_jsonl_line
+    may_have_controls = policy.line_may_have_controls
     with open(fs.path, "rb") as f:
         for line_no, raw in enumerate(readers.read_lines(f, fs.display), 1):
             update(raw)
@@ -264,8 +271,10 @@ def _scan_jsonl(
                 fs.exc_counts.append(0)
                 continue
             n = 0
+            conv.line_clean = not may_have_controls(raw)
             for v in values:
                 n += count_item(fs, conv, line_no, v, keep_samples, near)
+            conv.line_clean = False
             if n != 1:
                 fs.exc_lines.append(line_no)
                 fs.exc_counts.append(n)
