@@ -110,6 +110,13 @@ def test_training_records_sharing_a_window_with_heldout_are_dropped(tmp_path):
     )
     assert m["contaminated_total"] == m["contaminated_per_file"][str(src)] == expect > 0
     assert not held_lines & {x["source"]["line"] for x in train}
+    # A quota below the pool: only drawn records are checked, hits excluded and the draw
+    # repeated, so the training file is clean all the same and the count is at most the above.
+    small = build_mix(config(tmp_path, 30, heldout_fraction=0.2), "sft", tmp_path / "small")
+    held_w = set().union(*(windows(x, ("conversations",)) for x in lines(small.heldout_path)))
+    assert small.records == 30
+    assert all(not windows(x, ("conversations",)) & held_w for x in lines(small.path))
+    assert 0 < small.metadata["contaminated_total"] <= expect
     assert m["valid_per_category"]["general"] == 120
     assert check_mix_counts(r.path, "sft")[1] == {"heldout_twins": 0, "window_overlaps": 0}
     off = build_mix(

@@ -17,17 +17,17 @@ match between two different windows is about a 1e-19 chance per pair of windows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from minillm_core.data import readers
 from minillm_core.data.config import MixConfig
 from minillm_core.data.dedup import _nfkc
 from minillm_core.data.policy import strings
-from minillm_core.data.readers import NotApplicable, RecordError, strict_loads
-from minillm_core.data.scan import Converter, FileScan
+from minillm_core.data.readers import strict_loads
+from minillm_core.data.sampling import draw_training
+from minillm_core.data.scan import FileScan
 from minillm_core.data.spool import write_pass
 from minillm_core.layout import Layout
 from minillm_core.schema import STAGES
@@ -162,18 +162,6 @@ def content(rec: dict) -> dict:
     return {k: rec[k] for keys in CANONICAL.values() for k in keys if k in rec}
 
 
-def index_of(records: Iterable[dict], window: int = WINDOW_CHARS) -> WindowIndex:
-    idx = WindowIndex(window)
-    for rec in records:
-        idx.add(content(rec))
-    return idx.freeze()
-
-
-def count_overlaps(index: WindowIndex, records: Iterable[dict]) -> int:
-    """How many of `records` share a window with `index`."""
-    return sum(index.overlaps(content(r)) for r in records)
-
-
 def seen_mixes(heldout: Path, stage: str) -> list[Path]:
     """The training mixes beside a held-out file that a `stage` checkpoint has trained on
     (every stage up to it: an SFT model has also read the pretrain mix)."""
@@ -254,47 +242,79 @@ def heldout_index(
     return index.freeze()
 
 
-def _valid_fields(fs: FileScan, conv: Converter) -> Iterator[tuple[int, dict]]:
-    """(local ordinal, canonical fields) of every valid record of a file, as the scan counted."""
-    ordinal = 0
-    for _line, value in readers.iter_items(fs.path, fs.display, fs.sniff):
-        if isinstance(value, RecordError):
-            continue
-        try:
-            _fmt, _value, fields = conv(value, fs.fmt)
-        except (RecordError, NotApplicable):
-            continue
-        yield ordinal, fields
-        ordinal += 1
+class _Checker:
+    """Stands in for the spool of `write_pass`: tests the records read against the index,
+    a batch of texts at a time; `hits` are their positions in the order read."""
+
+    def __init__(self, index: WindowIndex):
+        self.index = index
+        self.texts: list[str] = []
+        self.chars = 0
+        self.read = 0
+        self.hits: list[int] = []
+
+    def add(self, rec: dict) -> int:
+        self.texts.append(record_text(content(rec)))
+        self.chars += len(self.texts[-1])
+        self.read += 1
+        if self.chars >= BATCH_CHARS:
+            self.flush()
+        return self.read - 1
+
+    def flush(self) -> None:
+        base = self.read - len(self.texts)
+        self.hits += [base + i for i in self.index.hits(self.texts)]
+        self.texts, self.chars = [], 0
 
 
-def overlapping(
+def _check(
+    cfg: MixConfig, output: str, files: list[FileScan], index: WindowIndex, ords: np.ndarray
+) -> np.ndarray:
+    """The positions in `ords` (sorted category ordinals) of the records sharing a window with
+    `index`; only those records are parsed (`write_pass` skips the other lines)."""
+    out: list[int] = []
+    offset = 0
+    for fs, local, _base in _per_file(files, ords):
+        sink = _Checker(index)
+        write_pass(fs, cfg, output, local, lambda _k, _slot: None, sink)  # type: ignore[arg-type]
+        sink.flush()
+        fs.contaminated += len(sink.hits)
+        out += [offset + k for k in sink.hits]
+        offset += len(local)
+    return np.asarray(out, dtype=np.int64)
+
+
+def contaminated_draws(
     cfg: MixConfig,
     output: str,
-    scans: dict[str, list[FileScan]],
+    cat: str,
+    files: list[FileScan],
     index: WindowIndex,
-    pool: dict[str, np.ndarray],
-) -> dict[str, np.ndarray]:
-    """Per category, the sorted ordinals of `pool` (the candidates for training) whose record
-    shares a window with `index`; sets each file's `contaminated` count."""
-    out: dict[str, np.ndarray] = {}
-    for cat, files in scans.items():
-        hits: list[np.ndarray] = []
-        for fs, local, base in _per_file(files, pool[cat]) if len(index) else ():
-            wanted = np.zeros(fs.valid, dtype=bool)  # a byte per record, not a set of ints
-            wanted[local] = True
-            found: list[int] = []
-            batch: list[tuple[int, str]] = []
-            chars = 0
-            for o, fields in _valid_fields(fs, Converter(cfg, cat, output)):
-                if wanted[o]:
-                    batch.append((o, record_text(fields)))
-                    chars += len(batch[-1][1])
-                if chars >= BATCH_CHARS:
-                    found += [batch[i][0] for i in index.hits([t for _o, t in batch])]
-                    batch, chars = [], 0
-            found += [batch[i][0] for i in index.hits([t for _o, t in batch])]
-            fs.contaminated = len(found)
-            hits.append(np.asarray(found, dtype=np.int64) + base)
-        out[cat] = np.concatenate(hits) if hits else np.zeros(0, dtype=np.int64)
-    return out
+    space: np.ndarray,
+    held: np.ndarray,
+    quota: int,
+) -> np.ndarray:
+    """The indices (into `space`, a category's distinct ordinals) of the training candidates
+    that share a window with `index`, found the way the build draws: draw, check what was drawn,
+    exclude the hits, draw again, until a draw is clean. Only drawn records matter (the others
+    are never written), so the cost follows the quota, not the sources; once half the pool has
+    been checked, the rest is checked in one pass. Deterministic: the draw is seeded."""
+    excluded, checked = held, np.zeros(0, dtype=np.int64)
+    found = np.zeros(0, dtype=np.int64)
+    everything = np.arange(len(space), dtype=np.int64)
+    while len(space) > len(excluded):
+        picks, _mult = draw_training(
+            cfg.seed, output, cat, len(space), quota, excluded, cfg.max_repeat
+        )
+        if 2 * (len(checked) + len(picks)) > len(space):
+            picks = np.setdiff1d(everything, excluded, assume_unique=True)
+        new = np.setdiff1d(picks, checked, assume_unique=True)
+        if not len(new):
+            break
+        hits = new[_check(cfg, output, files, index, space[new])]
+        checked = np.union1d(checked, new)
+        if not len(hits):
+            break
+        found = np.union1d(found, hits)
+        excluded = np.union1d(excluded, hits)
+    return found

@@ -50,7 +50,7 @@ from minillm_core.artifacts import (
 )
 from minillm_core.data import report
 from minillm_core.data.config import OUTPUTS, MixConfig, Output, quotas
-from minillm_core.data.decontam import heldout_index, overlapping
+from minillm_core.data.decontam import contaminated_draws, heldout_index
 from minillm_core.data.dedup import distinct_ordinals
 from minillm_core.data.readers import MixError
 from minillm_core.data.sampling import draw_heldout, draw_training, heldout_count
@@ -242,7 +242,7 @@ def _choose_all(
         meta["valid_per_category"][cat] = n_valid
         n_held = heldout_count(cfg, len(spaces[cat]), q[cat])
         held[cat] = draw_heldout(cfg.seed, cat, len(spaces[cat]), n_held)
-    contam = _decontaminate(cfg, output, scans, spaces, held, meta, log)
+    contam = _decontaminate(cfg, output, scans, spaces, held, q, meta, log)
     return {
         cat: _choose(cfg, output, cat, q[cat], spaces[cat], held[cat], contam[cat], meta, log)
         for cat in scans
@@ -255,28 +255,31 @@ def _decontaminate(
     scans: dict[str, list[FileScan]],
     spaces: dict[str, np.ndarray],
     held: dict[str, np.ndarray],
+    q: dict[str, int],
     meta: dict[str, Any],
     log: LogFn | None,
 ) -> dict[str, np.ndarray]:
-    """Per category the indices (into spaces[cat]) of the candidates for training that share a
-    `decontam_window`-character window with any held-out record of this output."""
+    """Per category the indices (into spaces[cat]) of the records the draw would have made
+    training records that share a `decontam_window`-character window with any held-out record
+    of this output (`decontam.contaminated_draws`)."""
     none = {cat: np.zeros(0, dtype=np.int64) for cat in scans}
     meta["decontam_window"] = cfg.decontam_window
     if not cfg.decontam_window:
         return none
     index = heldout_index(cfg, output, scans, {c: spaces[c][held[c]] for c in scans})
     meta["heldout_windows"] = len(index)
-    if not len(index):
-        hits = {c: np.zeros(0, dtype=np.int64) for c in scans}
-    else:
-        pool = {c: np.delete(spaces[c], held[c]) for c in scans}
-        hits = overlapping(cfg, output, scans, index, pool)
+    found = {
+        c: contaminated_draws(cfg, output, c, scans[c], index, spaces[c], held[c], q[c])
+        if len(index)
+        else none[c]
+        for c in scans
+    }
     per_file = {
         fs.display: fs.contaminated for files in scans.values() for fs in files if fs.contaminated
     }
     meta["contaminated_total"] = sum(per_file.values())
     meta["contaminated_per_file"] = per_file
-    meta["contaminated_per_category"] = {c: len(h) for c, h in hits.items()}
+    meta["contaminated_per_category"] = {c: len(h) for c, h in found.items()}
     if per_file:
         emit(
             log,
@@ -284,7 +287,7 @@ def _decontaminate(
             f"{cfg.decontam_window}-character window with a held-out record: "
             + ", ".join(f"{d}: {n}" for d, n in list(per_file.items())[:EXAMPLES_KEPT]),
         )
-    return {c: np.searchsorted(spaces[c], hits[c]) for c in scans}
+    return found
 
 
 def _choose(
