@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,8 +39,8 @@ _BASE = 0x9E3779B97F4A7C15  # odd: invertible modulo 2^64
 _INV = pow(_BASE, -1, 1 << 64)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
-_pw = np.ones(1, dtype=np.uint64)
-_ipw = np.ones(1, dtype=np.uint64)
+_pw: np.ndarray = np.ones(1, dtype=np.uint64)
+_ipw: np.ndarray = np.ones(1, dtype=np.uint64)
 
 
 def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +53,7 @@ def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
     return _pw[:n], _ipw[:n]
 
 
-def record_text(fields: dict) -> str:
+def record_text(fields: dict[str, Any]) -> str:
     """The normalised text the windows are taken over (module docstring)."""
     return _nfkc(" ".join(" ".join(s.split()) for s in strings(fields, []) if not s.isspace()))
 
@@ -66,7 +67,7 @@ def window_hashes(text: str, window: int = WINDOW_CHARS) -> np.ndarray:
     pw, ipw = _powers(n)
     prefix = np.zeros(n + 1, dtype=np.uint64)
     np.cumsum(a * pw, out=prefix[1:])
-    h = (prefix[window:] - prefix[:-window]) * ipw[: n - window + 1]
+    h: np.ndarray = (prefix[window:] - prefix[:-window]) * ipw[: n - window + 1]
     h ^= h >> np.uint64(30)
     h *= _M1
     h ^= h >> np.uint64(27)
@@ -86,13 +87,13 @@ class WindowIndex:
         self._shift = np.uint64(48)
         self._filter = np.zeros(1 << 16, dtype=bool)
 
-    def _hashes(self, fields: dict) -> np.ndarray:
+    def _hashes(self, fields: dict[str, Any]) -> np.ndarray:
         # A text shorter than the window is one "window" of its own length: an exact twin
         # (same normalised text, e.g. a conversation and its pretrain text) still matches.
         text = record_text(fields)
         return window_hashes(text, min(self.window, len(text)))
 
-    def add(self, fields: dict) -> None:
+    def add(self, fields: dict[str, Any]) -> None:
         self._parts.append(self._hashes(fields))
         self.records += 1
 
@@ -113,7 +114,7 @@ class WindowIndex:
         return len(self.hashes)
 
     def _member(self, h: np.ndarray) -> np.ndarray:
-        out = self._filter[h >> self._shift]
+        out: np.ndarray = self._filter[h >> self._shift]
         maybe = np.flatnonzero(out)
         if len(maybe):
             at = np.searchsorted(self.hashes, h[maybe])
@@ -143,7 +144,7 @@ class WindowIndex:
         out += [longs[r] for r in np.unique(rid[inside]).tolist()]
         return sorted(out)
 
-    def overlaps(self, fields: dict) -> bool:
+    def overlaps(self, fields: dict[str, Any]) -> bool:
         """Whether the record shares at least one window with the index."""
         if not len(self.hashes):
             return False
@@ -156,7 +157,7 @@ class WindowIndex:
 CANONICAL = {"pretrain": ("text",), "sft": ("conversations",), "dpo": ("chosen", "rejected")}
 
 
-def mix_records(path: Path) -> Iterator[dict]:
+def mix_records(path: Path) -> Iterator[dict[str, Any]]:
     """The records of a built mix file (bad lines are the file check's to report)."""
     with open(path, "rb") as f:
         for raw in f:
@@ -168,7 +169,7 @@ def mix_records(path: Path) -> Iterator[dict]:
                 yield rec
 
 
-def content(rec: dict) -> dict:
+def content(rec: dict[str, Any]) -> dict[str, Any]:
     """The canonical fields of a mix record, whatever its output."""
     return {k: rec[k] for keys in CANONICAL.values() for k in keys if k in rec}
 
@@ -177,13 +178,16 @@ def seen_mixes(heldout: Path, stage: str) -> list[Path]:
     """The training mixes beside a held-out file that a `stage` checkpoint has trained on
     (every stage up to it: an SFT model has also read the pretrain mix)."""
     lay = Layout.at(processed_dir=str(heldout.parent))
-    upto = STAGES[: STAGES.index(stage) + 1] if stage in STAGES else STAGES  # type: ignore[arg-type]
+    upto = STAGES[: STAGES.index(stage) + 1] if stage in STAGES else STAGES
     return [p for s in upto if (p := lay.mix_path(s)).is_file() and p != heldout]
 
 
 def clean_heldout(
-    heldout: Path, stage: str, records: list[dict] | None = None, window: int = WINDOW_CHARS
-) -> tuple[list[dict], dict[str, int]]:
+    heldout: Path,
+    stage: str,
+    records: list[dict[str, Any]] | None = None,
+    window: int = WINDOW_CHARS,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The held-out records of `stage` that share no `window`-character window (nor their
     whole normalised text) with any training mix the checkpoint saw (`seen_mixes`); and per
     training mix how many held-out records overlap it.
@@ -223,7 +227,7 @@ class _Collector:
     def __init__(self, index: WindowIndex):
         self.index = index
 
-    def add(self, rec: dict) -> int:
+    def add(self, rec: dict[str, Any]) -> int:
         self.index.add(content(rec))
         return self.index.records - 1
 
@@ -264,7 +268,7 @@ class _Checker:
         self.read = 0
         self.hits: list[int] = []
 
-    def add(self, rec: dict) -> int:
+    def add(self, rec: dict[str, Any]) -> int:
         self.texts.append(record_text(content(rec)))
         self.chars += len(self.texts[-1])
         self.read += 1

@@ -21,6 +21,8 @@ the cheap default.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
@@ -48,9 +50,10 @@ class NearDup:
         if not len(h):
             return np.full(self.num_perm, (1 << 32) - 1, dtype=np.uint32)
         a, b = self.perm
-        return (h[:, None] * a + b).min(axis=0)  # uint32: the wraparound is the modulo
+        sig: np.ndarray = (h[:, None] * a + b).min(axis=0)  # uint32: wraparound is the modulo
+        return sig
 
-    def seen(self, fields: dict) -> bool:
+    def seen(self, fields: dict[str, Any]) -> bool:
         """True when an earlier record is a near-duplicate of this one; else it is indexed."""
         sig = self.signature(record_text(fields))
         # datasketch's "affine32" scheme is this one: a * h + b modulo 2^32, a odd.

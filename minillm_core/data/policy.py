@@ -79,7 +79,7 @@ def strings(value: Any, out: list[str]) -> list[str]:
     return out
 
 
-def check_size(fields: dict, max_chars: int) -> None:
+def check_size(fields: dict[str, Any], max_chars: int) -> None:
     """Raise `Dropped("too long")` when the record's content exceeds `max_chars` characters."""
     n = sum(map(len, strings(fields, [])))
     if n > max_chars:

@@ -50,7 +50,7 @@ _POLICY_COUNTS = (
 
 
 def file_warnings(
-    cfg: MixConfig, output: str, files: list[FileScan], meta: dict, log: LogFn | None
+    cfg: MixConfig, output: str, files: list[FileScan], meta: dict[str, Any], log: LogFn | None
 ) -> None:
     """Name the files no category uses, and the empty and zero-record ones (counted in meta)."""
     unmatched = unmatched_files(cfg)
@@ -67,7 +67,7 @@ def file_warnings(
         emit(log, f"mix {output}: warning: {d}: no record usable for {output}")
 
 
-def policy_counts(files: list[FileScan], meta: dict) -> None:
+def policy_counts(files: list[FileScan], meta: dict[str, Any]) -> None:
     """The per-file counts of the record policies, into meta."""
     dropped = {fs.display: dict(fs.dropped) for fs in files if fs.dropped}
     meta["dropped_per_file"] = dropped
@@ -79,7 +79,7 @@ def policy_counts(files: list[FileScan], meta: dict) -> None:
 
 def log_problems(output: str, files: list[FileScan], log: LogFn | None) -> None:
     """The first few bad or dropped lines, and the count per reason."""
-    reasons: Counter = Counter()
+    reasons: Counter[str] = Counter()
     shown = 0
     for fs in files:
         for line, reason, detail in fs.problems:
@@ -96,9 +96,9 @@ def log_problems(output: str, files: list[FileScan], log: LogFn | None) -> None:
         )
 
 
-def section(output: str, files: list[FileScan], meta: dict) -> dict[str, Any]:
+def section(output: str, files: list[FileScan], meta: dict[str, Any]) -> dict[str, Any]:
     """This output's part of mix_report.json."""
-    per_reason: Counter = Counter()
+    per_reason: Counter[str] = Counter()
     per_source: dict[str, dict[str, int]] = {}
     lines = []
     for fs in files:
