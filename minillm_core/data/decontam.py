@@ -98,6 +98,11 @@ class WindowIndex:
         self._parts.append(self._hashes(fields))
         self.records += 1
 
+    def add_text(self, text: str) -> None:
+        """`add` for a text already normalised (`record_text`)."""
+        self._parts.append(window_hashes(text, min(self.window, len(text))))
+        self.records += 1
+
     def freeze(self) -> WindowIndex:
         if self._parts:
             self.hashes = np.unique(np.concatenate([self.hashes, *self._parts]))
@@ -210,10 +215,16 @@ def clean_heldout(
     dirty: set[int] = set()
     counts: dict[str, int] = {}
     for mix in seen_mixes(heldout, stage):
-        train = WindowIndex(window)
+        train = WindowIndex(window)  # the training records that overlap some held-out one
+        batch: list[str] = []
         for rec in mix_records(mix):
-            if index.overlaps(content(rec)):
-                train.add(content(rec))
+            batch.append(record_text(content(rec)))
+            if len(batch) >= 1024:  # one numpy pass per batch (records are size-capped)
+                for i in index.hits(batch):
+                    train.add_text(batch[i])
+                batch = []
+        for i in index.hits(batch):
+            train.add_text(batch[i])
         train.freeze()
         hit = {i for i, rec in enumerate(records) if train.overlaps(content(rec))}
         counts[mix.name] = len(hit)
