@@ -6,9 +6,7 @@ from minillm_assets._util import check_result, to_metadata, user_errors
 from minillm_assets.configs import dagster_config
 from minillm_assets.resources import MiniLLMResource
 from minillm_core.artifacts import sha256_file
-from minillm_core.data import MixConfig, build_mix
-from minillm_core.data.check import check_mix_counts
-from minillm_core.data.decontam import clean_heldout
+from minillm_core.data import MixConfig, build_mix, check_mix_counts, clean_heldout
 
 MixRunConfig = dagster_config(MixConfig, "MixRunConfig", exclude=("sources_dir", "samples_dir"))
 

@@ -14,7 +14,7 @@ report    mix_report.json, the warnings about files, dry_run
 check     check_mix: the asset check of a built mix
 """
 
-from minillm_core.data.check import check_mix
+from minillm_core.data.check import check_mix, check_mix_counts
 from minillm_core.data.config import (
     OUTPUTS,
     CategoryConfig,
@@ -23,6 +23,7 @@ from minillm_core.data.config import (
     SourceOverride,
     quotas,
 )
+from minillm_core.data.decontam import clean_heldout
 from minillm_core.data.mix import MixReport, build_mix
 from minillm_core.data.readers import MixError, NotApplicable, RecordError
 from minillm_core.data.report import dry_run
@@ -40,6 +41,8 @@ __all__ = [
     "SourceOverride",
     "build_mix",
     "check_mix",
+    "check_mix_counts",
+    "clean_heldout",
     "dry_run",
     "quotas",
     "resolve_files",

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from minillm_core.data.decontam import clean_heldout
+from minillm_core.data import clean_heldout
 from minillm_core.errors import DataError
 from minillm_core.eval.metrics import parse_mc_item
 from minillm_core.progress import LogFn, emit
