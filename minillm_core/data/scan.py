@@ -137,7 +137,7 @@ def resolve_files(cfg: MixConfig, category: str) -> tuple[list[tuple[Path, str, 
     sources_dir); the shipped samples are used only when both find nothing."""
     c = cfg.categories[category]
     lay = Layout.at(sources_dir=str(cfg.sources_dir), samples_dir=str(cfg.samples_dir))
-    mapped = {}
+    mapped: dict[Path, None] = {}
     for rel, cat in cfg.files.items():
         if cat == category:
             p = lay.sources / rel
