@@ -720,7 +720,8 @@ def test_evaluation_opens_only_the_heldout_file(tmp_path, monkeypatch):
 
     tok = byte_tokenizer()
     cfg = _cfg(tmp_path, "sft")
-    _write_jsonl(tmp_path / "sft_chinese.jsonl", HELDOUT["sft"] * 3)  # the training mix beside it
+    train = {"conversations": _conv("训练集里的问题", "训练集里的回答")}
+    _write_jsonl(tmp_path / "sft_chinese.jsonl", [train] * 3)  # the training mix beside it
     opened: list[Path] = []
     real_open = builtins.open
 
@@ -732,7 +733,9 @@ def test_evaluation_opens_only_the_heldout_file(tmp_path, monkeypatch):
     run.run_eval(cfg, Uniform(tok.get_vocab_size()), tok)
     monkeypatch.undo()
     data_files = {p for p in opened if p.suffix == ".jsonl"}
-    assert data_files == {cfg.data_path.resolve()}
+    # The training mix beside it is read only to leave out held-out records that overlap it
+    # (minillm_core.data.decontam.clean_heldout); every scored record is a held-out one.
+    assert data_files == {cfg.data_path.resolve(), (tmp_path / "sft_chinese.jsonl").resolve()}
 
 
 def _sources(root: Path) -> Path:
