@@ -19,7 +19,7 @@ from minillm_core.data.formats import FORMATS
 from minillm_core.data.readers import CONTAINERS
 from minillm_core.errors import ConfigError
 from minillm_core.layout import SAMPLES_DIR, SOURCES_DIR
-from minillm_core.schema import STAGES, Stage
+from minillm_core.schema import DEFAULT_CONTEXT, STAGES, Stage
 
 Output = Stage
 OUTPUTS: tuple[str, ...] = STAGES
@@ -202,12 +202,6 @@ class MixConfig(CoreConfig):
 
 
 RECORD_CHARS_PER_POSITION = 16
-
-
-# ModelConfig.max_position_embeddings' default, which owns it; repeated here because importing
-# the model imports torch (hundreds of MB in a mix process). tests/test_mix_integrity.py keeps
-# the two equal.
-DEFAULT_CONTEXT = 512
 
 
 def default_record_chars() -> int:

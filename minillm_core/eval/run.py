@@ -36,11 +36,10 @@ from minillm_core.eval.scoring import (
     score_preferences,
 )
 from minillm_core.inference import model_context, resolve_device, resolve_dtype
-from minillm_core.model import ModelConfig
 from minillm_core.progress import LogFn, emit
+from minillm_core.schema import DEFAULT_CONTEXT
 
 # A hand-built module without a config gets the context a default ModelConfig has.
-DEFAULT_CONTEXT: int = ModelConfig.model_fields["max_position_embeddings"].default
 
 
 def eval_length(requested: int | None, model: Any) -> int:
