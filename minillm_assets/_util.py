@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import math
@@ -16,35 +18,83 @@ import dagster as dg
 from minillm_core.errors import MiniLLMError, MissingArtifactError, is_retryable
 
 MODULE = "minillm_assets"
-CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 def build_command(asset: str) -> str:
     return f"dagster asset materialize -m {MODULE} --select '*{asset}'"
 
 
+# The packages whose imports code_version follows: the code an asset runs. The Dagster glue
+# (minillm_assets) is hashed only where an asset names its module, so one asset's glue does not
+# make every other asset stale.
+FOLLOW = ("minillm_core", "minillm_cli")
+# Every version handed out, with the modules it came from (tests recompute them).
+CODE_VERSIONS: dict[str, tuple[str, ...]] = {}
+
+
 def code_version(*modules: str) -> str:
-    """A code version from the content of the core code an asset runs (every source file of the
-    named modules and packages), so the UI marks an asset stale exactly when that code changed;
-    nobody bumps a version by hand."""
+    """A code version from the content of the code an asset runs: the named modules' source
+    files, every `minillm_core`/`minillm_cli` module they import (transitively, function-level
+    imports included) and the package data beside them (the chat template), so the UI marks an
+    asset stale exactly when that code changed; nobody bumps a version by hand."""
     digest = hashlib.sha256()
-    for name in modules:
+    for f in sorted(_closure(modules, FOLLOW)):
+        digest.update(_relative(f).encode() + b"\0" + f.read_bytes())
+    version = digest.hexdigest()[:16]
+    CODE_VERSIONS[version] = modules
+    return version
+
+
+def _closure(modules: tuple[str, ...], follow: tuple[str, ...]) -> set[Path]:
+    files: set[Path] = set()
+    seen: set[str] = set()
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None:
             raise ImportError(f"code_version: no module {name!r}")
-        files = (
-            [Path(spec.origin)]
-            if not spec.submodule_search_locations
-            else sorted(
-                f
-                for d in spec.submodule_search_locations
-                for f in Path(d).rglob("*")
-                if f.suffix in (".py", ".jinja")
-            )
-        )
-        for f in files:
-            digest.update(f.relative_to(CHECKOUT).as_posix().encode() + b"\0" + f.read_bytes())
-    return digest.hexdigest()[:16]
+        src = Path(spec.origin)
+        files.add(src)
+        if spec.submodule_search_locations:  # a package: its data files count too
+            files.update(f for f in src.parent.iterdir() if f.suffix == ".jinja")
+        if name in modules or name.split(".")[0] in follow:
+            found = _imports(src, src.stat().st_mtime_ns)
+            todo.extend(m for m in found if m.split(".")[0] in follow and _exists(m))
+    return files
+
+
+@functools.cache
+def _imports(src: Path, mtime_ns: int) -> frozenset[str]:
+    """Absolute module names `src` imports; `from a import b` gives `a` and `a.b`."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(src.read_bytes(), str(src))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return frozenset(out)
+
+
+@functools.cache
+def _exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _relative(f: Path) -> str:
+    """The file's path from the folder holding its top-level package (same in a checkout and in
+    an installed copy)."""
+    for parent in f.parents:
+        if not (parent / "__init__.py").is_file():
+            return f.relative_to(parent).as_posix()
+    return f.as_posix()
 
 
 def need(path: Path, upstream: str, asset: str) -> Path:

@@ -2,13 +2,15 @@
 
 import dagster as dg
 
-from minillm_assets._util import check_result, to_metadata, user_errors
+from minillm_assets._util import check_result, code_version, to_metadata, user_errors
 from minillm_assets.configs import dagster_config
 from minillm_assets.resources import MiniLLMResource
 from minillm_core.artifacts import sha256_file
-from minillm_core.data import MixConfig, build_mix, check_mix
+from minillm_core.data import MixConfig, build_mix, check_mix_counts, clean_heldout
 
 MixRunConfig = dagster_config(MixConfig, "MixRunConfig", exclude=("sources_dir", "samples_dir"))
+# The code these assets run: this module, the core and command code it imports, the resource.
+CODE_VERSION = code_version(__name__, "minillm_assets.resources")
 
 _DESCRIPTIONS = {
     "pretrain": "Pretraining text, {text, source} per line: the categories' text, by quota.",
@@ -24,7 +26,7 @@ def mix_asset(output: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinitio
         name=name,
         group_name="data",
         description=_DESCRIPTIONS[output],
-        code_version="mix-1",
+        code_version=CODE_VERSION,
         kinds={"jsonl"},
         deps=["chinese_sources"],
     )
@@ -55,12 +57,33 @@ def mix_asset(output: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinitio
         asset=name,
         name=f"{name}_consistent",
         blocking=True,
-        description="Counts match the quotas, no empty text, every record has a "
-        "source, DPO pairs share the prompt and differ.",
+        description="Counts match what was drawn, no empty text, every record has a source, "
+        "DPO pairs share the prompt and differ; no training record is a held-out twin or "
+        "shares a 50-character window with a held-out record (overlap counts in metadata). "
+        "The held-out records the eval reads are checked against every training mix its "
+        "checkpoint saw: the eval leaves those out (counts in metadata); fails when none is "
+        "left to score.",
     )
     def _check(minillm: MiniLLMResource) -> dg.AssetCheckResult:
-        problems = check_mix(minillm.mix_path(output), output)
-        return check_result(problems)
+        problems, counts = check_mix_counts(minillm.mix_path(output), output)
+        held = minillm.mix_path(output, heldout=True)
+        if held.is_file():
+            clean, dropped = clean_heldout(held, output)
+            counts.update({f"eval_overlap_{k}": v for k, v in dropped.items()})
+            counts["eval_heldout_clean"] = len(clean)
+            if not clean:
+                problems.append(
+                    f"{held}: every held-out record overlaps a training mix; nothing to score"
+                )
+        result = check_result(problems)
+        return dg.AssetCheckResult(
+            passed=result.passed,
+            metadata={
+                **result.metadata,
+                **counts,
+                "overlap": sum(counts.get(k, 0) for k in ("heldout_twins", "window_overlaps")),
+            },
+        )
 
     return _mix, _check
 

@@ -10,8 +10,8 @@ from minillm_assets import data, evaluation, export, jobs, sensors, tokenization
 from minillm_assets.resources import MiniLLMResource
 
 # Every stage is a link in one chain and training must not share its device, so steps run one
-# after another in the run's own process: the multiprocess executor would only add a ~3 s
-# process start per step (13 steps) without any parallelism to gain.
+# after another in the run's own process: the multiprocess executor would only add a process
+# start per step without any parallelism to gain.
 all_assets = [
     *sensors.source_assets,
     *data.assets,

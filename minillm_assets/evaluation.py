@@ -4,13 +4,15 @@ from typing import Any
 
 import dagster as dg
 
-from minillm_assets._util import check_result, need, to_metadata, user_errors
+from minillm_assets._util import check_result, code_version, need, to_metadata, user_errors
 from minillm_assets.configs import dagster_config
 from minillm_assets.resources import MiniLLMResource
 from minillm_core.artifacts import read_json, sidecar_path
 from minillm_core.eval import EvalConfig, check_eval, evaluate
 
 EvalRunConfig = dagster_config(EvalConfig, "EvalRunConfig", exclude=("stage",))
+# The code these assets run: this module, the core and command code it imports, the resource.
+CODE_VERSION = code_version(__name__, "minillm_assets.resources")
 
 _DESCRIPTIONS = {
     "pretrain": "Held-out loss, perplexity and bits per byte of the pretrain checkpoint, plus "
@@ -29,12 +31,6 @@ def _identity(minillm: MiniLLMResource) -> dict[str, Any]:
     return {k: cfg[k] for k in ("model_name", "model_author") if k in cfg}
 
 
-def _trained_length(minillm: MiniLLMResource, stage: str) -> dict[str, Any]:
-    """Score rows as long as the ones the stage trained on (its token tensors' max length)."""
-    index = minillm.tokens_dir(stage) / "index.json"
-    return {"max_seq_len": read_json(index)["max_length"]} if index.exists() else {}
-
-
 def eval_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinition]:
     name = f"{stage}_eval"
     deps = [f"{stage}_checkpoint", f"{stage}_mix", "tokenizer"] + (
@@ -46,7 +42,7 @@ def eval_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinitio
         group_name="eval",
         description=_DESCRIPTIONS[stage],
         deps=deps,
-        code_version="eval-1",
+        code_version=CODE_VERSION,
         kinds={"pytorch"},
     )
     def _eval(
@@ -58,9 +54,10 @@ def eval_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinitio
             "data_path": str(need(minillm.mix_path(stage, heldout=True), f"{stage}_mix", name)),
             "tokenizer_dir": str(need(minillm.tokenizer_dir, "tokenizer", name)),
             "results_file": str(minillm.results_file),
-            "tensorboard_dir": str(minillm.tf / "eval"),
+            "tensorboard_dir": str(minillm.layout.eval_tensorboard_dir),
+            # No max_seq_len: evaluation scores at the checkpoint's context, the length its
+            # token rows were cut to (both are ModelConfig.max_position_embeddings).
             **_identity(minillm),
-            **_trained_length(minillm, stage),
         }
         if stage == "dpo":
             base["reference_checkpoint"] = str(

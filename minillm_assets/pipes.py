@@ -15,9 +15,9 @@ Two halves of one launch:
 The metadata a stage reports is built by one function, `checkpoint_metadata`, for the in-process
 path and for rank 0 alike, so the asset page shows the same keys whichever way it ran.
 
-The rank side imports this package, hence Dagster (about 1-2 s per process); a machine with torch
-but no Dagster runs the core entry point `python -m minillm_core.train CONFIG.json` under torchrun
-instead (see docs/distributed.md). The Kubernetes launch is in minillm_assets.k8s.
+The rank side imports this package, hence Dagster (a slower start per process); a machine with
+torch but no Dagster runs the core entry point `python -m minillm_core.train CONFIG.json` under
+torchrun instead (see docs/distributed.md). The Kubernetes launch is in minillm_assets.k8s.
 """
 
 from __future__ import annotations

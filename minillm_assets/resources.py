@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 from minillm_core.config import ConfigError, CoreConfig, check_within_roots
 from minillm_core.devices import require_device, require_profile
 from minillm_core.errors import DeviceUnavailableError
-from minillm_core.layout import CHECKOUT, Layout, project_root
+from minillm_core.layout import Layout
 from minillm_core.model import ModelConfig
 from minillm_core.profiles import PROFILES, preset
 
@@ -68,52 +68,58 @@ class MiniLLMResource(dg.ConfigurableResource):
             raise ValueError(f"unknown profile {v!r}; allowed: {', '.join(PROFILES)}")
         return v
 
-    # -- paths -------------------------------------------------------------------------------
-    def _abs(self, p: str) -> Path:
-        path = Path(p).expanduser()
-        return path if path.is_absolute() else self.root_path / path
+    # -- paths: asked of minillm_core.layout, the one module that knows them -----------------
+    @property
+    def layout(self) -> Layout:
+        return Layout.at(
+            self.root or None,
+            sources_dir=self.sources_dir,
+            samples_dir=self.samples_dir,
+            processed_dir=self.processed_dir,
+            out_dir=self.out_dir,
+            tf_dir=self.tf_dir,
+        )
 
     @property
     def root_path(self) -> Path:
-        return Path(self.root).resolve() if self.root else project_root()
+        return self.layout.root
 
     @property
     def sources(self) -> Path:
-        return self._abs(self.sources_dir)
+        return self.layout.sources
 
     @property
     def samples(self) -> Path:
-        path = Path(self.samples_dir).expanduser()
-        return path if path.is_absolute() else CHECKOUT / path
+        return self.layout.samples
 
     @property
     def processed(self) -> Path:
-        return self._abs(self.processed_dir)
+        return self.layout.processed
 
     @property
     def out(self) -> Path:
-        return self._abs(self.out_dir)
+        return self.layout.out
 
     @property
     def tf(self) -> Path:
-        return self._abs(self.tf_dir) if self.tf_dir else Layout.at(self.root_path).tf
+        return self.layout.tf
 
     def mix_path(self, output: str, heldout: bool = False) -> Path:
-        return self.processed / f"{output}_chinese{'_heldout' if heldout else ''}.jsonl"
+        return self.layout.mix_path(output, heldout)
 
     @property
     def tokenizer_dir(self) -> Path:
-        return self.out / "tokenizer"
+        return self.layout.tokenizer_dir
 
     def tokens_dir(self, stage: str) -> Path:
-        return self.out / "tokens" / stage
+        return self.layout.tokens_dir(stage)
 
     def checkpoint_dir(self, stage: str) -> Path:
-        return self.out / stage
+        return self.layout.checkpoint_dir(stage)
 
     @property
     def results_file(self) -> Path:
-        return self.tf / "eval_results.jsonl"
+        return self.layout.results_file
 
     # -- settings ----------------------------------------------------------------------------
     def require_devices(self, asset: str, run_config: Mapping[str, Any]) -> None:

@@ -2,7 +2,14 @@
 
 import dagster as dg
 
-from minillm_assets._util import check_result, image_md, need, to_metadata, user_errors
+from minillm_assets._util import (
+    check_result,
+    code_version,
+    image_md,
+    need,
+    to_metadata,
+    user_errors,
+)
 from minillm_assets.configs import dagster_config
 from minillm_assets.resources import STAGES, MiniLLMResource
 from minillm_core.artifacts import read_json, sha256_tree
@@ -11,11 +18,13 @@ from minillm_core.tokens import TensorConfig, check_tokens, export_tokens, plot_
 
 TokenizerRunConfig = dagster_config(TokenizerConfig, "TokenizerRunConfig")
 TensorRunConfig = dagster_config(TensorConfig, "TensorRunConfig")
+# The code these assets run (the tokenizer and the tokens share this module, so one version): this module, the core and command code it imports, the resource.
+CODE_VERSION = code_version(__name__, "minillm_assets.resources")
 
 
 @dg.asset(
     group_name="tokenizer",
-    code_version="tokenizer-1",
+    code_version=CODE_VERSION,
     kinds={"rust"},
     deps=[f"{o}_mix" for o in STAGES],
     description="Byte-level BPE (GPT-4-style split, vocab 6400 with special tokens) trained "
@@ -55,7 +64,7 @@ def tokens_asset(stage: str) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinit
     @dg.asset(
         name=name,
         group_name="tokenizer",
-        code_version="tokens-1",
+        code_version=CODE_VERSION,
         kinds={"numpy"},
         deps=[f"{stage}_mix", "tokenizer"],
         description=f"{stage} token tensors (memory-mapped shards + index.json) read by training.",

@@ -6,7 +6,7 @@ from typing import Any, Optional
 import dagster as dg
 from pydantic import Field
 
-from minillm_assets._util import need, user_errors
+from minillm_assets._util import code_version, need, user_errors
 from minillm_assets.configs import dagster_config
 from minillm_assets.k8s import K8sPodConfig, run_k8s
 from minillm_assets.pipes import checkpoint_metadata, run_torchrun
@@ -52,6 +52,16 @@ PretrainRunConfig = dagster_config(
 )
 FinetuneRunConfig = dagster_config(
     TrainConfig, "FinetuneRunConfig", exclude=("stage",), distributed=_DISTRIBUTED, k8s=_K8S
+)
+
+# The code these assets run: this module and the core it imports, the launchers (torchrun via
+# Pipes, Kubernetes) and the rank entry point they start, the resource.
+CODE_VERSION = code_version(
+    __name__,
+    "minillm_assets.resources",
+    "minillm_assets.pipes",
+    "minillm_assets.k8s",
+    "minillm_core.train.__main__",
 )
 
 # Training on one device at a time: runs that would share the GPU (or the CPU cores) queue on
@@ -100,7 +110,7 @@ def checkpoint_asset(
         group_name="training",
         description=_DESCRIPTIONS[stage],
         deps=deps,
-        code_version="train-1",
+        code_version=CODE_VERSION,
         kinds={"pytorch"},
         pool=TRAIN_POOL,
         retry_policy=retry_policy,
@@ -120,7 +130,7 @@ def checkpoint_asset(
             "stage": stage,
             "data_path": str(data),
             "out_dir": str(minillm.checkpoint_dir(stage)),
-            "tensorboard_dir": str(minillm.tf / stage),
+            "tensorboard_dir": str(minillm.layout.tensorboard_dir(stage)),
         }
         with user_errors(name):
             if parent is None:
@@ -150,7 +160,16 @@ def checkpoint_asset(
             return run_torchrun(context, name, stage, cfg, model_cfg, dist_cfg)
         with user_errors(name):
             report = train(cfg, model_cfg, log=context.log.info)
-        return dg.MaterializeResult(metadata=checkpoint_metadata(report, minillm.tf / stage))
+        return dg.MaterializeResult(
+            metadata=checkpoint_metadata(report, minillm.layout.tensorboard_dir(stage))
+        )
+
+    return _checkpoint, loss_checks(stage)
+
+
+def loss_checks(stage: str) -> dg.AssetChecksDefinition:
+    """The checks on a stage's logged losses: all finite (blocking), and decreasing (a warning)."""
+    name = f"{stage}_checkpoint"
 
     @dg.multi_asset_check(
         specs=[
@@ -186,7 +205,7 @@ def checkpoint_asset(
             metadata={"problems": dg.MetadataValue.json(warnings), "points": len(losses)},
         )
 
-    return _checkpoint, _checks
+    return _checks
 
 
 pretrain_checkpoint, pretrain_checkpoint_checks = checkpoint_asset("pretrain")

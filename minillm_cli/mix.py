@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--dry-run",
         action="store_true",
-        help="print detected formats, counts and samples; write nothing",
+        help="print detected formats, counts, every skipped line and samples of every file; "
+        "write nothing; exit 1 if any file or category would fail",
     )
     ap.add_argument("--show", type=int, default=2, help="samples per file in --dry-run")
     return ap
@@ -83,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = _config(args, layout)
         if args.dry_run:
-            dry_run(cfg, args.outputs, args.show)
-            return 0
+            failures = dry_run(cfg, args.outputs, args.show)
+            return 1 if failures else 0
         out_dir: Path = args.output_dir or layout.processed
         for output in args.outputs:
             r = build_mix(cfg, output, out_dir)

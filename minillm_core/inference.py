@@ -27,7 +27,7 @@ import functools
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -81,7 +81,7 @@ def resolve_dtype(dtype: str, device: torch.device | str) -> torch.dtype:
     comparable across CPUs); else the named torch dtype."""
     if dtype == "auto":
         return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    return getattr(torch, dtype)
+    return cast(torch.dtype, getattr(torch, dtype))
 
 
 def autocast_dtype(dtype: str, device: torch.device | str) -> torch.dtype:
@@ -132,7 +132,7 @@ def pack_linears(model: torch.nn.Module) -> int:
     params = list(model.parameters())
     if not params or params[0].device.type != "cpu" or params[0].dtype != torch.bfloat16:
         return 0
-    if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
+    if not torch.backends.mkldnn.is_available():
         return 0
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return 0
@@ -314,9 +314,9 @@ def logits_of(out: Any) -> torch.Tensor:
     if isinstance(out, torch.Tensor):
         return out
     if hasattr(out, "logits"):
-        return out.logits
+        return cast(torch.Tensor, out.logits)
     if isinstance(out, (tuple, list)):
-        return out[0]
+        return cast(torch.Tensor, out[0])
     raise TypeError(f"model returned {type(out).__name__}, expected logits")
 
 
@@ -464,7 +464,7 @@ class TextStreamer:
 
     def push(self, tok: int) -> str:
         self.ids.append(tok)
-        text = self.tokenizer.decode(self.ids)
+        text: str = self.tokenizer.decode(self.ids)
         end = len(text)
         while end > self.printed and text[end - 1] == "\ufffd":
             end -= 1  # possibly a partial UTF-8 sequence: wait for the next token
@@ -472,13 +472,13 @@ class TextStreamer:
         return piece
 
     def flush(self) -> str:
-        text = self.tokenizer.decode(self.ids)
+        text: str = self.tokenizer.decode(self.ids)
         piece, self.printed = text[self.printed :], len(text)
         return piece
 
     @property
     def text(self) -> str:
-        return self.tokenizer.decode(self.ids)
+        return str(self.tokenizer.decode(self.ids))
 
 
 def stop_ids(tokenizer: Any) -> list[int]:

@@ -142,3 +142,7 @@ class Layout:
     @property
     def eval_tensorboard_dir(self) -> Path:
         return self.tf / "eval"
+
+    def tensorboard_dir(self, stage: str) -> Path:
+        """A training stage's TensorBoard logs."""
+        return self.tf / stage

@@ -37,6 +37,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from minillm_core.config import CoreConfig
+from minillm_core.schema import DEFAULT_CONTEXT
 
 
 class ModelConfig(CoreConfig):
@@ -57,7 +58,7 @@ class ModelConfig(CoreConfig):
         description="SwiGLU hidden size; None = 8/3 x hidden rounded up to a multiple of 64",
     )
     max_position_embeddings: int = Field(
-        512,
+        DEFAULT_CONTEXT,
         ge=2,
         description="the model's context: the one sequence length. Token tensors pack "
         "rows of this many positions and every stage trains at it (the seed's --max_seq_len)",

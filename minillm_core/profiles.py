@@ -32,6 +32,8 @@ _SMOKE_TRAIN = {
     "save_interval": 10,
 }
 
+_GPU_CONTEXT = 2048
+
 # dtype auto: bf16 autocast (fp32 master weights) where the CPU has native bf16, else float32.
 _CPU_TRAIN = {
     "device": "cpu",
@@ -59,7 +61,9 @@ def _cpu_categories() -> dict[str, dict[str, Any]]:
 
 PROFILES: dict[str, Preset] = {
     "smoke": {
-        "mix": {"max_records": {"pretrain": 64, "sft": 16, "dpo": 8}},
+        # Exact dedup and decontamination stay on; near-duplicates (MinHash LSH) are off: the
+        # samples have none and the index costs memory and time.
+        "mix": {"max_records": {"pretrain": 64, "sft": 16, "dpo": 8}, "near_dedup": False},
         "tokenizer": {"vocab_size": 1024},
         "model": {
             "hidden_size": 64,
@@ -83,9 +87,10 @@ PROFILES: dict[str, Preset] = {
         "eval_checks": {"pretrain": {}, "sft": {}, "dpo": {}},
     },
     "gpu": {
-        "mix": {},
+        # The record size cap follows the model's context (16 characters a position).
+        "mix": {"near_dedup": True, "max_record_chars": 16 * _GPU_CONTEXT},
         "tokenizer": {},
-        "model": {"max_position_embeddings": 2048},
+        "model": {"max_position_embeddings": _GPU_CONTEXT},
         "pretrain": {"device": "cuda", "dtype": "bfloat16", "compile": True, "epochs": 2},
         "sft": {"device": "cuda", "dtype": "bfloat16", "compile": True},
         "dpo": {"device": "cuda", "dtype": "bfloat16", "compile": True},

@@ -17,6 +17,10 @@ STAGES: tuple[Stage, ...] = ("pretrain", "sft", "dpo")
 # Labels at this index contribute no loss (PyTorch's cross_entropy default ignore_index).
 IGNORE_INDEX = -100
 
+# The model's context when nothing sets it: the default of ModelConfig.max_position_embeddings, the
+# one sequence length. Here (torch-free) so the mix can size its record cap without importing torch.
+DEFAULT_CONTEXT = 512
+
 SPECIAL_TOKENS: tuple[str, ...] = (
     "<|bos|>",  # every document / conversation starts with it (also the document delimiter)
     "<|user_start|>",
@@ -69,7 +73,8 @@ def normalize_conversation(record: Any) -> list[dict[str, Any]]:
         if not isinstance(m, dict):
             raise ValueError(f"message {i} is not an object: {m!r:.80}")
         role = m.get("role", m.get("from"))
-        role = ROLE_ALIASES.get(role, role)
+        if isinstance(role, str):  # anything else is refused just below
+            role = ROLE_ALIASES.get(role, role)
         if role not in ROLES:
             raise ValueError(f"message {i}: unknown role {role!r}")
         content = m.get("content", m.get("value"))

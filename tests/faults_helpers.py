@@ -1,4 +1,4 @@
-"""Shared helpers of the reliability suite (tests/test_faults*.py, test_hostile_files.py,
+"""Shared helpers of the reliability suite (tests/integration/test_faults*.py, test_hostile_files.py,
 test_config_validation.py, test_fuzz_readers.py, test_reproducibility.py).
 
 - `run_materialize` starts `dagster asset materialize` as a subprocess in its own process group,

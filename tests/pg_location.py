@@ -1,4 +1,4 @@
-"""The code location of tests/test_postgres.py: the project's definitions, plus a schedule that
+"""The code location of tests/integration/test_postgres.py: the project's definitions, plus a schedule that
 ticks every minute and skips, so the test sees the daemon record a tick without starting a run."""
 
 import dagster as dg

@@ -16,7 +16,7 @@ from minillm_core.inference import autocast, autocast_dtype, flags_in, resolve_d
 from minillm_core.model import ModelConfig
 from minillm_core.train import TrainConfig, train
 from minillm_core.train.checkpointer import load_checkpoint
-from tests.test_train import V, pretrain_rows
+from tests.unit.test_train import V, pretrain_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 XEON = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n"

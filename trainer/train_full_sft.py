@@ -3,12 +3,7 @@
 
     python trainer/train_full_sft.py --data_path data/processed/sft_chinese.jsonl --batch_size 8 ...
 
-A thin front end, the same command as `minillm sft`: the seed's flags (`--data_path`, `--out_dir`,
-`--epochs`, `--batch_size`, `--learning_rate`, `--device`, `--dtype`, `--accumulation_steps`,
-`--max_seq_len`, `--save_interval`, `--log_interval`, `--hidden_size`, `--num_hidden_layers`, ...;
-`--help` lists them all), the loop and the checkpoint format are those of `minillm_cli.train` and
-`minillm_core.train`. A JSONL mix is tokenized with the project's trained tokenizer (out/tokenizer
-unless `--tokenizer_dir`); unset paths come from the project layout.
+The same command as `minillm sft`; flags and paths as in trainer/train_pretrain.py (`--help`).
 """
 
 import sys

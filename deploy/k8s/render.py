@@ -13,7 +13,7 @@
   pretrain` and its flags, no Dagster needed in the image); they meet at the c10d rendezvous on
   pod 0. Apply it with kubectl; the checkpoint lands on the shared claim like any other run.
 
-tests/test_k8s.py renders both, validates them against the Kubernetes API models (and, when
+tests/unit/test_k8s.py renders both, validates them against the Kubernetes API models (and, when
 dagster-k8s is installed, through PipesK8sClient's own pod builder), and checks these files are
 current.
 """

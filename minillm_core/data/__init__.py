@@ -7,11 +7,14 @@ scan      pass 1: find a category's files, validate and count every record
 dedup     exact duplicates per output, dropped before the held-out split
 sampling  which records are held out, which train, how often each
 spool     pass 2: convert the chosen records, assemble the outputs
-mix       build_mix: the three steps, the sidecars; dry_run
+policy    per-record policies: control characters stripped, records over the size cap dropped
+decontam  held-out decontamination by 50-character windows (mix and eval)
+mix       build_mix: the steps, the sidecars
+report    mix_report.json, the warnings about files, dry_run
 check     check_mix: the asset check of a built mix
 """
 
-from minillm_core.data.check import check_mix
+from minillm_core.data.check import check_mix, check_mix_counts
 from minillm_core.data.config import (
     OUTPUTS,
     CategoryConfig,
@@ -20,8 +23,10 @@ from minillm_core.data.config import (
     SourceOverride,
     quotas,
 )
-from minillm_core.data.mix import MixReport, build_mix, dry_run
+from minillm_core.data.decontam import clean_heldout
+from minillm_core.data.mix import MixReport, build_mix
 from minillm_core.data.readers import MixError, NotApplicable, RecordError
+from minillm_core.data.report import dry_run
 from minillm_core.data.scan import resolve_files
 
 __all__ = [
@@ -36,6 +41,8 @@ __all__ = [
     "SourceOverride",
     "build_mix",
     "check_mix",
+    "check_mix_counts",
+    "clean_heldout",
     "dry_run",
     "quotas",
     "resolve_files",

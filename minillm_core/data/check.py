@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from minillm_core.artifacts import sidecar_path
-from minillm_core.data import formats
+from minillm_core.data import decontam, formats
 from minillm_core.data.config import OUTPUTS
 from minillm_core.data.dedup import content_key
 from minillm_core.data.formats import CANONICAL_KEYS
@@ -37,61 +37,92 @@ def check_mix(path: Path | str, output: str, max_problems: int = 20) -> list[str
 
     Checks every record (streaming): JSON, a `source` with file/line/category, non-empty text
     (pretrain), a valid conversation ending with an assistant turn (sft), a consistent pair
-    (dpo); then, from the sidecar, that the counts per category match the quotas; and, for a
-    training file, that no source record also appears in the held-out file beside it, nor (when
-    the mix was built with dedup) a record of the same normalised content: a held-out twin.
+    (dpo); then, from the sidecar, that the counts per category match what was drawn; and, for
+    a training file, that no source record also appears in the held-out file beside it, nor
+    (when the mix was built with dedup) a record of the same normalised content (a held-out
+    twin), nor one sharing a `decontam_window`-character window with a held-out record.
     """
+    return check_mix_counts(path, output, max_problems)[0]
+
+
+def check_mix_counts(
+    path: Path | str, output: str, max_problems: int = 20
+) -> tuple[list[str], dict[str, int]]:
+    """`check_mix`'s problems and its overlap counts: `heldout_twins` (same source or same
+    normalised content) and `window_overlaps` (training records sharing a window)."""
     p = Path(path)
+    counts = {"heldout_twins": 0, "window_overlaps": 0}
     if not p.is_file():
-        return [f"{p}: missing"]
+        return [f"{p}: missing"], counts
     problem = _Problems(max_problems)
     held_name = p.name.replace(".jsonl", "_heldout.jsonl")
-    held = p.with_name(held_name) if not p.name.endswith("_heldout.jsonl") else None
-    sources: set[tuple[str, int]] = set()
-    keys: set[int] = set()
-    if held is not None and held.is_file():
-        sources, keys = _heldout_index(held, output, _built_with_dedup(p))
-    n, per_cat = _check_records(p, output, (sources, keys), held_name, problem)
+    held = _Held(held_name)
+    held_path = p.with_name(held_name)
+    if not p.name.endswith("_heldout.jsonl") and held_path.is_file():
+        held.load(held_path, output, _built_with(p))
+    n, per_cat = _check_records(p, output, held, problem)
     _check_counts(p, n, per_cat, problem)
-    return problem.result()
+    counts.update(held.counts)
+    return problem.result(), counts
 
 
-def _built_with_dedup(p: Path) -> bool:
+def _built_with(p: Path) -> dict:
+    """The config the mix was built with (empty: no sidecar, reported on its own)."""
     try:
-        return bool(strict_loads(sidecar_path(p).read_text(encoding="utf-8"))["config"]["dedup"])
+        cfg = strict_loads(sidecar_path(p).read_text(encoding="utf-8"))["config"]
     except (OSError, ValueError, KeyError, TypeError):
-        return False  # no sidecar (reported on its own) or one from before dedup existed
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def _content(rec: dict, output: str) -> dict:
     return {k: rec[k] for k in CANONICAL_KEYS[output]}
 
 
-def _heldout_index(
-    held: Path, output: str, with_keys: bool
-) -> tuple[set[tuple[str, int]], set[int]]:
-    """The (file, line) sources of the held-out records and, `with_keys`, their dedup keys."""
-    sources: set[tuple[str, int]] = set()
-    keys: set[int] = set()
-    with open(held, "rb") as f:
-        for raw in f:
+class _Held:
+    """What the held-out file beside a training file holds: its (file, line) sources, its dedup
+    keys (when built with dedup) and its windows; and how many training records hit each."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.sources: set[tuple[str, int]] = set()
+        self.keys: set[int] = set()
+        self.index = decontam.WindowIndex(0)
+        self.counts = {"heldout_twins": 0, "window_overlaps": 0}
+
+    def load(self, held: Path, output: str, built: dict) -> None:
+        # A mix built with decontamination off is still checked (at the default window).
+        window = built.get("decontam_window") or decontam.WINDOW_CHARS
+        self.index = decontam.WindowIndex(int(window))
+        for rec in decontam.mix_records(held):
             try:
-                rec = strict_loads(raw.decode("utf-8"))
-                sources.add((rec["source"]["file"], rec["source"]["line"]))
-                if with_keys:
-                    keys.add(content_key(_content(rec, output)))
-            except (ValueError, KeyError, TypeError):
+                self.sources.add((rec["source"]["file"], rec["source"]["line"]))
+                if built.get("dedup"):
+                    self.keys.add(content_key(_content(rec, output)))
+                self.index.add(_content(rec, output))
+            except (KeyError, TypeError):
                 pass  # reported when the held-out file itself is checked
-    return sources, keys
+        self.index.freeze()
+
+    def same_source(self, src: dict, where: str, problem: _Problems) -> None:
+        if (src["file"], src["line"]) in self.sources:
+            self.counts["heldout_twins"] += 1
+            problem(f"{where}: {src['file']}:{src['line']} is also in {self.name}")
+
+    def same_content(self, rec: dict, output: str, where: str, problem: _Problems) -> None:
+        fields = _content(rec, output)
+        if self.keys and content_key(fields) in self.keys:
+            self.counts["heldout_twins"] += 1
+            problem(f"{where}: same content as a record in {self.name} (a held-out twin)")
+        elif self.index.overlaps(fields):
+            self.counts["window_overlaps"] += 1
+            problem(
+                f"{where}: shares a {self.index.window}-character window with a record in "
+                f"{self.name}"
+            )
 
 
-def _check_records(
-    p: Path,
-    output: str,
-    held: tuple[set[tuple[str, int]], set[int]],
-    held_name: str,
-    problem: _Problems,
-) -> tuple[int, Counter]:
+def _check_records(p: Path, output: str, held: _Held, problem: _Problems) -> tuple[int, Counter]:
     """(records, records per category) of a mix file, each record checked."""
     per_cat: Counter = Counter()
     n = 0
@@ -119,15 +150,13 @@ def _check_records(
                 problem(f"{where}: missing or malformed source (need file, line, category)")
             else:
                 per_cat[src["category"]] += 1
-                if (src["file"], src["line"]) in held[0]:
-                    problem(f"{where}: {src['file']}:{src['line']} is also in {held_name}")
+                held.same_source(src, where, problem)
             try:
                 _check_canonical(rec, output)
             except RecordError as exc:
                 problem(f"{where}: {exc}")
                 continue
-            if held[1] and content_key(_content(rec, output)) in held[1]:
-                problem(f"{where}: same content as a record in {held_name} (a held-out twin)")
+            held.same_content(rec, output, where, problem)
     return n, per_cat
 
 
@@ -143,9 +172,9 @@ def _check_counts(p: Path, n: int, per_cat: Counter, problem: _Problems) -> None
         want_cat = counts.get("heldout_per_category", {})
     else:
         want_total = counts.get("records")
-        want_cat = {
-            c: counts["quotas"][c] * counts["category_repeat"][c] for c in counts.get("quotas", {})
-        }
+        # What was drawn: the quota times the category's repeat, less where `max_repeat`
+        # left a quota unmet (the sidecar says so).
+        want_cat = counts.get("records_per_category", {})
     if want_total is not None and n != want_total:
         problem(f"{p}: {n} records, the sidecar says {want_total}")
     for c, want in want_cat.items():

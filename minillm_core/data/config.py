@@ -12,14 +12,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from minillm_core.config import CoreConfig
 from minillm_core.data.formats import FORMATS
 from minillm_core.data.readers import CONTAINERS
 from minillm_core.errors import ConfigError
 from minillm_core.layout import SAMPLES_DIR, SOURCES_DIR
-from minillm_core.schema import STAGES, Stage
+from minillm_core.schema import DEFAULT_CONTEXT, STAGES, Stage
 
 Output = Stage
 OUTPUTS: tuple[str, ...] = STAGES
@@ -122,6 +122,39 @@ class MixConfig(CoreConfig):
         "collapsed, metadata ignored), across files and categories, before "
         "the held-out split",
     )
+    decontam_window: int = Field(
+        50,
+        ge=0,
+        description="characters: a training record sharing a window this long (normalised "
+        "as the dedup key) with a held-out record is dropped before re-sampling; 0: off",
+    )
+    max_record_chars: int = Field(
+        default_factory=lambda: default_record_chars(),
+        ge=1,
+        description="records with more characters of content are dropped, counted and named "
+        "(default: 16 x the model's default context in tokens)",
+    )
+    max_repeat: int = Field(
+        10,
+        ge=1,
+        description="no record is written more than this many times to fill a quota (before "
+        "`repeat`); a quota that needs more is left unmet and reported",
+    )
+    files: dict[str, str] = Field(
+        default_factory=dict,
+        description="file (relative to sources_dir) -> category, for files no glob matches",
+    )
+    near_dedup: bool = Field(
+        False,
+        description="also drop near-duplicates (MinHash LSH over character 5-grams, with "
+        "dedup on); the gpu profile turns it on",
+    )
+    near_dedup_threshold: float = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="Jaccard similarity at which two records are near-duplicates",
+    )
     model_name: str = Field("MiniLLM", min_length=1, description="fills {{name}} in identity data")
     model_author: str = Field(
         "MiniLLM 开源社区", min_length=1, description="fills {{author}} in identity data"
@@ -134,6 +167,15 @@ class MixConfig(CoreConfig):
             if n < 1:
                 raise ValueError(f"max_records.{k} must be >= 1 (got {n})")
         return v
+
+    @model_validator(mode="after")
+    def _files(self) -> MixConfig:
+        for f, cat in self.files.items():
+            if cat not in self.categories:
+                raise ValueError(
+                    f"files.{f}: unknown category {cat!r}; allowed: {', '.join(self.categories)}"
+                )
+        return self
 
     @staticmethod
     def load_layer(path: Path | str) -> dict[str, Any]:
@@ -157,6 +199,15 @@ class MixConfig(CoreConfig):
         if not isinstance(data, dict):
             raise ConfigError(f"mix config {p}: expected a mapping of settings")
         return data
+
+
+RECORD_CHARS_PER_POSITION = 16
+
+
+def default_record_chars() -> int:
+    """16 characters per position of the model's default context: several rows' worth even at
+    4 characters a token, so only records no row could hold the end of are dropped."""
+    return DEFAULT_CONTEXT * RECORD_CHARS_PER_POSITION
 
 
 def quotas(cfg: MixConfig, output: str) -> dict[str, int]:

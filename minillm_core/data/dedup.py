@@ -26,16 +26,29 @@ if TYPE_CHECKING:  # scan imports content_key from here
     from minillm_core.data.scan import FileScan
 
 
-def _collapse(value: Any) -> Any:
-    """Whitespace runs collapsed to one space, ends stripped, in every string of a value."""
+def _flatten(value: Any, out: list[str]) -> list[str]:
+    """A value as tokens: strings with whitespace runs collapsed to one space and ends stripped
+    (marked by a leading quote), dict keys sorted (marked by a trailing colon), brackets for
+    structure, other scalars as JSON. Joined by a control character (stripped from records by
+    `policy`, so no string holds one), it is the key's text: one walk and one join, about a
+    third cheaper than rebuilding the value and `json.dumps` with sorted keys."""
     t = type(value)
     if t is str:
-        return " ".join(value.split())
-    if t is list:
-        return [_collapse(v) for v in value]
-    if t is dict:
-        return {k: _collapse(v) for k, v in value.items()}
-    return value
+        out.append('"' + " ".join(value.split()))
+    elif t is list:
+        out.append("[")
+        for v in value:
+            _flatten(v, out)
+        out.append("]")
+    elif t is dict:
+        out.append("{")
+        for k in sorted(value):
+            out.append(f"{k}:")
+            _flatten(value[k], out)
+        out.append("}")
+    else:
+        out.append(json.dumps(value))
+    return out
 
 
 # NFKC is slow on CJK text (every character is decomposed and recomposed), while the characters
@@ -57,7 +70,7 @@ def _nfkc(text: str) -> str:
 
 def content_key(fields: dict) -> int:
     """The 64-bit dedup key of a record's canonical fields (module docstring)."""
-    text = _nfkc(json.dumps(_collapse(fields), ensure_ascii=False, sort_keys=True))
+    text = _nfkc("\x1f".join(_flatten(fields, [])))
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 
@@ -71,6 +84,13 @@ def distinct_ordinals(scans: dict[str, list[FileScan]]) -> dict[str, np.ndarray]
     keep = np.zeros(len(keys), dtype=bool)
     keep[np.unique(keys, return_index=True)[1]] = True
     del keys
+    at = 0
+    for fs in files:  # near-duplicates (scan order) that are not exact ones go too
+        if fs.near:
+            near = at + np.frombuffer(fs.near, dtype=np.int64)
+            fs.near_duplicates = int(keep[near].sum())
+            keep[near] = False
+        at += fs.valid
     out: dict[str, np.ndarray] = {}
     start = 0
     for cat, cat_files in scans.items():
@@ -78,7 +98,7 @@ def distinct_ordinals(scans: dict[str, list[FileScan]]) -> dict[str, np.ndarray]
         k = keep[start : start + n]
         at = start
         for fs in cat_files:
-            fs.duplicates = int(fs.valid - keep[at : at + fs.valid].sum())
+            fs.duplicates = int(fs.valid - keep[at : at + fs.valid].sum()) - fs.near_duplicates
             at += fs.valid
         out[cat] = np.flatnonzero(k).astype(np.int64, copy=False)
         start += n

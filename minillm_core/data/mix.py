@@ -32,7 +32,6 @@ outputs.
 from __future__ import annotations
 
 import errno
-import json
 import random
 import time
 from array import array
@@ -49,11 +48,12 @@ from minillm_core.artifacts import (
     sidecar_path,
     write_json,
 )
+from minillm_core.data import report
 from minillm_core.data.config import OUTPUTS, MixConfig, Output, quotas
+from minillm_core.data.decontam import contaminated_draws, heldout_index
 from minillm_core.data.dedup import distinct_ordinals
-from minillm_core.data.formats import CANONICAL_KEYS
 from minillm_core.data.readers import MixError
-from minillm_core.data.sampling import heldout_count, select
+from minillm_core.data.sampling import draw_heldout, draw_training, heldout_count
 from minillm_core.data.scan import EXAMPLES_KEPT, FileScan, resolve_files, scan_file
 from minillm_core.data.spool import Spool, write_pass
 from minillm_core.progress import LogFn, Progress, emit
@@ -103,17 +103,20 @@ def build_mix(
         "category_repeat": {},
         "valid_per_category": {},
         "records_per_file": {},
+        "quota_unmet": {},
     }
-    distinct = _dedup(output, scans, meta, log) if cfg.dedup else {}
+    distinct = _dedup(output, scans, meta, log, cfg.near_dedup) if cfg.dedup else {}
     # Select every category first: the totals size the occurrence list exactly (no regrowth).
-    chosen = {
-        cat: _choose(cfg, output, cat, files, q[cat], distinct.pop(cat, None), meta, log)
-        for cat, files in scans.items()
-    }
+    t1, cpu1 = time.monotonic(), time.process_time()
+    chosen = _choose_all(cfg, output, scans, q, distinct, meta, log)
+    # Timings stay out of the sidecar (written below): rebuilds are byte-identical.
+    choose_seconds = (time.monotonic() - t1, time.process_time() - cpu1)
     slots, n_bytes, held_bytes = _write_outputs(
         cfg, output, scans, chosen, meta, out_dir, main_path, held_path
     )
     all_files = [fs for files in scans.values() for fs in files]
+    report.file_warnings(cfg, output, all_files, meta, log)
+    report.policy_counts(all_files, meta)
     _write_sidecars(
         cfg,
         all_files,
@@ -129,14 +132,11 @@ def build_mix(
         },
     )
     seconds = time.monotonic() - t0
-    source_bytes = meta["source_bytes"]
-    meta["seconds"] = round(seconds, 3)
-    meta["scan_seconds"] = round(scan_seconds, 3)
-    meta["scan_mb_per_s"] = round(source_bytes / 1e6 / max(scan_seconds, 1e-9), 2)
-    meta["scan_cpu_seconds"] = round(scan_cpu_seconds, 3)
-    meta["source_mb_per_s"] = round(source_bytes / 1e6 / max(seconds, 1e-9), 2)
-    for line in meta["skipped_examples"]:
-        emit(log, f"mix {output}: skipped {line}")
+    _timings(meta, seconds, (scan_seconds, scan_cpu_seconds), choose_seconds)
+    report.log_problems(output, all_files, log)
+    meta["report"] = str(
+        report.write_report(out_dir, output, report.section(output, all_files, meta))
+    )
     emit(
         log,
         f"mix {output}: wrote {len(slots.train)} records ({n_bytes / 1e6:.1f} MB) to "
@@ -150,6 +150,21 @@ def build_mix(
         heldout_records=len(slots.held),
         metadata=meta,
     )
+
+
+def _timings(
+    meta: dict[str, Any], seconds: float, scan: tuple[float, float], choose: tuple[float, float]
+) -> None:
+    """Timings into meta, after the sidecars (which stay byte-identical across rebuilds);
+    scan and choose are (wall, CPU) seconds; the CPU rate is the rate on one dedicated core."""
+    mb = meta["source_bytes"] / 1e6
+    meta["seconds"] = round(seconds, 3)
+    meta["decontam_seconds"] = round(choose[0], 3)  # with the (cheap) training draw
+    meta["decontam_cpu_seconds"] = round(choose[1], 3)
+    meta["scan_seconds"] = round(scan[0], 3)
+    meta["scan_mb_per_s"] = round(mb / max(scan[0], 1e-9), 2)
+    meta["scan_cpu_seconds"] = round(scan[1], 3)
+    meta["source_mb_per_s"] = round(mb / max(seconds, 1e-9), 2)
 
 
 def _find_files(cfg: MixConfig, output: str, q: dict[str, int], log: LogFn | None) -> Found:
@@ -182,9 +197,16 @@ def _scan_all(
     total_bytes = sum(p.stat().st_size for files, _ in found.values() for p, _, _ in files)
     scans: dict[str, list[FileScan]] = {}
     samples_used: list[str] = []
+    near = None
+    if cfg.dedup and cfg.near_dedup:
+        from minillm_core.data.neardup import NearDup  # datasketch and scipy: 1 s, 60 MB
+
+        near = NearDup(cfg.near_dedup_threshold, cfg.seed)
     with Progress(total_bytes, f"mix {output}: scan", unit="B", log=log) as prog:
         for cat, (files, used) in found.items():
-            scans[cat] = [scan_file(p, d, root, cfg, cat, output, prog) for p, d, root in files]
+            scans[cat] = [
+                scan_file(p, d, root, cfg, cat, output, prog, near=near) for p, d, root in files
+            ]
             if used:
                 samples_used.append(cat)
     if samples_used:
@@ -196,43 +218,124 @@ def _scan_all(
     return scans, samples_used
 
 
+def _choose_all(
+    cfg: MixConfig,
+    output: str,
+    scans: dict[str, list[FileScan]],
+    q: dict[str, int],
+    distinct: dict[str, np.ndarray],
+    meta: dict[str, Any],
+    log: LogFn | None,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per category the wanted ordinals and multiplicities: held-out records first (every
+    category), then the training records that overlap them are excluded (`decontam`), then the
+    training draw from what is left."""
+    spaces: dict[str, np.ndarray] = {}  # per category: the ordinals of its distinct records
+    held: dict[str, np.ndarray] = {}  # indices into spaces[cat]
+    for cat, files in scans.items():
+        n_valid = sum(fs.valid for fs in files)
+        if n_valid == 0:
+            na = sum(fs.not_applicable for fs in files)
+            bad = sum(sum(fs.bad.values()) for fs in files)
+            raise MixError(
+                f"category {cat!r}: no records usable for {output} in "
+                f"{', '.join(fs.display for fs in files)} ({na} valid records of a format "
+                f"that has no {output} form, {bad} bad)",
+                field=f"categories.{cat}",
+            )
+        space = distinct.pop(cat, None)
+        spaces[cat] = np.arange(n_valid, dtype=np.int64) if space is None else space
+        if space is not None:
+            meta["duplicates_per_category"][cat] = sum(fs.duplicates for fs in files)
+        meta["valid_per_category"][cat] = n_valid
+        n_held = heldout_count(cfg, len(spaces[cat]), q[cat])
+        held[cat] = draw_heldout(cfg.seed, cat, len(spaces[cat]), n_held)
+    contam = _decontaminate(cfg, output, scans, spaces, held, q, meta, log)
+    return {
+        cat: _choose(cfg, output, cat, q[cat], spaces[cat], held[cat], contam[cat], meta, log)
+        for cat in scans
+    }
+
+
+def _decontaminate(
+    cfg: MixConfig,
+    output: str,
+    scans: dict[str, list[FileScan]],
+    spaces: dict[str, np.ndarray],
+    held: dict[str, np.ndarray],
+    q: dict[str, int],
+    meta: dict[str, Any],
+    log: LogFn | None,
+) -> dict[str, np.ndarray]:
+    """Per category the indices (into spaces[cat]) of the records the draw would have made
+    training records that share a `decontam_window`-character window with any held-out record
+    of this output (`decontam.contaminated_draws`)."""
+    none = {cat: np.zeros(0, dtype=np.int64) for cat in scans}
+    meta["decontam_window"] = cfg.decontam_window
+    if not cfg.decontam_window:
+        return none
+    index = heldout_index(cfg, output, scans, {c: spaces[c][held[c]] for c in scans})
+    meta["heldout_windows"] = len(index)
+    found = {
+        c: contaminated_draws(cfg, output, c, scans[c], index, spaces[c], held[c], q[c])
+        if len(index)
+        else none[c]
+        for c in scans
+    }
+    per_file = {
+        fs.display: fs.contaminated for files in scans.values() for fs in files if fs.contaminated
+    }
+    meta["contaminated_total"] = sum(per_file.values())
+    meta["contaminated_per_file"] = per_file
+    meta["contaminated_per_category"] = {c: len(h) for c, h in found.items()}
+    if per_file:
+        emit(
+            log,
+            f"mix {output}: dropped {meta['contaminated_total']} training records sharing a "
+            f"{cfg.decontam_window}-character window with a held-out record: "
+            + ", ".join(f"{d}: {n}" for d, n in list(per_file.items())[:EXAMPLES_KEPT]),
+        )
+    return found
+
+
 def _choose(
     cfg: MixConfig,
     output: str,
     cat: str,
-    files: list[FileScan],
     quota: int,
-    distinct: np.ndarray | None,
+    space: np.ndarray,
+    held: np.ndarray,
+    contaminated: np.ndarray,
     meta: dict[str, Any],
     log: LogFn | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One category's wanted ordinals, sorted, and how often each is written (0: held out).
-    `distinct`: the ordinals left after dedup (None: dedup is off, every valid record)."""
+    """One category's wanted ordinals, sorted, and how often each is written (0: held out)."""
     c = cfg.categories[cat]
-    n_valid = sum(fs.valid for fs in files)
-    if n_valid == 0:
-        na = sum(fs.not_applicable for fs in files)
-        bad = sum(sum(fs.bad.values()) for fs in files)
+    excluded = np.union1d(held, contaminated)
+    pool = len(space) - len(excluded)
+    if pool <= 0:
         raise MixError(
-            f"category {cat!r}: no records usable for {output} in "
-            f"{', '.join(fs.display for fs in files)} ({na} valid records of a format "
-            f"that has no {output} form, {bad} bad)",
+            f"category {cat!r}: no training records left for {output} after the held-out "
+            f"split and decontamination ({len(held)} held out, {len(contaminated)} overlapping)",
             field=f"categories.{cat}",
         )
-    n_unique = n_valid if distinct is None else len(distinct)
-    n_held = heldout_count(cfg, n_unique, quota)
-    held, train, mult = select(cfg.seed, output, cat, n_unique, quota, n_held)
-    if distinct is not None:  # indices among the distinct records -> ordinals among all
-        held, train = distinct[held], distinct[train]
-        meta["duplicates_per_category"][cat] = n_valid - n_unique
-    pool = n_unique - n_held
-    meta["valid_per_category"][cat] = n_valid
+    picks, mult = draw_training(cfg.seed, output, cat, len(space), quota, excluded, cfg.max_repeat)
+    held, train = space[held], space[picks]
+    drawn = int(mult.sum())
     meta["distinct_per_category"][cat] = len(train)
-    meta["heldout_per_category"][cat] = n_held
-    meta["records_per_category"][cat] = int(mult.sum()) * c.repeat
-    meta["repeat_factors"][cat] = round(quota / pool, 3) if quota > pool else 1.0
+    meta["heldout_per_category"][cat] = len(held)
+    meta["records_per_category"][cat] = drawn * c.repeat
+    meta["repeat_factors"][cat] = round(drawn / pool, 3) if drawn > pool else 1.0
     meta["category_repeat"][cat] = c.repeat
-    if quota > pool:
+    if drawn < quota:
+        meta["quota_unmet"][cat] = {"quota": quota, "drawn": drawn}
+        emit(
+            log,
+            f"mix {output}: category {cat} has {pool} distinct training records for a "
+            f"quota of {quota}: each written at most max_repeat={cfg.max_repeat} times, "
+            f"so {drawn} records instead of {quota}",
+        )
+    elif quota > pool:
         emit(
             log,
             f"mix {output}: category {cat} has {pool} distinct training records "
@@ -244,10 +347,20 @@ def _choose(
 
 
 def _dedup(
-    output: str, scans: dict[str, list[FileScan]], meta: dict[str, Any], log: LogFn | None
+    output: str,
+    scans: dict[str, list[FileScan]],
+    meta: dict[str, Any],
+    log: LogFn | None,
+    near_on: bool,
 ) -> dict[str, np.ndarray]:
     """The distinct ordinals per category (`dedup`), the duplicates counted into `meta`."""
+    # The index: an 8-byte key per valid record while scanning, then an 8-byte ordinal per
+    # distinct record (bench/bench_mix.py reports the bytes per distinct record).
+    key_bytes = sum(fs.keys.itemsize * len(fs.keys) for files in scans.values() for fs in files)
     distinct = distinct_ordinals(scans)
+    n_distinct = sum(len(d) for d in distinct.values())
+    meta["dedup_index_bytes"] = key_bytes + 8 * n_distinct
+    meta["dedup_bytes_per_distinct"] = round(meta["dedup_index_bytes"] / max(n_distinct, 1), 2)
     per_file = {
         fs.display: fs.duplicates for files in scans.values() for fs in files if fs.duplicates
     }
@@ -258,13 +371,23 @@ def _dedup(
             "duplicates_per_category": {},
         }
     )
-    if per_file:
-        shown = ", ".join(f"{d}: {n}" for d, n in list(per_file.items())[:EXAMPLES_KEPT])
-        emit(
-            log,
-            f"mix {output}: dropped {meta['duplicates_total']} exact duplicates "
-            f"(first occurrence kept) in {shown}",
-        )
+    near = {
+        fs.display: fs.near_duplicates
+        for files in scans.values()
+        for fs in files
+        if fs.near_duplicates
+    }
+    if near_on:
+        meta["near_duplicates_total"] = sum(near.values())
+        meta["near_duplicates_per_file"] = near
+    for what, counts in (("exact duplicates", per_file), ("near-duplicates", near)):
+        if counts:
+            shown = ", ".join(f"{d}: {n}" for d, n in list(counts.items())[:EXAMPLES_KEPT])
+            emit(
+                log,
+                f"mix {output}: dropped {sum(counts.values())} {what} "
+                f"(first occurrence kept) in {shown}",
+            )
     return distinct
 
 
@@ -405,33 +528,3 @@ def _write_sidecars(
         sidecar_path(held_path),
         {**sidecar, "artifact": held_path.name, "training_artifact": main_path.name},
     )
-
-
-def dry_run(
-    cfg: MixConfig, outputs: list[str], show: int = 2, out: Callable[[str], None] = print
-) -> None:
-    """Print per file the detected container and formats, counts per output, a few samples."""
-    for output in outputs:
-        q = quotas(cfg, output)
-        out(f"== {output}: quotas {q}")
-        for cat in q:
-            files, used_samples = resolve_files(cfg, cat)
-            tag = " (shipped samples)" if used_samples else ""
-            out(f"-- category {cat}{tag}")
-            for p, d, root in files:
-                fs = scan_file(p, d, root, cfg, cat, output, None, keep_samples=show)
-                fmts = ", ".join(f"{k} x{v}" for k, v in fs.formats.most_common()) or "-"
-                out(
-                    f"{d}: {fs.sniff.container}, {fmts}; valid {fs.valid}, bad "
-                    f"{sum(fs.bad.values())}, no {output} form {fs.not_applicable}"
-                )
-                for e in fs.examples:
-                    out(f"  skipped {e}")
-                for s in fs.samples:
-                    out(
-                        "  sample "
-                        + json.dumps(
-                            {k: s[k] for k in (*CANONICAL_KEYS[output], "source")},
-                            ensure_ascii=False,
-                        )[:600]
-                    )

@@ -40,12 +40,26 @@ def sample_sorted(rng: random.Random, n: int, k: int) -> np.ndarray:
     return np.flatnonzero(np.frombuffer(mark, dtype=np.uint8)).astype(np.int64, copy=False)
 
 
-def select(
-    seed: int, output: str, category: str, n_valid: int, quota: int, n_heldout: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(heldout ordinals, training ordinals, multiplicities), ordinals sorted, disjoint."""
-    held = sample_sorted(random.Random(f"{seed}:heldout:{category}"), n_valid, n_heldout)
-    pool = n_valid - n_heldout
+def draw_heldout(seed: int, category: str, n_valid: int, n_heldout: int) -> np.ndarray:
+    """The held-out ordinals of a category, sorted (seeded by seed and category only)."""
+    return sample_sorted(random.Random(f"{seed}:heldout:{category}"), n_valid, n_heldout)
+
+
+def draw_training(
+    seed: int,
+    output: str,
+    category: str,
+    n_valid: int,
+    quota: int,
+    excluded: np.ndarray,
+    max_repeat: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(training ordinals, multiplicities) among range(n_valid) minus the sorted `excluded`
+    (held out, or overlapping a held-out record). With `max_repeat`, no record is drawn more
+    often than that: the draws stop at pool x max_repeat, below the quota."""
+    pool = n_valid - len(excluded)
+    if max_repeat is not None:
+        quota = min(quota, pool * max_repeat)
     rng = random.Random(f"{seed}:train:{output}:{category}")
     if quota <= pool:
         picks = sample_sorted(rng, pool, quota)
@@ -56,6 +70,16 @@ def select(
         picks = np.arange(pool, dtype=np.int64)
         mult = np.full(pool, k, dtype=np.int32)
         mult[sample_sorted(rng, pool, r)] += 1
-    # Pool index -> ordinal among all records, stepping over the held-out ones (stays sorted).
-    picks += np.searchsorted(held - np.arange(n_heldout, dtype=np.int64), picks, side="right")
+    # Pool index -> ordinal among all records, stepping over the excluded ones (stays sorted).
+    steps = excluded - np.arange(len(excluded), dtype=np.int64)
+    picks += np.searchsorted(steps, picks, side="right")
+    return picks, mult
+
+
+def select(
+    seed: int, output: str, category: str, n_valid: int, quota: int, n_heldout: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(heldout ordinals, training ordinals, multiplicities), ordinals sorted, disjoint."""
+    held = draw_heldout(seed, category, n_valid, n_heldout)
+    picks, mult = draw_training(seed, output, category, n_valid, quota, held)
     return held, picks, mult

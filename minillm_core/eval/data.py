@@ -10,8 +10,10 @@ from typing import Any
 
 import torch
 
+from minillm_core.data import clean_heldout
 from minillm_core.errors import DataError
 from minillm_core.eval.metrics import parse_mc_item
+from minillm_core.progress import LogFn, emit
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -27,6 +29,23 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             if not isinstance(obj, dict):
                 raise DataError("expected a JSON object", file=path, line=lineno)
             yield obj
+
+
+def heldout_records(path: Path, stage: str, log: LogFn | None = None) -> list[dict[str, Any]]:
+    """The held-out records to score: every object of `path` (DataError on a bad line) less
+    those sharing a 50-character window, or their whole normalised text, with a training mix
+    the `stage` checkpoint has seen (`minillm_core.data.decontam.clean_heldout`)."""
+    records = list(read_jsonl(path))
+    clean, dropped = clean_heldout(path, stage, records)
+    if len(clean) < len(records):
+        emit(
+            log,
+            f"eval {stage}: left out {len(records) - len(clean)} held-out records that "
+            "overlap training data ("
+            + ", ".join(f"{k}: {v}" for k, v in dropped.items() if v)
+            + ")",
+        )
+    return clean
 
 
 def category(record: Mapping[str, Any]) -> str | None:

@@ -21,7 +21,7 @@ import torch
 from minillm_core.artifacts import require, sha256_file, sha256_tree
 from minillm_core.errors import ConfigError
 from minillm_core.eval.config import EvalConfig, EvalReport
-from minillm_core.eval.data import category, encode_rows, mc_items, read_jsonl
+from minillm_core.eval.data import category, encode_rows, heldout_records, mc_items
 from minillm_core.eval.metrics import identity_scores, token_byte_lengths
 from minillm_core.eval.results import (
     append_jsonl,
@@ -36,11 +36,10 @@ from minillm_core.eval.scoring import (
     score_preferences,
 )
 from minillm_core.inference import model_context, resolve_device, resolve_dtype
-from minillm_core.model import ModelConfig
 from minillm_core.progress import LogFn, emit
+from minillm_core.schema import DEFAULT_CONTEXT
 
 # A hand-built module without a config gets the context a default ModelConfig has.
-DEFAULT_CONTEXT: int = ModelConfig.model_fields["max_position_embeddings"].default
 
 
 def eval_length(requested: int | None, model: Any) -> int:
@@ -69,12 +68,13 @@ def _scores(
 ) -> dict[str, float]:
     data = Path(cfg.data_path)
     metrics: dict[str, float] = {}
+    held = heldout_records(data, cfg.stage, log)
     if cfg.stage in ("pretrain", "sft"):
-        rows = encode_rows(cfg.stage, read_jsonl(data), tokenizer, length, cfg.max_samples)
+        rows = encode_rows(cfg.stage, iter(held), tokenizer, length, cfg.max_samples)
         emit(log, f"eval {cfg.stage}: scoring {len(rows)} held-out rows from {data}")
         metrics.update(score_loss(model, rows, token_bytes=token_byte_lengths(tokenizer), **common))
     if cfg.stage == "sft":
-        knowledge = (r for r in read_jsonl(data) if category(r) == "knowledge")
+        knowledge = (r for r in held if category(r) == "knowledge")
         items = mc_items(knowledge, tokenizer, length, cfg.max_samples)
         emit(log, f"eval sft: {len(items)} multiple-choice knowledge items")
         if items:
@@ -84,7 +84,7 @@ def _scores(
     if cfg.stage == "dpo":
         if reference is None:
             raise ValueError("dpo evaluation needs the reference (SFT) model")
-        rows = encode_rows("dpo", read_jsonl(data), tokenizer, length, cfg.max_samples)
+        rows = encode_rows("dpo", iter(held), tokenizer, length, cfg.max_samples)
         emit(log, f"eval dpo: scoring {len(rows)} held-out preference pairs from {data}")
         if not rows:
             raise ValueError(f"{data}: no preference pairs to score")

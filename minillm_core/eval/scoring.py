@@ -18,7 +18,7 @@ from minillm_core.eval.metrics import (
 )
 from minillm_core.inference import SamplingParams, autocast, generate, stop_ids
 from minillm_core.schema import IGNORE_INDEX
-from minillm_core.tokens.collate import collate
+from minillm_core.tokens import collate_rows
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -33,7 +33,7 @@ def _batch_logps(
     device: torch.device,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    b = collate(rows, pad_id)
+    b = collate_rows(rows, pad_id)
     with autocast(device, dtype):
         return sequence_logps(model, b["input_ids"].to(device), b["labels"].to(device)).cpu()
 
@@ -52,7 +52,9 @@ def score_loss(
     """Loss, perplexity and bits per byte over rows with `input_ids` and `labels`."""
     totals = LossTotals()
     for batch in _batches(rows, batch_size):
-        b = collate([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in batch], pad_id)
+        b = collate_rows(
+            [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in batch], pad_id
+        )
         ids, labels = b["input_ids"].to(device), b["labels"].to(device)
         with autocast(device, dtype):
             nll = token_nll(model, ids, labels)

@@ -21,7 +21,7 @@ from minillm_core.inference import stop_ids
 from minillm_core.model import MiniLLM
 from minillm_core.progress import LogFn, emit
 from minillm_core.tokenizer import BOS, Tokenizer, load_tokenizer
-from minillm_core.train.checkpointer import WEIGHTS, load_checkpoint, weights_state
+from minillm_core.train import WEIGHTS, load_checkpoint, weights_state
 
 EXPORT_META = "minillm_export.json"
 FORMAT_VERSION = 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 
@@ -88,7 +88,7 @@ def _check_texts(tok: Tokenizer) -> list[str]:
 
 def _check_tokenizer(hf_tok: Any, tok: Tokenizer, out: dict[str, Any]) -> None:
     texts = _check_texts(tok)
-    ours = cast(list[list[int]], tok.encode(texts))
+    ours = tok.encode(texts)
     theirs = hf_tok(texts, add_special_tokens=False)["input_ids"]
     bad = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
     out["tokenizer_texts_checked"] = len(texts)

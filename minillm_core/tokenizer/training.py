@@ -36,11 +36,10 @@ class TokenizerConfig(CoreConfig):
     pattern: str = Field(DEFAULT_PATTERN, description="split regex (stored with the tokenizer)")
     max_chars_per_doc: int = Field(10_000, gt=0, description="longer documents are truncated")
     # 200M characters, not nanochat's 2B: in Chinese, `\p{L}+` makes nearly every run of Han
-    # characters a distinct chunk, so training memory grows with the text itself (measured with
-    # the Rust trainer: ~26 bytes of RAM per character, 228 MB for the 8.7M characters of the
-    # benchmark corpus), while English chunks repeat and stay small. 200M Chinese characters need
-    # about 5 GB; raise it when
-    # the machine has the memory (the metadata reports whether the cap was reached).
+    # characters a distinct chunk, so training memory grows with the text itself, while English
+    # chunks repeat and stay small (bytes per character: bench/bench_tokenizer.py, table in
+    # docs/tokenizer.md). Raise it when the machine has the memory (the metadata reports whether
+    # the cap was reached).
     max_chars_total: int = Field(200_000_000, gt=0, description="stop reading after this many")
     num_threads: int | None = Field(None, gt=0, description="training threads; None = all cores")
     trainer: Literal["auto", "rust", "python"] = Field(

@@ -12,6 +12,7 @@ collate   the one way rows become a padded batch
 
 from minillm_core.tokens.build import export_tokens
 from minillm_core.tokens.check import check_tokens, plot_length_histogram
+from minillm_core.tokens.collate import collate_rows, training_batch
 from minillm_core.tokens.config import TensorConfig, TensorReport, disk_dtype
 from minillm_core.tokens.dataset import JsonlDataset, TokenDataset
 from minillm_core.tokens.encode import encode_record
@@ -25,8 +26,10 @@ __all__ = [
     "TensorReport",
     "TokenDataset",
     "check_tokens",
+    "collate_rows",
     "disk_dtype",
     "encode_record",
     "export_tokens",
     "plot_length_histogram",
+    "training_batch",
 ]

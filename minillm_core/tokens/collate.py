@@ -35,13 +35,13 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def collate(
+def collate_rows(
     rows: Sequence[Mapping[str, Any]], pad_id: int, multiple: int = 1
 ) -> dict[str, torch.Tensor]:
     """Rows of named 1-D columns -> one padded tensor per column, all to the longest column of
     any row (rounded up to `multiple`), so related columns (DPO's chosen and rejected) line up."""
     if not rows:
-        raise ValueError("collate: empty batch")
+        raise ValueError("collate_rows: empty batch")
     width = round_up(max(len(r[k]) for r in rows for k in r), multiple)
     return {k: pad([r[k] for r in rows], fill_value(k, pad_id), width) for k in rows[0]}
 

@@ -19,7 +19,7 @@ import torch
 from minillm_core.artifacts import require
 from minillm_core.errors import ArtifactError, DataError, TokenizerMismatchError
 from minillm_core.schema import Stage
-from minillm_core.tokens.collate import collate
+from minillm_core.tokens.collate import collate_rows
 from minillm_core.tokens.config import TensorConfig
 from minillm_core.tokens.encode import Encoder, read_jsonl, record_parts, stage_row
 from minillm_core.tokens.shards import load_index, shard_file
@@ -52,7 +52,7 @@ class TokenDataset(torch.utils.data.Dataset[Row]):
     that reads them (and the maps are dropped when the dataset is pickled into a DataLoader worker
     or a spawned rank), so constructing it in every DDP rank and worker costs no memory: the pages
     are the OS page cache, shared by all of them. `ds[i]` is a dict of unpadded torch.long tensors
-    (TOKEN ROWS in docs/architecture.md); batch them with `collate` / `ds.collate_fn`."""
+    (the row table in docs/tensors.md); batch them with `collate_rows` / `ds.collate_fn`."""
 
     def __init__(self, path: Path | str, expected_tokenizer_hash: str | None = None):
         self.path = Path(path)
@@ -130,7 +130,7 @@ class TokenDataset(torch.utils.data.Dataset[Row]):
 
     @property
     def collate_fn(self) -> Callable[[list[Row]], Row]:
-        return functools.partial(collate, pad_id=self.pad_id)
+        return functools.partial(collate_rows, pad_id=self.pad_id)
 
 
 class JsonlDataset(torch.utils.data.Dataset[Row]):
@@ -165,4 +165,4 @@ class JsonlDataset(torch.utils.data.Dataset[Row]):
 
     @property
     def collate_fn(self) -> Callable[[list[Row]], Row]:
-        return functools.partial(collate, pad_id=self.pad_id)
+        return functools.partial(collate_rows, pad_id=self.pad_id)

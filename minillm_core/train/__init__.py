@@ -11,7 +11,17 @@ logger.py        progress bar, log lines, TensorBoard, loss plot, the report's m
 ddp.py           DDP collectives, the rank config file and the rank entry point
 """
 
+from minillm_core.train.checkpointer import WEIGHTS, load_checkpoint, weights_state
 from minillm_core.train.config import PARENT, STAGE_DEFAULTS, TrainConfig, TrainReport
 from minillm_core.train.loop import train
 
-__all__ = ["PARENT", "STAGE_DEFAULTS", "TrainConfig", "TrainReport", "train"]
+__all__ = [
+    "PARENT",
+    "STAGE_DEFAULTS",
+    "WEIGHTS",
+    "TrainConfig",
+    "TrainReport",
+    "load_checkpoint",
+    "train",
+    "weights_state",
+]

@@ -132,7 +132,8 @@ class TrainConfig(CoreConfig):
     def _stage_defaults(cls, data: Any) -> Any:
         # Before validation, so the stage's values are checked like given ones and the fields
         # are typed as what they always hold after construction.
-        if isinstance(data, dict) and data.get("stage") in STAGE_DEFAULTS:
+        stage = data.get("stage") if isinstance(data, dict) else None
+        if isinstance(stage, str) and stage in STAGE_DEFAULTS:  # a wrong type is the validator's
             data = dict(data)
             for key, value in STAGE_DEFAULTS[data["stage"]].items():
                 if data.get(key) is None:

@@ -27,7 +27,7 @@ import torch
 from minillm_core.artifacts import require, sha256_file
 from minillm_core.errors import ConfigError
 from minillm_core.model import ModelConfig
-from minillm_core.tokens.collate import training_batch
+from minillm_core.tokens import training_batch
 from minillm_core.train.config import TrainConfig
 
 

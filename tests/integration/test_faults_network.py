@@ -10,6 +10,7 @@ process group from /proc: the webserver and the code server it starts must all b
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import signal
@@ -97,6 +98,29 @@ def _listening(pgid: int) -> list[tuple[str, int]]:
     return out
 
 
+_LOCATIONS = "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }"
+
+
+def _wait_for_code_location(port: int, deadline: float) -> None:
+    """Until the webserver reports every code location loaded (its code server is up)."""
+    body = json.dumps({"query": _LOCATIONS}).encode()
+    status: object = None
+    while time.monotonic() < deadline:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/graphql", body, {"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                entries = json.load(r)["data"]["workspaceOrError"]["locationEntries"]
+            status = [e["loadStatus"] for e in entries]
+            if status and all(s == "LOADED" for s in status):
+                return
+        except OSError as exc:
+            status = exc
+        time.sleep(0.5)
+    raise AssertionError(f"code location not loaded in time: {status}")
+
+
 def _loopback(ip: str) -> bool:
     a = ipaddress.ip_address(ip)
     if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped:
@@ -140,7 +164,7 @@ def test_started_ui_listens_only_on_loopback(tmp_path):
         assert ready, "dagster dev did not come up: " + (
             proc.stdout.read(4000).decode() if proc.poll() is not None else "timeout"
         )
-        time.sleep(2)  # the code server starts beside the webserver
+        _wait_for_code_location(port, deadline)  # its code server starts beside the webserver
         sockets = _listening(proc.pid)
         assert ("127.0.0.1", port) in sockets, sockets
         exposed = [s for s in sockets if not _loopback(s[0])]

@@ -42,7 +42,7 @@ CORPUS = [
 ]
 
 SITE = textwrap.dedent("""
-    # Test probe (tests/test_ddp.py): log renames into place and row reads, with the process's RANK.
+    # Test probe (tests/integration/test_ddp.py): log renames into place and row reads, with the process's RANK.
     import os
     _log = os.environ.get("MINILLM_PROBE")
     if _log:

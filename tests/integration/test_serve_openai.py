@@ -23,8 +23,8 @@ from minillm_cli.serve_app import ServeConfig, create_app  # noqa: E402
 from minillm_cli.serve_engine import Engine  # noqa: E402
 from minillm_core.inference import SamplingParams, complete  # noqa: E402
 from minillm_core.train.checkpointer import load_checkpoint  # noqa: E402
-from tests.test_hf_export import TOOL_CONVERSATION, TOOLS, Smoke, smoke_artifacts  # noqa: E402
-from tests.test_serve import MESSAGES, Slow, _wait, running  # noqa: E402
+from tests.integration.test_serve import MESSAGES, Slow, _wait, running  # noqa: E402
+from tests.unit.test_hf_export import TOOL_CONVERSATION, TOOLS, Smoke, smoke_artifacts  # noqa: E402
 
 MODEL = "minillm"
 

@@ -14,7 +14,7 @@ from minillm_core.data import formats as schemas
 from minillm_core.data import readers
 from minillm_core.data.readers import MixError, NotApplicable, RecordError, Sniff
 
-DATASET = Path(__file__).resolve().parents[1] / "dataset"
+DATASET = Path(__file__).resolve().parents[2] / "dataset"
 
 # Every shipped sample: (container detected from content, record formats found in it).
 SAMPLES = {

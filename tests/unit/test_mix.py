@@ -26,7 +26,7 @@ from minillm_core.data.sampling import sample_sorted
 from minillm_core.data.spool import Spool
 from minillm_core.errors import DataError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = {"pretrain": 64, "sft": 16, "dpo": 8}
 
 
@@ -183,7 +183,7 @@ def test_more_records_than_quota_sampled_without_replacement(tmp_path):
 def test_fewer_records_resampled_and_heldout_disjoint(tmp_path):
     jsonl(tmp_path / "src/general/a.jsonl", [chat(i) for i in range(7)])
     jsonl(tmp_path / "src/general/b.jsonl", [chat(i, "另一个") for i in range(3)])
-    cfg = one_category(tmp_path, 100, heldout_min=2)
+    cfg = one_category(tmp_path, 100, heldout_min=2, max_repeat=13)
     r = build_mix(cfg, "sft", tmp_path / "out")
     rows = lines(r.path)
     counts = Counter((x["source"]["file"], x["source"]["line"]) for x in rows)
@@ -691,7 +691,8 @@ def test_exact_duplicates_dropped_in_four_spellings_across_files(tmp_path):
     assert (
         m["duplicates_per_category"] == {"general": 35} and m["valid_per_category"]["general"] == 50
     )
-    assert r.records == 1000
+    assert r.records == 140  # 14 distinct training records, each at most max_repeat=10 times
+    assert m["quota_unmet"] == {"general": {"quota": 1000, "drawn": 140}}
     assert m["distinct_per_category"]["general"] + r.heldout_records == 15
     assert sidecar_path(r.path).is_file()
     assert json.loads(sidecar_path(r.path).read_text())["metadata"]["duplicates_total"] == 35

@@ -1,5 +1,5 @@
 """The OpenAI-compatible server, driven over real HTTP (uvicorn on a free 127.0.0.1 port) with
-httpx and the `openai` client, on the smoke checkpoint (see tests/test_hf_export.py)."""
+httpx and the `openai` client, on the smoke checkpoint (see tests/unit/test_hf_export.py)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ from minillm_cli.serve_engine import Engine  # noqa: E402
 from minillm_core.inference import SamplingParams, complete  # noqa: E402
 from minillm_core.tokenizer import Tokenizer  # noqa: E402
 from minillm_core.train.checkpointer import load_checkpoint  # noqa: E402
-from tests.test_hf_export import Smoke, smoke_artifacts  # noqa: E402
+from tests.unit.test_hf_export import Smoke, smoke_artifacts  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ httpx = pytest.importorskip("httpx")
 
 from minillm_cli.serve import ServeConfig, create_app  # noqa: E402
 from minillm_cli.serve_engine import Engine  # noqa: E402
-from tests.test_serve import running  # noqa: E402
-from tests.test_serve_batching import TOK, _model  # noqa: E402
+from tests.integration.test_serve import running  # noqa: E402
+from tests.unit.test_serve_batching import TOK, _model  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

@@ -32,7 +32,7 @@ from tests.ui_launcher import isolated_env
 
 pytestmark = [pytest.mark.timeout(600)]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 300
 IN_PROGRESS = ("STARTING", "STARTED")
 TERMINAL = ("SUCCESS", "FAILURE", "CANCELED")

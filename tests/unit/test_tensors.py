@@ -34,7 +34,7 @@ from minillm_core.tokens import (
     export_tokens,
     plot_length_histogram,
 )
-from minillm_core.tokens.collate import collate
+from minillm_core.tokens.collate import collate_rows
 
 X = IGNORE_INDEX
 
@@ -420,7 +420,7 @@ def test_dpo_pair_rows_and_collate(tmp_path, tok_dir, tok, sp):
         "rejected_labels": r["labels"],
     }
     assert rep.rows == 2 and rep.tokens == 2 * (len(c_ids) + len(r_ids))
-    batch = collate([ds[0], ds[1]], ds.pad_id)
+    batch = collate_rows([ds[0], ds[1]], ds.pad_id)
     width = max(len(c_ids), len(r_ids)) - 1
     assert {k: tuple(v.shape) for k, v in batch.items()} == {k: (2, width) for k in row}
     pad = width - (len(r_ids) - 1)
@@ -463,7 +463,7 @@ def test_collate_pads_ids_labels_and_masks():
             "loss_mask": torch.tensor([0]),
         },
     ]
-    b = collate(rows, pad_id=3)
+    b = collate_rows(rows, pad_id=3)
     assert b["input_ids"].tolist() == [[5, 6, 7], [9, 3, 3]]
     assert b["labels"].tolist() == [[6, 7, 8], [X, X, X]]
     assert b["loss_mask"].tolist() == [[0, 1, 1], [0, 0, 0]]

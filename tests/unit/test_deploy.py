@@ -13,10 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +21,9 @@ import yaml
 
 from minillm_assets import jobs
 from minillm_assets.jobs import DEVICE_POOL_NODE_LABEL, DEVICE_POOL_TAG
-from tests.test_k8s import _optional
+from tests.unit.test_k8s import _optional
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S_VERSION = "1.30.0"  # the oldest Kubernetes still in common support; schemas are offline
 TRAINING_ASSETS = {"pretrain_checkpoint", "sft_checkpoint", "dpo_checkpoint"}
@@ -369,34 +365,3 @@ def test_helm_values_use_documented_keys_and_agree_with_the_instance():
 
 
 # -- scripts/prod.sh ----------------------------------------------------------------------------
-def test_prod_script_keeps_the_postgres_home_apart_from_the_local_one(tmp_path):
-    """setup.sh (stubbed here: the real one installs) prepares the local SQLite home in
-    DAGSTER_HOME; prod.sh must hand it none of the user's Postgres home, then use that home."""
-    (tmp_path / "scripts").mkdir()
-    shutil.copy(REPO / "scripts" / "prod.sh", tmp_path / "scripts" / "prod.sh")
-    (tmp_path / "scripts" / "setup.sh").write_text(
-        f'VENV_DIR="{Path(sys.executable).parent.parent}"\n'
-        'echo "setup saw DAGSTER_HOME=${DAGSTER_HOME:-unset}"\n'
-    )
-    home = tmp_path / "pg_home"
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "PYTHONPATH": str(REPO),
-        "DAGSTER_PG_PASSWORD": "x",
-        "DAGSTER_PG_HOST": "localhost",
-        "DAGSTER_PG_PORT": "1",
-    }
-    proc = subprocess.run(
-        ["bash", str(tmp_path / "scripts" / "prod.sh"), "check"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert "setup saw DAGSTER_HOME=unset" in proc.stdout, proc.stdout
-    assert proc.returncode == 1 and proc.stderr.startswith(
-        "error: cannot open the Dagster instance: PostgreSQL at localhost:1"
-    )
-    assert (home / "dagster.yaml").read_text() == (DEPLOY / "dagster.yaml").read_text()

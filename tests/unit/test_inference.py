@@ -17,7 +17,7 @@ from minillm_core.inference import Sampler, SamplingParams, complete, generate
 from minillm_core.model import MiniLLM, ModelConfig
 from minillm_core.tokenizer import Tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LOGITS = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
 
 
