@@ -18,7 +18,7 @@ from minillm_core.train import TrainConfig, train
 from minillm_core.train.checkpointer import load_checkpoint
 from tests.unit.test_train import V, pretrain_rows
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 XEON = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n"
 ARM = "processor\t: 0\nFeatures\t: fp asimd sve bf16\n"
 OLD_X86 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n"
