@@ -103,7 +103,11 @@ PROFILES: dict[str, Preset] = {
         },
     },
     "cpu": {
-        "mix": {"categories": _cpu_categories(), "max_records": {"sft": 8_000, "dpo": 2_000}},
+        "mix": {
+            "categories": _cpu_categories(),
+            "max_records": {"sft": 8_000, "dpo": 2_000},
+            "near_dedup": True,
+        },
         "tokenizer": {},
         "model": {
             "hidden_size": 256,

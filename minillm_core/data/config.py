@@ -147,7 +147,7 @@ class MixConfig(CoreConfig):
     near_dedup: bool = Field(
         False,
         description="also drop near-duplicates (MinHash LSH over character 5-grams, with "
-        "dedup on); the gpu profile turns it on",
+        "dedup on); the cpu and gpu profiles turn it on",
     )
     near_dedup_threshold: float = Field(
         0.8,

@@ -59,6 +59,9 @@ def test_cpu_profile_configs_agree(tmp_path):
     sft_total = sum(q for name, q in quotas.items() if "sft" in mix.categories[name].outputs)
     assert quotas["identity"] / sft_total > 0.1
     assert mix.categories["general"].target < MixConfig().categories["general"].target
+    # Near-duplicate removal: on for real data (cpu, gpu), off for the smoke samples.
+    assert mix.near_dedup and preset("gpu", "mix")["near_dedup"]
+    assert not MixConfig.resolve(preset("smoke", "mix")).near_dedup
 
 
 def test_cpu_profile_trains_through_dagster_on_trimmed_data(tmp_path):
