@@ -59,8 +59,10 @@ def test_tiny_budget_scores_both_trainers_on_held_out_documents(tmp_path):
         assert r["utf8_bytes"] == runs["ours"]["utf8_bytes"] > 0
         assert r["bytes"] == r["utf8_bytes"]  # every byte scored, each exactly once
         assert math.isfinite(r["bits_per_byte"]) and 0 < r["bits_per_byte"] < 20
-    assert runs["ours"]["real_tokens"] == runs["ours"]["positions"]  # packed: no padding
-    assert runs["minimind"]["real_tokens"] < runs["minimind"]["positions"]  # padded rows
+    share = {impl: r["real_tokens"] / r["positions"] for impl, r in runs.items()}
+    # Packed rows are full: only the tail of the stream's last row (once per epoch) is padding.
+    assert share["ours"] > 0.99
+    assert share["minimind"] < share["ours"]  # one padded row per document
     assert "| 0.05 min | ours |" in proc.stdout and "ratio ours/minimind" in proc.stdout
 
 
