@@ -54,7 +54,13 @@ def _vary(rng: random.Random, sentence: str) -> str:
 
 def _record(rng: random.Random, kind: str, s: list[str], i: int) -> dict:
     def para(lo: int, hi: int) -> str:
-        return "".join(_vary(rng, rng.choice(s)) for _ in range(rng.randint(lo, hi)))
+        # Line breaks between some sentences, as in real answers (paragraphs, lists): escaped
+        # in the JSON, they are work for the parser and the line checks.
+        n = rng.randint(lo, hi)
+        return "".join(
+            _vary(rng, rng.choice(s)) + ("\n" if k < n - 1 and rng.random() < 0.3 else "")
+            for k in range(n)
+        )
 
     q, a = para(1, 3), para(6, 16)  # about 1 KB a line, as minimind and Belle files
     if kind == "belle":
@@ -111,7 +117,7 @@ LAYOUT = {
 def generate(root: Path, total_mb: float, seed: int = 0) -> int:
     """Write the synthetic sources under `root` (skipped when already there); returns bytes."""
     marker = root / ".complete.json"
-    want = {"total_mb": total_mb, "seed": seed, "version": 3}
+    want = {"total_mb": total_mb, "seed": seed, "version": 4}
     if marker.is_file() and json.loads(marker.read_text()) == want:
         return sum(p.stat().st_size for p in root.rglob("*.jsonl"))
     shutil.rmtree(root, ignore_errors=True)

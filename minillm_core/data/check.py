@@ -11,7 +11,7 @@ from minillm_core.data import decontam, formats
 from minillm_core.data.config import OUTPUTS
 from minillm_core.data.dedup import content_key
 from minillm_core.data.formats import CANONICAL_KEYS
-from minillm_core.data.readers import MixError, RecordError, strict_loads
+from minillm_core.data.readers import MixError, RecordError, loads_bytes, strict_loads
 from minillm_core.schema import ROLES
 
 
@@ -86,7 +86,7 @@ class _Held:
     def __init__(self, name: str):
         self.name = name
         self.sources: set[tuple[str, int]] = set()
-        self.keys: set[int] = set()
+        self.keys: set[bytes] = set()
         self.index = decontam.WindowIndex(0)
         self.counts = {"heldout_twins": 0, "window_overlaps": 0}
 
@@ -131,7 +131,7 @@ def _check_records(p: Path, output: str, held: _Held, problem: _Problems) -> tup
             n += 1
             where = f"{p}:{line_no}"
             try:
-                rec = strict_loads(raw.decode("utf-8"))
+                rec = loads_bytes(raw)
             except ValueError as exc:
                 problem(f"{where}: invalid JSON ({exc})")
                 continue

@@ -26,7 +26,7 @@ import numpy as np
 from minillm_core.data.config import MixConfig
 from minillm_core.data.dedup import _nfkc
 from minillm_core.data.policy import strings
-from minillm_core.data.readers import strict_loads
+from minillm_core.data.readers import loads_bytes
 from minillm_core.data.sampling import draw_training
 from minillm_core.data.scan import FileScan
 from minillm_core.data.spool import write_pass
@@ -170,7 +170,7 @@ def mix_records(path: Path) -> Iterator[dict[str, Any]]:
     with open(path, "rb") as f:
         for raw in f:
             try:
-                rec = strict_loads(raw.decode("utf-8"))
+                rec = loads_bytes(raw)
             except ValueError:
                 continue
             if isinstance(rec, dict):

@@ -56,6 +56,7 @@ from minillm_core.data.readers import MixError
 from minillm_core.data.sampling import draw_heldout, draw_training, heldout_count
 from minillm_core.data.scan import EXAMPLES_KEPT, FileScan, resolve_files, scan_file
 from minillm_core.data.spool import Spool, write_pass
+from minillm_core.layout import Layout
 from minillm_core.progress import LogFn, Progress, emit
 
 SCHEMA_VERSION = 1
@@ -89,8 +90,6 @@ def build_mix(
         )
     found = _find_files(cfg, output, q, log)
     scans, samples_used = _scan_all(cfg, output, found, log)
-    scan_seconds = time.monotonic() - t0
-    scan_cpu_seconds = time.process_time() - cpu0  # the rate on one dedicated core
     main_path = out_dir / f"{output}_chinese.jsonl"
     held_path = out_dir / f"{output}_chinese_heldout.jsonl"
     meta: dict[str, Any] = {
@@ -106,6 +105,8 @@ def build_mix(
         "quota_unmet": {},
     }
     distinct = _dedup(output, scans, meta, log, cfg.near_dedup) if cfg.dedup else {}
+    # The scan's rate counts the dedup too (both grow with the sources); CPU: one dedicated core.
+    scan_seconds, scan_cpu_seconds = time.monotonic() - t0, time.process_time() - cpu0
     # Select every category first: the totals size the occurrence list exactly (no regrowth).
     t1, cpu1 = time.monotonic(), time.process_time()
     chosen = _choose_all(cfg, output, scans, q, distinct, meta, log)
@@ -239,7 +240,7 @@ def _choose_all(
             bad = sum(sum(fs.bad.values()) for fs in files)
             raise MixError(
                 f"category {cat!r}: no records usable for {output} in "
-                f"{', '.join(fs.display for fs in files)} ({na} valid records of a format "
+                f"{', '.join(str(fs.path) for fs in files)} ({na} valid records of a format "
                 f"that has no {output} form, {bad} bad)",
                 field=f"categories.{cat}",
             )
@@ -473,6 +474,18 @@ def _write_outputs(
     return slots, n_bytes, held_bytes
 
 
+def _recorded_config(cfg: MixConfig) -> dict[str, Any]:
+    """The config as the sidecar records it: folders relative to the project root, as the
+    records' `source.file`, so a moved or copied project keeps byte-identical artifacts."""
+    config = cfg.model_dump(mode="json")
+    lay = Layout.at(sources_dir=str(cfg.sources_dir), samples_dir=str(cfg.samples_dir))
+    config["sources_dir"], config["samples_dir"] = (
+        lay.relative(lay.sources),
+        lay.relative(lay.samples),
+    )
+    return config
+
+
 def _write_sidecars(
     cfg: MixConfig,
     all_files: list[FileScan],
@@ -505,7 +518,7 @@ def _write_sidecars(
         "schema": SCHEMA_VERSION,
         "artifact": main_path.name,
         "heldout": held_path.name,
-        "config": cfg.model_dump(mode="json"),
+        "config": _recorded_config(cfg),
         "inputs": {
             fs.display: {"sha256": fs.sha256, "bytes": fs.size, "category": fs.category}
             for fs in all_files

@@ -57,11 +57,16 @@ def strip_controls(value: Any) -> tuple[Any, bool]:
     return _strip(value), True
 
 
+# One pattern with a literal first byte: the regex engine then skips to each backslash with
+# memchr, several times faster than three separate searches on lines full of `\\n` escapes.
+_CONTROL_ESCAPE = re.compile(rb"\\(?:[bf]|u00)")
+
+
 def line_may_have_controls(raw: bytes) -> bool:
     """Whether a JSON Lines line could decode to a string with a control character. The strict
     parser refuses raw C0 bytes inside strings, so only their escapes (`\\u00XX`, `\\b`, `\\f`)
-    and a raw DEL can; four byte searches instead of a walk over the parsed value."""
-    return b"\\u00" in raw or b"\\b" in raw or b"\\f" in raw or b"\x7f" in raw
+    and a raw DEL can; two byte searches instead of a walk over the parsed value."""
+    return b"\x7f" in raw or _CONTROL_ESCAPE.search(raw) is not None
 
 
 def strings(value: Any, out: list[str]) -> list[str]:

@@ -30,8 +30,8 @@ EXAMPLES_KEPT = 5  # first `file:line: reason` lines kept per file and overall
 
 @dataclass
 class FileScan:
-    path: Path
-    display: str
+    path: Path  # absolute: what error messages name
+    display: str  # relative to the project root (`Layout.relative`): what artifacts record
     category: str
     sniff: Sniff
     fmt: str | None
@@ -88,6 +88,9 @@ class Converter:
         # Set by the JSON Lines scan per line: the raw line cannot hold a control character
         # (`policy.line_may_have_controls`), so the walk over the value is skipped.
         self.line_clean = False
+        # Set likewise: the raw line has at most `max_chars` bytes, and a character takes at least
+        # one, so no record on it can be too long (unless placeholders are filled in).
+        self.line_short = False
 
     def __call__(self, value: Any, fmt: str | None) -> tuple[str, Any, dict]:
         if self.line_clean:
@@ -98,7 +101,8 @@ class Converter:
             value = formats.fill_placeholders(value, self.names)
         fmt = fmt or formats.detect_format(value)
         fields = formats.convert(value, fmt, self.output)
-        policy.check_size(fields, self.max_chars)
+        if not self.line_short or self.names is not None:
+            policy.check_size(fields, self.max_chars)
         return fmt, value, fields
 
 
@@ -132,6 +136,7 @@ def _globbed(cfg: MixConfig, category: str, root: Path) -> dict[Path, None]:
 
 def resolve_files(cfg: MixConfig, category: str) -> tuple[list[tuple[Path, str, Path]], bool]:
     """[(path, display name, root)] of a category, sorted; and whether shipped samples are used.
+    The display name is the path as artifacts record it (`Layout.relative`).
 
     A category's files are those its globs match plus those `files` maps to it (relative to
     sources_dir); the shipped samples are used only when both find nothing."""
@@ -153,7 +158,7 @@ def resolve_files(cfg: MixConfig, category: str) -> tuple[list[tuple[Path, str, 
         found = {**_globbed(cfg, category, root), **(mapped if not is_sample else {})}
         if found:
             files = sorted(found, key=lambda p: str(p.relative_to(root)))
-            return [(p, str(p), root) for p in files], is_sample
+            return [(p, lay.relative(p), root) for p in files], is_sample
     where = f"under {lay.sources}" + (
         f" nor under {lay.samples} (shipped samples)" if cfg.allow_samples else ""
     )
@@ -223,7 +228,7 @@ def count_item(
     fs.valid += 1
     fs.controls_stripped += conv.stripped
     if conv.dedup:
-        fs.keys.append(content_key(fields))
+        fs.keys.frombytes(content_key(fields))
         if near is not None and near.seen(fields):
             fs.near.append(fs.valid - 1)
     if len(fs.samples) < keep_samples:
@@ -252,10 +257,10 @@ def _scan_jsonl(
     """The JSON Lines scan: the hot loop of the whole stage, kept flat and free of per-line
     allocations beyond the parse itself (see bench/bench_mix.py)."""
     pending = 0
-    update, decode, parse = h.update, readers.decode_line, readers.parse_jsonl_line
+    update, parse = h.update, readers.parse_jsonl_bytes
     may_have_controls = policy.line_may_have_controls
     with open(fs.path, "rb") as f:
-        for line_no, raw in enumerate(readers.read_lines(f, fs.display), 1):
+        for line_no, raw in enumerate(readers.read_lines(f, str(fs.path)), 1):
             update(raw)
             pending += len(raw)
             if pending >= 1 << 20 and progress is not None:
@@ -264,7 +269,7 @@ def _scan_jsonl(
             if raw.isspace():
                 continue
             try:
-                values = parse(decode(raw, line_no, False))
+                values = parse(raw, line_no)
             except RecordError as exc:
                 _bad(fs, line_no, exc)
                 fs.exc_lines.append(line_no)
@@ -272,9 +277,10 @@ def _scan_jsonl(
                 continue
             n = 0
             conv.line_clean = not may_have_controls(raw)
+            conv.line_short = len(raw) <= conv.max_chars
             for v in values:
                 n += count_item(fs, conv, line_no, v, keep_samples, near)
-            conv.line_clean = False
+            conv.line_clean = conv.line_short = False
             if n != 1:
                 fs.exc_lines.append(line_no)
                 fs.exc_counts.append(n)
@@ -302,7 +308,7 @@ def scan_file(
         path,
         display,
         category,
-        readers.sniff(path, display, container),
+        readers.sniff(path, str(path), container),
         fmt,
         size=st.st_size,
         mtime_ns=st.st_mtime_ns,
@@ -315,7 +321,7 @@ def scan_file(
         with open(path, "rb") as f:
             while block := f.read(1 << 20):
                 h.update(block)
-        for line, value in readers.iter_items(path, display, fs.sniff):
+        for line, value in readers.iter_items(path, str(path), fs.sniff):
             count_item(fs, conv, line, value, keep_samples, near)
         if progress is not None:
             progress.update(fs.size)
@@ -334,7 +340,7 @@ def check_bad_fraction(fs: FileScan, cfg: MixConfig) -> None:
             f"{bad} of {fs.items} records are bad "
             f"({bad / fs.items:.0%} > max_bad_fraction {cfg.max_bad_fraction:.0%}; "
             f"{reasons}); first: " + "; ".join(fs.examples),
-            file=fs.display,
+            file=str(fs.path),
         )
 
 

@@ -95,7 +95,7 @@ class Spool:
 
 def _changed(fs: FileScan, line: int | None = None) -> MixError:
     return MixError(
-        "changed while the mix was being built; run it again", file=fs.display, line=line
+        "changed while the mix was being built; run it again", file=str(fs.path), line=line
     )
 
 
@@ -140,16 +140,17 @@ class _Picker:
 def _line_values(raw: bytes, line_no: int, n: int) -> list[Any]:
     """The values of a JSON Lines line the scan found `n` valid records on."""
     try:
-        text = readers.decode_line(raw, line_no, False)
-        try:
-            # The scan checked this line (nesting depth, lone surrogates), so a line with one
-            # record needs only the parse; the full reader splits lines of several values (or of
-            # one valid value among others).
-            values = [readers.strict_loads(text)] if n == 1 else None
-        except (ValueError, RecursionError):
-            values = None
+        # The scan checked this line (nesting depth, lone surrogates), so a line with one
+        # record needs only the parse; the full reader splits lines of several values (or of
+        # one valid value among others).
+        values = None
+        if n == 1:
+            try:
+                values = [readers.loads_bytes(raw)]
+            except (ValueError, RecursionError):
+                pass
         if values is None:
-            values = readers.parse_jsonl_line(text)
+            values = readers.parse_jsonl_bytes(raw, line_no)
     except RecordError:
         values = []
     return values
@@ -163,7 +164,7 @@ def _pick_jsonl(fs: FileScan, p: _Picker) -> bool:
     next_exc = exc_lines[0] if exc_lines else 0
     want, n_want = p.want, len(p.want)
     with open(fs.path, "rb") as f:
-        for line_no, raw in enumerate(readers.read_lines(f, fs.display), 1):
+        for line_no, raw in enumerate(readers.read_lines(f, str(fs.path)), 1):
             if raw.isspace():
                 continue
             n = 1
@@ -201,7 +202,7 @@ def write_pass(
         if _pick_jsonl(fs, p):
             return
     else:
-        for line, value in readers.iter_items(fs.path, fs.display, fs.sniff):
+        for line, value in readers.iter_items(fs.path, str(fs.path), fs.sniff):
             p.take(line, value)
             if p.done():
                 return

@@ -31,10 +31,13 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             yield obj
 
 
-def heldout_records(path: Path, stage: str, log: LogFn | None = None) -> list[dict[str, Any]]:
-    """The held-out records to score: every object of `path` (DataError on a bad line) less
-    those sharing a 50-character window, or their whole normalised text, with a training mix
-    the `stage` checkpoint has seen (`minillm_core.data.decontam.clean_heldout`)."""
+def heldout_records(
+    path: Path, stage: str, log: LogFn | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """The held-out records to score, and how many were left out: every object of `path`
+    (DataError on a bad line) less those sharing a 50-character window, or their whole
+    normalised text, with a training mix the `stage` checkpoint has seen
+    (`minillm_core.data.decontam.clean_heldout`)."""
     records = list(read_jsonl(path))
     clean, dropped = clean_heldout(path, stage, records)
     if len(clean) < len(records):
@@ -45,7 +48,7 @@ def heldout_records(path: Path, stage: str, log: LogFn | None = None) -> list[di
             + ", ".join(f"{k}: {v}" for k, v in dropped.items() if v)
             + ")",
         )
-    return clean
+    return clean, len(records) - len(clean)
 
 
 def category(record: Mapping[str, Any]) -> str | None:

@@ -95,11 +95,14 @@ _NOTES = {
     "preference_accuracy": "share of pairs with margin > 0",
     "reward_margin": "beta * log-ratio margin",
     "identity_foreign": "answers naming another bot",
+    "heldout_left_out": "held-out records not scored: they overlap training data",
 }
 
 
 # Counts are stored as floats so every metric has one type; tables show them as integers.
-COUNT_METRICS = frozenset({"tokens", "bytes", "pairs", "mc_items", "identity_foreign"})
+COUNT_METRICS = frozenset(
+    {"tokens", "bytes", "pairs", "mc_items", "identity_foreign", "heldout_left_out"}
+)
 
 
 def _shown(key: str, value: Any) -> Any:

@@ -68,7 +68,9 @@ def _scores(
 ) -> dict[str, float]:
     data = Path(cfg.data_path)
     metrics: dict[str, float] = {}
-    held = heldout_records(data, cfg.stage, log)
+    held, left_out = heldout_records(data, cfg.stage, log)
+    # A metric, not only a log line: a rising count says the held-out scores cover less.
+    metrics["heldout_left_out"] = float(left_out)
     if cfg.stage in ("pretrain", "sft"):
         rows = encode_rows(cfg.stage, iter(held), tokenizer, length, cfg.max_samples)
         emit(log, f"eval {cfg.stage}: scoring {len(rows)} held-out rows from {data}")

@@ -38,6 +38,7 @@ import numpy as np
 
 from minillm_core.artifacts import atomic_path, require, sha256_json, write_json
 from minillm_core.errors import ArtifactError, ConfigError
+from minillm_core.layout import Layout
 from minillm_core.progress import LogFn, Progress, emit
 from minillm_core.schema import STAGES, Stage
 from minillm_core.tokens.config import RUNTIME_ONLY, TensorConfig, TensorReport, disk_dtype
@@ -189,7 +190,7 @@ def _index(
         "masked": stage != "pretrain",
         "tokenizer_hash": tokenizer_hash,
         "mix_sha256": mix_sha256,
-        "mix_path": str(mix_path),
+        "mix_path": Layout.at().relative(mix_path),  # relocatable, as every artifact
         "content_hash": content_hash,
         "config": config,
         "shards": writer.shards,

@@ -112,7 +112,12 @@ def test_smoke_build_on_shipped_samples(smoke_build):
         json.dumps(r.metadata)  # JSON-able for the UI
         for row in rows:
             assert set(row["source"]) == {"file", "line", "category"}
-            assert row["source"]["file"].startswith(str(ROOT / "dataset"))
+            # Relative to the checkout (the samples ship with it): relocatable artifacts.
+            assert row["source"]["file"].startswith("dataset/")
+            assert (ROOT / row["source"]["file"]).is_file()
+        side = json.loads(sidecar_path(r.path).read_text(encoding="utf-8"))
+        assert all(f.startswith("dataset/") for f in side["inputs"]), side["inputs"]
+        assert side["config"]["samples_dir"] == "dataset"
     sft = lines(reports["sft"].path)
     ident = [r for r in sft if r["source"]["category"] == "identity"]
     assert len(ident) == 2 and ident[0] == ident[1]  # identity appears twice

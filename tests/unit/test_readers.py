@@ -466,3 +466,54 @@ def test_metamath_layout_prefers_the_chinese_fields():
         "48/2 = 24\n答案：72",
     ]
     assert kind_of({"question_zh": "问题", "answer_zh": "#### "}) == "empty content"
+
+
+# ------------------------------------------------------------------ the fast parse agrees exactly
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)  # beyond 64 bits: orjson would round
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json_values, st.booleans())
+def test_bytes_parse_equals_the_standard_parser(value, ascii_only):
+    line = json.dumps(value, ensure_ascii=ascii_only)
+    expected = readers.parse_jsonl_line(line)
+    got = readers.parse_jsonl_bytes(line.encode("utf-8") + b"\n", 2)
+    # repr: 1 and 1.0 (and -0.0 and 0.0) are == but not the same record once written again
+    assert repr(got) == repr(expected) and readers.loads_bytes(line.encode()) == expected[0]
+
+
+@pytest.mark.parametrize(
+    "raw, kind",
+    [
+        (b'{"a": NaN}', "invalid JSON"),
+        (b'{"a": "\\ud800"}', "invalid UTF-8"),  # a lone surrogate escape
+        (b'{"a": "\xff"}', "invalid UTF-8"),
+        (b'{"a": 1', "invalid JSON"),
+    ],
+)
+def test_bytes_parse_refuses_as_the_standard_parser(raw, kind):
+    with pytest.raises(RecordError) as exc:
+        readers.parse_jsonl_bytes(raw, 3)
+    assert exc.value.kind == kind
+
+
+def test_bytes_parse_keeps_big_integers_bom_and_concatenated_values():
+    assert readers.parse_jsonl_bytes(b'{"id": 123456789012345678901234567890}', 2) == [
+        {"id": 123456789012345678901234567890}
+    ]
+    assert readers.parse_jsonl_bytes(b'\xef\xbb\xbf{"a": 1}', 1) == [{"a": 1}]
+    assert readers.parse_jsonl_bytes(b'{"a": 1} {"b": 2}\n', 2) == [{"a": 1}, {"b": 2}]
+    deep = b"[" * 150 + b"]" * 150
+    with pytest.raises(RecordError, match="deeper than"):
+        readers.parse_jsonl_bytes(deep, 2)
