@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +39,6 @@ import numpy as np
 
 from minillm_core.artifacts import atomic_path, require, sha256_json, write_json
 from minillm_core.errors import ArtifactError, ConfigError
-from minillm_core.layout import Layout
 from minillm_core.progress import LogFn, Progress, emit
 from minillm_core.schema import STAGES, Stage
 from minillm_core.tokens.config import RUNTIME_ONLY, TensorConfig, TensorReport, disk_dtype
@@ -96,7 +96,7 @@ def export_tokens(
                 f"dropped {stats.dropped or 'none'}{first})"
             )
         index = _index(
-            cfg, stage, writer, stats, enc, dtype, str(tok.hash), hasher.hexdigest(), mix_path
+            cfg, stage, writer, stats, enc, str(tok.hash), hasher.hexdigest(), mix_path, out_dir
         )
         write_json(tmp / "index.json", index)
     seconds = time.perf_counter() - t0
@@ -153,12 +153,13 @@ def _index(
     writer: Writer,
     stats: Stats,
     enc: Encoder,
-    dtype: np.dtype,
     tokenizer_hash: str,
     mix_sha256: str,
     mix_path: Path,
+    out_dir: Path,
 ) -> dict[str, Any]:
     """The index.json of a finished export."""
+    dtype = disk_dtype(cfg.dtype, enc.vocab_size)
     tokens, inputs, supervised = writer.totals()
     config = cfg.model_dump(exclude=RUNTIME_ONLY)
     # The rows are a pure function of these inputs (the export is deterministic), so their hash
@@ -190,7 +191,7 @@ def _index(
         "masked": stage != "pretrain",
         "tokenizer_hash": tokenizer_hash,
         "mix_sha256": mix_sha256,
-        "mix_path": Layout.at().relative(mix_path),  # relocatable, as every artifact
+        "mix_path": os.path.relpath(mix_path.resolve(), out_dir.resolve()),  # relocatable
         "content_hash": content_hash,
         "config": config,
         "shards": writer.shards,

@@ -3,8 +3,8 @@
 Run A: `dagster asset materialize --select '*'` in a subprocess, one torch thread (the reference
 run the kill trials also use). Run B: the in-process `smoke_graph` of tests/conftest.py, with
 torch's default thread count, in another root. Mixes, tokenizer (ranks, hash, pickle) and token
-tensors must be byte-identical (index.json after replacing each run's own root, which it records
-as `mix_path`); checkpoint weights must agree within 1e-5 (they are bitwise equal when both runs
+tensors must be byte-identical (index.json too: it records `mix_path` relative to itself);
+checkpoint weights must agree within 1e-5 (they are bitwise equal when both runs
 use the same thread count: the kill trials check that with atol 0); eval metrics within 1e-4.
 Files that carry timings or wall-clock stamps are listed, not compared: the mix and tokenizer
 sidecars, model.json, eval_results.jsonl and TensorBoard event files.
