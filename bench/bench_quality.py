@@ -144,6 +144,9 @@ def run_ours(args: argparse.Namespace, work: Path, budget_s: float) -> dict:
         update={"out_dir": str(work / "ours"), "max_steps": planned, "log_interval": 10}
     )
     # The budget's clean stop: SIGTERM, which the loop turns into "save this step and stop".
+    # One that comes during the set-up, before the loop's own handler, must not kill the child:
+    # it is ignored, and the run then stops at its planned steps (sized to the budget).
+    signal.signal(signal.SIGTERM, lambda *_: None)
     timer = threading.Timer(budget_s, os.kill, (os.getpid(), signal.SIGTERM))
     t0 = time.perf_counter()
     timer.start()
