@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -202,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if sys.stdin.isatty():
+        # Started from a script's background job, Python inherits SIGINT ignored and Ctrl-C would
+        # neither stop an answer nor leave: at a terminal, Ctrl-C is the user's.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     from minillm_core.errors import ArtifactError
     from minillm_core.inference import autocast, load_model, resolve_device, resolve_dtype
 

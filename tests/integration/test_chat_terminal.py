@@ -7,11 +7,14 @@ from tests.unit.test_chat import _checkpoint, byte_tokenizer
 
 
 def _own_terminal() -> None:
-    """In the child: a new session whose controlling terminal is the pty (so Ctrl-C signals it)."""
+    """In the child: a new session whose controlling terminal is the pty (so Ctrl-C signals it),
+    with SIGINT ignored as a script's background job inherits it (the chat must undo that)."""
     import fcntl
     import os
+    import signal
     import termios
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
