@@ -137,23 +137,12 @@ class _Picker:
         return True
 
 
-def _line_values(raw: bytes, line_no: int, n: int) -> list[Any]:
-    """The values of a JSON Lines line the scan found `n` valid records on."""
+def _line_values(raw: bytes, line_no: int) -> list[Any]:
+    """The values of a JSON Lines line the scan found valid records on."""
     try:
-        # The scan checked this line (nesting depth, lone surrogates), so a line with one
-        # record needs only the parse; the full reader splits lines of several values (or of
-        # one valid value among others).
-        values = None
-        if n == 1:
-            try:
-                values = [readers.loads_bytes(raw)]
-            except (ValueError, RecursionError):
-                pass
-        if values is None:
-            values = readers.parse_jsonl_bytes(raw, line_no)
+        return readers.parse_jsonl_bytes(raw, line_no)
     except RecordError:
-        values = []
-    return values
+        return []
 
 
 def _pick_jsonl(fs: FileScan, p: _Picker) -> bool:
@@ -174,7 +163,7 @@ def _pick_jsonl(fs: FileScan, p: _Picker) -> bool:
                 next_exc = exc_lines[e] if e < len(exc_lines) else 0
             if n and want[p.ptr] < p.ordinal + n:
                 got = 0
-                for v in _line_values(raw, line_no, n):
+                for v in _line_values(raw, line_no):
                     got += p.take(line_no, v)
                 if got != n:
                     raise _changed(fs, line_no)
