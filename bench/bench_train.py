@@ -31,6 +31,8 @@ the largest difference.
 Model FLOPs utilisation = 6 x parameters x tokens/s over this machine's float32 matmul peak,
 measured in the same run (best of a few 2048^3 matmuls, before and after the trials; the higher
 is used). `--dtype bfloat16` trains both under bf16 autocast and measures the peak in bf16.
+A second column adds the attention products 6N leaves out (12 x layers x width x context per
+token, PaLM's definition of MFU and nanochat's).
 Pretrain and SFT rows are full 512-token rows (no padding advantage: pure compute).
 DPO pairs have realistic lengths: each side's length is drawn log-normal with median 200 tokens
 (sigma 0.6, clipped to 32..512), the prompt being the first 40% of it, the shape of public Chinese
@@ -469,6 +471,15 @@ def main() -> int:
     return 0
 
 
+def attention_flops() -> float:
+    """Per token, the score and value products 6N leaves out: 12 x layers x width x context
+    (PaLM's MFU, as nanochat counts it; the full T x T, though causal kernels may skip half)."""
+    from minillm_core.model import ModelConfig
+
+    cfg = ModelConfig(**MODEL)
+    return 12 * cfg.num_hidden_layers * cfg.hidden_size * SEQ
+
+
 def _rate(trial: dict, cached: bool = False) -> float:
     """Seconds per step of one trial: DPO steps differ in length (grouped batches), so the mean
     over the epoch; pretrain/SFT steps are alike, so the median (robust to a disturbed step)."""
@@ -485,9 +496,9 @@ def table(res: dict) -> str:
         + ", ".join(f"{p / 1e9:.1f} at load {load:.1f}" for p, load in res["peaks"])
         + ")",
         "",
-        "| stage | impl | s/step best (median of trials) | tokens/s | pairs/s | MFU | peak RSS MB "
-        "| max loss diff | load avg during trials |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| stage | impl | s/step best (median of trials) | tokens/s | pairs/s | MFU (6N) "
+        "| MFU (6N + attention) | peak RSS MB | max loss diff | load avg during trials |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     groups: dict[tuple[str, str], list[dict]] = {}
     for t in res["trials"]:
@@ -497,7 +508,10 @@ def table(res: dict) -> str:
         best = min(rates)
         t = trials[rates.index(best)]
         tps = t["tokens_per_step"] / best
-        mfu = f"{6 * t['num_parameters'] * tps / peak:.0%}" if stage != "dpo" else ""
+        mfu = mfu_attn = ""
+        if stage != "dpo":
+            mfu = f"{6 * t['num_parameters'] * tps / peak:.1%}"
+            mfu_attn = f"{(6 * t['num_parameters'] + attention_flops()) * tps / peak:.1%}"
         diff = ""
         other = groups.get((stage, "minimind"))
         if impl.startswith("ours") and other:
@@ -507,13 +521,13 @@ def table(res: dict) -> str:
         loads = ", ".join(f"{x['load_start']:.1f}-{x['load_end']:.1f}" for x in trials)
         lines.append(
             f"| {stage} | {impl} | {best:.2f} ({statistics.median(rates):.2f}) | {tps:.0f} | {pairs} | "
-            f"{mfu} | {max(x['peak_rss_mb'] for x in trials):.0f} | {diff} | {loads} |"
+            f"{mfu} | {mfu_attn} | {max(x['peak_rss_mb'] for x in trials):.0f} | {diff} | {loads} |"
         )
         if stage == "dpo" and t.get("cached_step_times"):
             c = min(_rate(x, cached=True) for x in trials)
             lines.append(
                 f"| dpo, epoch 2 (cached reference) | {impl} | {c:.2f} | "
-                f"{t['tokens_per_step'] / c:.0f} | {BATCH / c:.3f} | | | | |"
+                f"{t['tokens_per_step'] / c:.0f} | {BATCH / c:.3f} | | | | | |"
             )
     return "\n".join(lines)
 

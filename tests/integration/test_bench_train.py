@@ -40,6 +40,10 @@ def test_quick_comparison_losses_match_minimind(tmp_path):
     for impl in ("ours", "minimind"):
         assert abs(trials["dpo", impl]["losses"][0] - 0.693147) < 1e-4
     assert "| dpo, epoch 2 (cached reference) | ours |" in table
+    # Counting the attention products too (PaLM's MFU) can only raise the figure.
+    for stage in ("pretrain", "sft"):
+        row = re.search(rf"^\| {stage} \| ours \|.*?\| ([\d.]+)% \| ([\d.]+)% \|", table, re.M)
+        assert row and float(row[2]) > float(row[1]) > 0, table
 
 
 def test_breakdown_parts_add_up_to_the_step():
