@@ -11,7 +11,10 @@ Architecture choices (the seed's, kept in `ModelConfig` rather than scattered de
   values are shared across head groups by `scaled_dot_product_attention(enable_gqa=True)` instead
   of being copied, so GQA saves memory and the KV cache shrinks by the group factor.
 - Attention is `torch.nn.functional.scaled_dot_product_attention` with `is_causal`, which picks the
-  flash / memory-efficient kernel for the device; no explicit T x T mask is built in training.
+  flash / memory-efficient kernel for the device; no explicit T x T mask is built in training,
+  unless the rows are packed documents given with `doc_ids`: then each position sees only the
+  earlier positions of its own document (`document_mask`), as it will at inference, where every
+  prompt starts from a fresh context. RoPE is relative, so positions need no reset per document.
 - SwiGLU MLP (`down(silu(gate(x)) * up(x))`), hidden size 8/3 of the model width rounded up to a
   multiple of 64 (1408 at width 512), which keeps matmul shapes kernel-friendly.
 - No biases anywhere; input and output embeddings are tied by default (at vocab 6400 and width
@@ -250,6 +253,14 @@ def decode_attention(
     return y.reshape(b, h, 1, d)
 
 
+def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """The attention mask [B, 1, T, T] of packed rows: query i sees key j when j <= i and both
+    are in the same document. Every query sees at least itself, so no row is all masked."""
+    t = doc_ids.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=doc_ids.device).tril()
+    return ((doc_ids[:, :, None] == doc_ids[:, None, :]) & causal)[:, None]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -267,6 +278,7 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         cache: KVCache | SlotKVCache | None = None,
         layer: int = 0,
+        doc_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
@@ -281,7 +293,9 @@ class Attention(nn.Module):
         if cache is not None:
             past = cache.length
             k, v = cache.update(layer, k, v)
-        if past == 0:
+        if doc_mask is not None:
+            mask, causal = doc_mask, False
+        elif past == 0:
             # Training and prefill: plain causal attention over the block.
             mask, causal = None, True
         elif t == 1:
@@ -331,8 +345,10 @@ class DecoderLayer(nn.Module):
         sin: torch.Tensor,
         cache: KVCache | SlotKVCache | None,
         layer: int,
+        doc_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.resid_dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache, layer))
+        h = self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, doc_mask)
+        x = x + self.resid_dropout(h)
         return x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -406,17 +422,25 @@ class MiniLLM(nn.Module):
         return cos[start:end], sin[start:end]
 
     def forward(
-        self, input_ids: torch.Tensor, cache: KVCache | SlotKVCache | None = None
+        self,
+        input_ids: torch.Tensor,
+        cache: KVCache | SlotKVCache | None = None,
+        doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, T, V] for input_ids [B, T]; with `cache`, positions continue after it
-        (a `SlotKVCache`: one token per live row, each at its own position)."""
+        (a `SlotKVCache`: one token per live row, each at its own position). `doc_ids` [B, T]
+        (training on packed rows, no cache): the document of each position, non-decreasing
+        along a row; attention then stays within each document."""
         if isinstance(cache, SlotKVCache):
             return self._forward_slots(input_ids, cache)
+        if doc_ids is not None and cache is not None:
+            raise ValueError("doc_ids is for training on packed rows, not with a KV cache")
         start = cache.length if cache is not None else 0
         cos, sin = self._rope_for(start, input_ids.shape[1], input_ids.device)
+        mask = None if doc_ids is None else document_mask(doc_ids)
         x = self.model.dropout(self.model.embed_tokens(input_ids))
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos.to(x.dtype), sin.to(x.dtype), cache, i)
+            x = layer(x, cos.to(x.dtype), sin.to(x.dtype), cache, i, mask)
         if cache is not None:
             cache.length += input_ids.shape[1]
         return self.lm_head(self.model.norm(x))

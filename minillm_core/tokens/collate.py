@@ -47,10 +47,16 @@ def collate_rows(
 
 
 def training_batch(
-    items: Sequence[tuple[int, Mapping[str, Any]]], *, stage: str, pad_id: int, multiple: int = 1
+    items: Sequence[tuple[int, Mapping[str, Any]]],
+    *,
+    stage: str,
+    pad_id: int,
+    multiple: int = 1,
+    doc_start: int | None = None,
 ) -> dict[str, Any]:
     """(index, row) pairs -> a training batch: `input_ids`, `labels` (SFT: `loss_mask`), the
-    dataset `indices` and the real `num_tokens`.
+    dataset `indices` and the real `num_tokens`; with `doc_start` (the token that opens each
+    packed document), `doc_ids`: the document of every position, for the model's document mask.
 
     DPO pairs become one [2P, T] batch, chosen rows then rejected rows, padded to the longest of
     both, so the policy and the reference each run one forward per micro-batch; padding to the
@@ -68,6 +74,8 @@ def training_batch(
             cols["loss_mask"] = [r["loss_mask"] for r in rows]
     width = round_up(max(len(s) for s in cols["input_ids"]), multiple)
     batch: dict[str, Any] = {k: pad(v, fill_value(k, pad_id), width) for k, v in cols.items()}
+    if doc_start is not None:
+        batch["doc_ids"] = (batch["input_ids"] == doc_start).cumsum(1)
     batch["indices"] = torch.tensor([i for i, _ in items], dtype=torch.long)
     batch["num_tokens"] = sum(len(s) for s in cols["input_ids"])
     return batch

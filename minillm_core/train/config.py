@@ -73,7 +73,14 @@ class TrainConfig(CoreConfig):
         None, ge=0, description="linear warmup steps; None = warmup_ratio"
     )
     warmup_ratio: float = Field(0.01, ge=0, lt=1, description="warmup as a fraction of all steps")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW decay on matrices (not norms)")
+    weight_decay: float = Field(0.01, ge=0, description="decoupled decay on matrices (not norms)")
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw",
+        description="adamw, or muon: Muon (orthogonalised momentum) for the blocks' matrices, "
+        "AdamW at learning_rate for embeddings and norms",
+    )
+    muon_lr: float = Field(0.02, gt=0, description="Muon's peak learning rate (same schedule)")
+    muon_momentum: float = Field(0.95, ge=0, lt=1, description="Muon's Nesterov momentum")
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.95, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 = no clipping")
@@ -117,6 +124,11 @@ class TrainConfig(CoreConfig):
     tokenizer_hash: str | None = Field(None, description="refuse data made with another tokenizer")
     resume: bool = Field(True, description="continue an interrupted run found in out_dir")
     compile: bool = Field(False, description="torch.compile the model")
+    document_mask: bool = Field(
+        True,
+        description="pretrain on packed rows: attention stays within each document, "
+        "as at inference (off: each document also sees the end of the one before)",
+    )
     seed: int = Field(42, description="model init, data order and dropout")
     deterministic: bool = Field(
         False, description="torch.use_deterministic_algorithms for this run"

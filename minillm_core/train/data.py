@@ -280,6 +280,15 @@ def check_context(data: TrainingData, cfg: TrainConfig, context: int) -> None:
         )
 
 
+def document_start(data: TrainingData, cfg: TrainConfig) -> int | None:
+    """The token that opens each document of packed pretrain rows, when they train with the
+    document mask; None otherwise (SFT and DPO rows hold one conversation each)."""
+    packed = cfg.stage == "pretrain" and data.meta.get("layout") == "packed"
+    if not (cfg.document_mask and packed and data.meta.get("bos_id") is not None):
+        return None
+    return int(data.meta["bos_id"])
+
+
 def micro_batches(
     data: TrainingData,
     cfg: TrainConfig,
@@ -300,6 +309,7 @@ def micro_batches(
         pad_id=data.pad_id,
         # compiled graphs specialise on shapes: fewer widths, fewer recompiles
         multiple=64 if cfg.compile else 1,
+        doc_start=document_start(data, cfg),
     )
     loader = torch.utils.data.DataLoader(
         Indexed(data.rows),

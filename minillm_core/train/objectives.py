@@ -52,7 +52,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def next_token_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Metrics]:
     """Pretrain and SFT: mean cross-entropy over target tokens (labels != IGNORE_INDEX)."""
     labels = batch["labels"]
-    logits = model(batch["input_ids"])
+    logits = model(batch["input_ids"], doc_ids=batch.get("doc_ids"))
     v = logits.shape[-1]
     total = F.cross_entropy(
         logits.reshape(-1, v).float(),

@@ -65,19 +65,51 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return LRSchedule.of(cfg, total)(step)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+def make_optimizer(model: MiniLLM, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (decay on matrices, not on norms), or with `optimizer="muon"` Muon for the blocks'
+    matrices and AdamW for the rest (`minillm_core.train.muon`)."""
     kwargs: dict[str, Any] = {"lr": cfg.learning_rate, "betas": (cfg.adam_beta1, cfg.adam_beta2)}
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.optimizer == "muon":
+        return _muon(model, cfg, trained, kwargs)
+    groups = [
+        {"params": [p for _, p in trained if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for _, p in trained if p.dim() < 2], "weight_decay": 0.0},
+    ]
     try:
         # The fused kernel updates every parameter in one pass (CUDA and, since torch 2.4, CPU).
         return torch.optim.AdamW(groups, fused=True, **kwargs)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(groups, **kwargs)
+
+
+def _muon(
+    model: MiniLLM, cfg: TrainConfig, trained: list[tuple[str, nn.Parameter]], kw: dict[str, Any]
+) -> torch.optim.Optimizer:
+    from minillm_core.inference import autocast_dtype
+    from minillm_core.train.muon import Muon
+
+    def is_matrix(name: str, p: nn.Parameter) -> bool:
+        return p.dim() == 2 and name.startswith("model.layers.")
+
+    device = next(model.parameters()).device
+    muon = {
+        "params": [p for n, p in trained if is_matrix(n, p)],
+        "muon": True,
+        "lr_ratio": cfg.muon_lr / cfg.learning_rate,
+        "weight_decay": cfg.weight_decay,
+        "momentum": cfg.muon_momentum,
+        "ns_steps": 5,
+        # bf16 where the device multiplies it natively (CUDA, AVX512-BF16/AMX CPUs)
+        "ns_dtype": autocast_dtype("auto", device),
+    }
+    rest = [(n, p) for n, p in trained if not is_matrix(n, p)]
+    adam = {"muon": False, "betas": kw["betas"], "eps": 1e-8}
+    groups = [
+        {**adam, "params": [p for _, p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {**adam, "params": [p for _, p in rest if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return Muon([muon, *groups], lr=cfg.learning_rate)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,7 +192,7 @@ class TrainState:
     states are the process's own and are captured by `rng_state()` when saving."""
 
     model: MiniLLM
-    optimizer: torch.optim.AdamW
+    optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     schedule: LRSchedule
     init_dir: Path | None = None
@@ -173,7 +205,7 @@ class TrainState:
     def set_lr(self) -> float:
         lr = self.schedule(self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_ratio", 1.0)
         return lr
 
     def load(self, saved: dict[str, Any]) -> None:

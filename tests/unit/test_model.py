@@ -70,6 +70,24 @@ def test_causal_future_tokens_do_not_change_past_logits():
     torch.testing.assert_close(m(x)[:, :8], m(y)[:, :8])
 
 
+def test_document_mask_scores_each_packed_document_as_if_alone():
+    """A packed row with doc_ids gives every document the logits it has from a fresh context
+    (RoPE is relative: no position reset needed); without them, later documents see earlier ones."""
+    m = tiny()
+    docs = [torch.randint(2, 96, (n,)) for n in (5, 9, 4)]
+    for d in docs:
+        d[0] = 1  # the document opener
+    row = torch.cat(docs)[None]
+    packed = m(row, doc_ids=(row == 1).cumsum(1))[0]
+    start = 0
+    for d in docs:
+        torch.testing.assert_close(packed[start : start + len(d)], m(d[None])[0])
+        start += len(d)
+    assert not torch.allclose(m(row)[0, 5:14], m(docs[1][None])[0], atol=1e-3)
+    with pytest.raises(ValueError, match="KV cache"):
+        m(row, m.new_cache(1, 32), doc_ids=(row == 1).cumsum(1))
+
+
 def test_gqa_matches_mha_with_repeated_kv_heads():
     """GQA via enable_gqa equals MHA whose k/v heads are the shared heads, repeated per group."""
     g = tiny()

@@ -572,3 +572,107 @@ def test_default_paths_come_from_the_project_root_not_the_current_directory(tmp_
         str(root / "out" / "dpo"),
         str(root / "out" / "sft"),
     )
+
+
+def test_packed_pretrain_batches_carry_documents_and_train_each_as_if_alone():
+    """Packed rows (documents opened by <bos> = 1, back to back) batch with `doc_ids`, and the
+    pretrain loss is then every document's own loss from a fresh context; SFT rows, unpacked rows
+    and `document_mask=False` get no doc_ids."""
+    from minillm_core.train.data import TrainingData, document_start
+    from minillm_core.train.objectives import pretrain_loss
+
+    g = torch.Generator().manual_seed(3)
+    docs = [torch.randint(2, V, (n,), generator=g) for n in (6, 11, 8)]
+    for d in docs:
+        d[0] = 1
+    seq = torch.cat(docs)
+    packed = {"layout": "packed", "bos_id": 1}
+    data = TrainingData(Rows([], "pretrain"), packed)
+    assert document_start(data, cfg("pretrain", "out")) == 1
+    assert document_start(data, cfg("pretrain", "out", document_mask=False)) is None
+    assert (
+        document_start(TrainingData([], {"layout": "padded", "bos_id": 1}), cfg("pretrain", "o"))
+        is None
+    )
+    assert document_start(TrainingData([], packed), cfg("sft", "out")) is None
+    row = {"input_ids": seq[:-1], "labels": seq[1:]}
+    batch = training_batch([(0, row)], stage="pretrain", pad_id=0, doc_start=1)
+    assert batch["doc_ids"].tolist() == [[1] * 6 + [2] * 11 + [3] * 7]
+    model = MiniLLM(MODEL).eval()
+    loss, _ = pretrain_loss(model, batch)
+    # The same targets, each document scored alone (a fresh context), the next <bos> included.
+    total = 0.0
+    for i, d in enumerate(docs):
+        ids = torch.cat([d, docs[i + 1][:1]]) if i + 1 < len(docs) else d
+        logits = model(ids[None, :-1])[0]
+        total += torch.nn.functional.cross_entropy(logits, ids[1:], reduction="sum").item()
+    assert loss.item() == pytest.approx(total / (len(seq) - 1), rel=1e-5)
+    unmasked, _ = pretrain_loss(model, {k: v for k, v in batch.items() if k != "doc_ids"})
+    assert unmasked.item() != pytest.approx(loss.item(), rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------ Muon
+
+
+@pytest.mark.parametrize("shape", [(48, 160), (160, 48)])
+def test_muon_orthogonalizes_a_spread_spectrum_to_about_one(shape):
+    from minillm_core.train.muon import orthogonalize
+
+    g = torch.Generator().manual_seed(0)
+    u, _, v = torch.linalg.svd(torch.randn(*shape, generator=g), full_matrices=False)
+    spread = u @ torch.diag(torch.logspace(-1, 1, min(shape))) @ v  # singular values 0.1..10
+    o = orthogonalize(spread, 5, torch.float32)
+    s = torch.linalg.svdvals(o)
+    assert 0.5 < s.min() and s.max() < 1.3, (s.min(), s.max())
+    # ...with the gradient's singular directions: close to U V^T
+    assert torch.nn.functional.cosine_similarity(o.flatten(), (u @ v).flatten(), dim=0) > 0.95
+
+
+def test_muon_trains_matrices_with_muon_and_the_rest_with_adamw(tmp_path):
+    from minillm_core.train.muon import Muon
+    from minillm_core.train.state import make_optimizer
+
+    model = MiniLLM(MODEL)
+    opt = make_optimizer(model, cfg("pretrain", tmp_path, optimizer="muon", learning_rate=1e-3))
+    assert isinstance(opt, Muon)
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = [names[id(p)] for g in opt.param_groups if g["muon"] for p in g["params"]]
+    adam = [names[id(p)] for g in opt.param_groups if not g["muon"] for p in g["params"]]
+    assert muon and all(n.startswith("model.layers.") and "layernorm" not in n for n in muon)
+    assert "model.embed_tokens.weight" in adam and "model.norm.weight" in adam
+    assert len(muon) + len(adam) == len(names)
+    assert opt.param_groups[0]["lr_ratio"] == pytest.approx(0.02 / 1e-3)
+    rep = train(
+        cfg("pretrain", tmp_path / "run", optimizer="muon", learning_rate=1e-2, max_steps=80),
+        MODEL,
+        dataset=pretrain_rows(),
+    )
+    assert rep.final_loss < 0.1, rep.final_loss
+
+
+def test_muon_resume_continues_bitwise(tmp_path):
+    import minillm_core.train.checkpointer as T
+
+    c = cfg("pretrain", tmp_path / "a", optimizer="muon", max_steps=6, save_interval=3)
+    c = c.model_copy(update={"learning_rate": 3e-3, "deterministic": True})
+    train(c, MODEL, dataset=pretrain_rows())
+    orig = T.save_resume
+
+    def stop_after_first_save(path, state):
+        orig(path, state)
+        raise KeyboardInterrupt
+
+    T.save_resume = stop_after_first_save
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(
+                c.model_copy(update={"out_dir": str(tmp_path / "b")}),
+                MODEL,
+                dataset=pretrain_rows(),
+            )
+    finally:
+        T.save_resume = orig
+    train(c.model_copy(update={"out_dir": str(tmp_path / "b")}), MODEL, dataset=pretrain_rows())
+    a, b = load_checkpoint(tmp_path / "a")[0], load_checkpoint(tmp_path / "b")[0]
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
