@@ -16,7 +16,8 @@ sized to the steps it will reach, from a short calibration run before the budget
   documents packed back to back into rows of the model's context (no padding) with the document
   mask (each document attends only to itself, as it is scored), dtype `auto` (bf16 autocast where
   the CPU has native bf16), Muon for the blocks' matrices and AdamW for the rest. Stopped at the
-  budget by SIGTERM, the loop's own clean stop (it saves the step).
+  budget by SIGTERM, the loop's own clean stop (it saves the step). `ours-adamw`, `ours-nomask`
+  and `ours-adamw-nomask` turn those parts off (ablations).
 - `minimind`: `bench/minimind_ref.py`'s model and step as the seed runs pretraining on a CPU: one
   document per row, `<bos> text <eos>` cut at the context and padded to it (the padding masked out
   of the loss), float32 (the seed autocasts only on CUDA), foreach AdamW, its cosine schedule.
@@ -121,7 +122,11 @@ def model_config(args: argparse.Namespace):
 # ---------------------------------------------------------------------------------------- ours
 
 
-def run_ours(args: argparse.Namespace, work: Path, budget_s: float) -> dict:
+# Ablations of ours: the impl name's suffixes turn its recipe's parts off.
+OURS_VARIANTS = ("ours", "ours-adamw", "ours-nomask", "ours-adamw-nomask")
+
+
+def run_ours(args: argparse.Namespace, work: Path, budget_s: float, impl: str = "ours") -> dict:
     from minillm_core.errors import TrainingInterrupted
     from minillm_core.train import TrainConfig, train
     from minillm_core.train.checkpointer import load_checkpoint
@@ -136,7 +141,8 @@ def run_ours(args: argparse.Namespace, work: Path, budget_s: float) -> dict:
         epochs=100,
         learning_rate=args.lr,
         dtype="auto",
-        optimizer="muon",
+        optimizer="adamw" if "-adamw" in impl else "muon",
+        document_mask="-nomask" not in impl,
         log_interval=1,
         save_interval=10**9,
         resume=False,
@@ -282,7 +288,10 @@ def heldout_bits_per_byte(model: torch.nn.Module, work: Path, seq: int) -> dict[
 
 def child(impl: str, args: argparse.Namespace, work: Path, budget_s: float) -> dict:
     load0 = os.getloadavg()[0]
-    result = (run_ours if impl == "ours" else run_minimind)(args, work, budget_s)
+    if impl in OURS_VARIANTS:
+        result = run_ours(args, work, budget_s, impl)
+    else:
+        result = run_minimind(args, work, budget_s)
     model = result.pop("model")
     t = time.perf_counter()
     result.update(heldout_bits_per_byte(model, work, args.seq))
@@ -305,7 +314,7 @@ def table(results: list[dict]) -> str:
     for budget, impls in by_budget.items():
         for impl, r in impls.items():
             ratio = ""
-            if impl == "ours" and "minimind" in impls:
+            if impl in OURS_VARIANTS and "minimind" in impls:
                 ratio = f"{r['bits_per_byte'] / impls['minimind']['bits_per_byte']:.2f}"
             lines.append(
                 f"| {budget:g} min | {impl} | {r['steps']} | {r['train_s']:.0f} | {r['real_tokens']:,} | "
@@ -319,7 +328,12 @@ def table(results: list[dict]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budgets", default="0.5", help="minutes per run, comma-separated (2,20)")
-    ap.add_argument("--impls", default="minimind,ours")
+    ap.add_argument(
+        "--impls",
+        default="minimind,ours",
+        help="minimind and any of " + ", ".join(OURS_VARIANTS) + " (ablations: AdamW in place "
+        "of Muon, no document mask)",
+    )
     ap.add_argument("--corpus", default=str(Path(tempfile.gettempdir()) / "minillm-corpus"))
     ap.add_argument("--docs", type=int, default=0, help="use the first N documents; 0 = all")
     ap.add_argument("--heldout-docs", type=int, default=400, help="held-out documents scored")
@@ -333,6 +347,9 @@ def main() -> int:
     ap.add_argument("--out", default=str(HERE / "results" / "quality.json"))
     ap.add_argument("--child", nargs=3, metavar=("IMPL", "WORK", "SECONDS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    unknown = set(args.impls.split(",")) - {"minimind", *OURS_VARIANTS}
+    if unknown:
+        ap.error(f"--impls: unknown {', '.join(sorted(unknown))}")
     if args.child:
         impl, work, seconds = args.child
         print("RESULT " + json.dumps(child(impl, args, Path(work), float(seconds))), flush=True)

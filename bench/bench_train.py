@@ -21,6 +21,8 @@ table shows the best trial (the least disturbed) and the median:
   DPO steps differ in length, so DPO warms up with a separate one-step run and times every step;
 - `ours-compile`: the same loop with `compile=True` (torch.compile of the model; the compile time
   falls in the warm-up step, which is left out);
+- `ours-muon`: the same loop with `optimizer="muon"` (what the orthogonalisation costs per step;
+  its losses differ from minimind's by design);
 - `minimind`: `bench/minimind_ref.py`, the seed's model and step (rows padded to the maximum
   length, loss mask, foreach AdamW, DPO log_softmax + gather), timed per step, first step left out.
 
@@ -174,7 +176,12 @@ def child(impl: str, stage: str, steps: int, work: Path) -> dict:
         "load_start": os.getloadavg()[0],
     }
     if impl.startswith("ours"):
-        cfg = cfg.model_copy(update={"compile": impl == "ours-compile"})
+        cfg = cfg.model_copy(
+            update={
+                "compile": impl == "ours-compile",
+                "optimizer": "muon" if impl == "ours-muon" else "adamw",
+            }
+        )
         ds = Rows(rows, stage, model_cfg.vocab_size)
         if stage == "dpo":
             # DPO batches differ in length (grouped by length, padded to their longest), so no

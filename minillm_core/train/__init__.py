@@ -6,6 +6,7 @@ step.py          one optimizer step: accumulation, the ranks' agreement, guards,
 objectives.py    loss(model, batch) -> (loss, metrics) per stage
 data.py          epoch order, the sample stream, micro-batches, opening and checking rows
 state.py         TrainState: model, optimiser, LR schedule, step, RNG
+muon.py          the Muon optimiser (matrices) with AdamW (the rest), for --optimizer muon
 checkpointer.py  atomic checkpoints and the exact resume
 logger.py        progress bar, log lines, TensorBoard, loss plot, the report's metadata
 ddp.py           DDP collectives, the rank config file and the rank entry point

@@ -40,6 +40,7 @@ def test_tiny_budget_scores_both_trainers_on_held_out_documents(tmp_path):
     out = tmp_path / "quality.json"
     args = ["--budgets", "0.05", "--hidden", "32", "--layers", "1", "--heads", "2", "--seq", "32"]
     args += ["--vocab", "512", "--batch", "4", "--heldout-docs", "8", "--corpus", str(corpus)]
+    args += ["--impls", "minimind,ours,ours-adamw-nomask"]  # and one ablation of ours' recipe
     proc = subprocess.run(
         [sys.executable, str(BENCH), *args, "--out", str(out)],
         capture_output=True,
@@ -52,7 +53,7 @@ def test_tiny_budget_scores_both_trainers_on_held_out_documents(tmp_path):
     result = json.loads(out.read_text())
     assert result["heldout_docs"] == 8 and result["train_docs"] == 392  # every 50th held out
     runs = {r["impl"]: r for r in result["runs"]}
-    assert set(runs) == {"ours", "minimind"}
+    assert set(runs) == {"ours", "minimind", "ours-adamw-nomask"}
     for r in runs.values():
         assert r["steps"] >= 1 and 0 < r["real_tokens"] <= r["positions"]
         # The same held-out bytes for both, and a loss a briefly trained model can have.
