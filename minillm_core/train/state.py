@@ -103,6 +103,8 @@ def _muon(
         # bf16 where the device multiplies it natively (CUDA, AVX512-BF16/AMX CPUs)
         "ns_dtype": autocast_dtype("auto", device),
     }
+    if not muon["params"]:
+        raise ConfigError("optimizer muon: the model has no trainable block matrices")
     rest = [(n, p) for n, p in trained if not is_matrix(n, p)]
     adam = {"muon": False, "betas": kw["betas"], "eps": 1e-8}
     groups = [
