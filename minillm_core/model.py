@@ -440,7 +440,7 @@ class MiniLLM(nn.Module):
         mask = None if doc_ids is None else document_mask(doc_ids)
         x = self.model.dropout(self.model.embed_tokens(input_ids))
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos.to(x.dtype), sin.to(x.dtype), cache, i, mask)
+            x = layer(x, cos, sin, cache, i, mask)
         if cache is not None:
             cache.length += input_ids.shape[1]
         return self.lm_head(self.model.norm(x))
@@ -450,7 +450,7 @@ class MiniLLM(nn.Module):
         full_cos, full_sin = self._rope_for(0, cache.max_len, input_ids.device)
         x = self.model.embed_tokens(input_ids)
         # Per-row angles [rows, 1, 1, D] broadcast over heads like the [T, D] tables do.
-        cos, sin = (t[pos][:, None, None, :].to(x.dtype) for t in (full_cos, full_sin))
+        cos, sin = (t[pos][:, None, None, :] for t in (full_cos, full_sin))
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, cache, i)
         cache.advance()

@@ -65,26 +65,36 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return LRSchedule.of(cfg, total)(step)
 
 
+def _decay_groups(
+    params: list[nn.Parameter], cfg: TrainConfig, **extra: Any
+) -> list[dict[str, Any]]:
+    """Two param groups: matrices with weight decay, vectors (norms) without."""
+    return [
+        {**extra, "params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {**extra, "params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
 def make_optimizer(model: MiniLLM, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW (decay on matrices, not on norms), or with `optimizer="muon"` Muon for the blocks'
     matrices and AdamW for the rest (`minillm_core.train.muon`)."""
-    kwargs: dict[str, Any] = {"lr": cfg.learning_rate, "betas": (cfg.adam_beta1, cfg.adam_beta2)}
+    betas = (cfg.adam_beta1, cfg.adam_beta2)
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if cfg.optimizer == "muon":
-        return _muon(model, cfg, trained, kwargs)
-    groups = [
-        {"params": [p for _, p in trained if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for _, p in trained if p.dim() < 2], "weight_decay": 0.0},
-    ]
+        return _muon(model, cfg, trained, betas)
+    groups = _decay_groups([p for _, p in trained], cfg)
     try:
         # The fused kernel updates every parameter in one pass (CUDA and, since torch 2.4, CPU).
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
+        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=betas, fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, **kwargs)
+        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=betas)
 
 
 def _muon(
-    model: MiniLLM, cfg: TrainConfig, trained: list[tuple[str, nn.Parameter]], kw: dict[str, Any]
+    model: MiniLLM,
+    cfg: TrainConfig,
+    trained: list[tuple[str, nn.Parameter]],
+    betas: tuple[float, float],
 ) -> torch.optim.Optimizer:
     from minillm_core.inference import autocast_dtype
     from minillm_core.train.muon import Muon
@@ -105,13 +115,9 @@ def _muon(
     }
     if not muon["params"]:
         raise ConfigError("optimizer muon: the model has no trainable block matrices")
-    rest = [(n, p) for n, p in trained if not is_matrix(n, p)]
-    adam = {"muon": False, "betas": kw["betas"], "eps": 1e-8}
-    groups = [
-        {**adam, "params": [p for _, p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {**adam, "params": [p for _, p in rest if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return Muon([muon, *groups], lr=cfg.learning_rate)
+    rest = [p for n, p in trained if not is_matrix(n, p)]
+    adam = _decay_groups(rest, cfg, muon=False, betas=betas, eps=1e-8)
+    return Muon([muon, *adam], lr=cfg.learning_rate)
 
 
 # ---------------------------------------------------------------------------------------------
