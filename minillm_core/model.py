@@ -15,6 +15,8 @@ Architecture choices (the seed's, kept in `ModelConfig` rather than scattered de
   unless the rows are packed documents given with `doc_ids`: then each position sees only the
   earlier positions of its own document (`document_mask`), as it will at inference, where every
   prompt starts from a fresh context. RoPE is relative, so positions need no reset per document.
+  On the CPU at 384-512 positions, causal attention runs as two calls over the query halves
+  (`split_causal_attention`): PyTorch's CPU kernel skips no masked keys at that length.
 - SwiGLU MLP (`down(silu(gate(x)) * up(x))`), hidden size 8/3 of the model width rounded up to a
   multiple of 64 (1408 at width 512), which keeps matmul shapes kernel-friendly.
 - No biases anywhere; input and output embeddings are tied by default (at vocab 6400 and width
@@ -33,6 +35,8 @@ Architecture choices (the seed's, kept in `ModelConfig` rather than scattered de
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -261,6 +265,42 @@ def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return ((doc_ids[:, :, None] == doc_ids[:, None, :]) & causal)[:, None]
 
 
+# PyTorch's CPU flash-attention kernel walks the keys in blocks of this many positions
+# (aten FlashAttentionKernel's kvSplitSize), and queries in blocks of 64 from 192 queries on
+# (32 below). So at a context of up to 512, `is_causal` skips no work: every query block scores
+# every key and masks half of them away afterwards.
+_CPU_KEY_BLOCK, _CPU_MIN_QUERIES = 512, 192
+
+
+def split_queries(q: torch.Tensor) -> bool:
+    """Whether causal attention over `q` [B, H, T, D] runs faster in two query halves: on the CPU,
+    when the keys fit one kernel block and each half keeps the kernel's large query blocks."""
+    t = q.shape[2]
+    return q.device.type == "cpu" and 2 * _CPU_MIN_QUERIES <= t <= _CPU_KEY_BLOCK
+
+
+def split_causal_attention(
+    attend: Callable[..., torch.Tensor],
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """Causal attention (with `mask` [B, 1, T, T] when given) as two calls: the first half of the
+    queries reads only the first half of the keys, so the upper-right quarter of the scores,
+    all masked, is never computed. The same result as one call, for 3/4 of the work."""
+    t = q.shape[2]
+    h = t // 2
+    if mask is None:
+        top = attend(q[:, :, :h], k[:, :, :h], v[:, :, :h], is_causal=True)
+        # Query h + i sees keys 0..h + i: the causal mask aligned to the bottom right.
+        below = torch.ones(t - h, t, dtype=torch.bool, device=q.device).tril(diagonal=h)
+    else:
+        top = attend(q[:, :, :h], k[:, :, :h], v[:, :, :h], attn_mask=mask[..., :h, :h])
+        below = mask[..., h:, :]
+    return torch.cat([top, attend(q[:, :, h:], k, v, attn_mask=below)], dim=2)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -306,15 +346,15 @@ class Attention(nn.Module):
             s = k.shape[2]
             mask = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(diagonal=past)
             causal = False
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=causal,
+        attend = partial(
+            F.scaled_dot_product_attention,
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.n_kv != self.n_heads,
         )
+        if past == 0 and (causal or mask is not None) and split_queries(q):
+            y = split_causal_attention(attend, q, k, v, mask)
+        else:
+            y = attend(q, k, v, attn_mask=mask, is_causal=causal)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
+import torch.nn.functional as F
 
+from minillm_core import model as model_module
 from minillm_core.config import ConfigError
 from minillm_core.inference import SamplingParams, complete
-from minillm_core.model import MiniLLM, ModelConfig
+from minillm_core.model import (
+    MiniLLM,
+    ModelConfig,
+    document_mask,
+    split_causal_attention,
+    split_queries,
+)
 from minillm_core.train.checkpointer import load_checkpoint, require_same_model, save_checkpoint
 
 TINY = dict(
@@ -86,6 +96,51 @@ def test_document_mask_scores_each_packed_document_as_if_alone():
     assert not torch.allclose(m(row)[0, 5:14], m(docs[1][None])[0], atol=1e-3)
     with pytest.raises(ValueError, match="KV cache"):
         m(row, m.new_cache(1, 32), doc_ids=(row == 1).cumsum(1))
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+@pytest.mark.parametrize("with_docs", [False, True])
+def test_split_causal_attention_equals_one_call(kv_heads, with_docs):
+    """On the CPU at 384..512 positions, causal attention runs as two query halves (the kernel
+    skips no masked keys there): the same values and gradients as one call, with and without a
+    document mask, with and without GQA."""
+    t = 448
+    q = torch.randn(2, 4, t, 16, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(2, kv_heads, t, 16, dtype=torch.float64, requires_grad=True) for _ in "kv")
+    assert (
+        split_queries(q)
+        and not split_queries(q[:, :, :383])
+        and not split_queries(torch.randn(1, 1, 513, 16))
+    )
+    mask = None
+    if with_docs:
+        doc_ids = torch.tensor([[0] * 100 + [1] * 300 + [2] * 48, [0] * 250 + [1] * 198])
+        mask = document_mask(doc_ids)
+    attend = partial(F.scaled_dot_product_attention, enable_gqa=kv_heads != 4)
+    split = split_causal_attention(attend, q, k, v, mask)
+    whole = attend(q, k, v, attn_mask=mask, is_causal=mask is None)
+    torch.testing.assert_close(split, whole)
+    g = torch.randn_like(whole)
+    grads = torch.autograd.grad(split, (q, k, v), g)
+    torch.testing.assert_close(grads, torch.autograd.grad(whole, (q, k, v), g))
+
+
+def test_the_model_splits_long_causal_blocks_and_prefill_alike(monkeypatch):
+    m = tiny()
+    calls: list[int] = []
+    real = model_module.split_causal_attention
+    monkeypatch.setattr(
+        model_module, "split_causal_attention", lambda *a: calls.append(1) or real(*a)
+    )
+    x = torch.randint(0, 96, (1, 400))
+    split = m(x)
+    cache = m.new_cache(1, 512)
+    prefill = m(x, cache)
+    assert len(calls) == 2 * m.config.num_hidden_layers  # the training forward and the prefill
+    monkeypatch.setattr(model_module, "split_queries", lambda q: False)
+    # float32 kernels round in another order over other blocks: equal up to rounding.
+    torch.testing.assert_close(split, m(x), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(prefill, split)
 
 
 def test_gqa_matches_mha_with_repeated_kv_heads():
