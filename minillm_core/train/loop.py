@@ -30,6 +30,7 @@ from typing import Any, Self
 
 import torch
 
+from minillm_core import allocator
 from minillm_core.errors import TrainingInterrupted
 from minillm_core.model import ModelConfig
 from minillm_core.progress import LogFn, emit
@@ -62,7 +63,9 @@ def train(
     with deterministic(cfg.deterministic):
         data = open_data(cfg, model_cfg, dataset)
         model, init_dir, init_hash = build_model(cfg, model_cfg, data.meta, comm.device, rank, log)
-        n_params = _announce(cfg, model.num_parameters(trainable_only=True), data.n, rank, log)
+        n_params = _announce(
+            cfg, model.num_parameters(trainable_only=True), data.n, comm.device, rank, log
+        )
         objective = make_objective(cfg, model_cfg, comm.device)
         total_steps, end = _plan(cfg, data.n)
         state = new_state(cfg, model, comm.device, total_steps, init_dir, init_hash)
@@ -122,8 +125,12 @@ def _plan(cfg: TrainConfig, n: int) -> tuple[int, int]:
     return total_steps, min(total_samples, total_steps * cfg.global_batch)
 
 
-def _announce(cfg: TrainConfig, n_params: int, n: int, rank: int, log: LogFn | None) -> int:
+def _announce(
+    cfg: TrainConfig, n_params: int, n: int, device: torch.device, rank: int, log: LogFn | None
+) -> int:
     msg = f"{cfg.stage}: {n_params:,} trainable parameters ({n_params / 1e6:.2f}M), {n:,} samples"
+    if device.type == "cpu":
+        msg += f"; {allocator.describe()}"
     if rank == 0:
         print(msg, flush=True)  # stdout, as the seed does, and the log for the Dagster run
     if log is not None:

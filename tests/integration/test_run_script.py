@@ -50,6 +50,7 @@ def test_help_lists_every_flag_and_environment_variable():
         "PYTHON",
         "VENV_DIR",
         "ENABLE_RUSTBPE",
+        "MINILLM_ALLOCATOR",
     ):
         assert f"\n  {var} " in out, var
     assert "set -euo" not in out  # not lines of code
@@ -130,3 +131,15 @@ def test_gpu_profile_without_cuda_stops_at_the_device_check(tmp_path, script):
     assert not (tmp_path / "root" / "data").exists()  # stopped before the mix
     if script == UV_RUN:
         assert "uv not found: setting up with python3 -m venv and pip" in res.stdout
+
+
+def test_a_missing_allocator_library_stops_before_any_work(tmp_path):
+    env = {**no_cuda_env(tmp_path, _path_without("uv")), "MINILLM_ALLOCATOR": "/nonexistent/lib.so"}
+    res = bash(RUN, "--profile", "cpu", env=env)
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1] == (
+        "error: MINILLM_ALLOCATOR=/nonexistent/lib.so: no such library "
+        "(use auto, system or a library path)"
+    )
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "root" / "data").exists()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import skip_or_fail
 from tests.ui_launcher import DagsterDev, dagster_dev
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
@@ -52,10 +53,6 @@ ASSETS = (
 )
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
 def _require_browser() -> None:
     missing = []
     try:
@@ -66,9 +63,7 @@ def _require_browser() -> None:
         missing.append(f"{CHROMIUM} (Debian: apt-get install chromium)")
     if missing:
         reason = "browser test needs " + " and ".join(missing)
-        if _in_ci():
-            pytest.fail(f"{reason}; CI is set, so this fails instead of skipping")
-        pytest.skip(reason)
+        skip_or_fail(reason)
 
 
 # -- GraphQL ---------------------------------------------------------------------------------
