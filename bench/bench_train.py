@@ -3,6 +3,8 @@
     .venv/bin/python bench/bench_train.py [--steps 3] [--stages pretrain,sft,dpo] [--threads N]
     .venv/bin/python bench/bench_train.py --dtype bfloat16 --batch 8 --stages pretrain \
         --impls ours,ours-compile,minimind     # bf16 MFU against the bf16 peak, batch 8 x 512
+    .venv/bin/python bench/bench_train.py --dtype bfloat16 --batch 8 --stages pretrain \
+        --impls ours,minimind --allocators system,tcmalloc     # what the malloc costs a step
     .venv/bin/python bench/bench_train.py --breakdown [--steps 3]
 
 `--breakdown` profiles the product loop's pretrain steps (torch.profiler, the warm-up step left
@@ -44,6 +46,10 @@ reference under inference_mode and, from the second epoch, reuse its cached log-
 Grouping changes which pairs share a step, so DPO's per-step losses are of different batches than
 minimind's (at the seed's learning rate of 4e-8 all stay at ln 2 within float noise). The load average (1 min) is recorded beside each figure: other jobs on a
 2-core machine distort timings.
+
+`--allocators`: the malloc each trial's process runs on (`minillm_core.allocator`): `auto` (the
+default, what scripts/run.sh gives a run: tcmalloc where installed), `system` (glibc's) or
+`tcmalloc`; each trial records the allocator its process actually had.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from minillm_core import allocator
 
 HERE = Path(__file__).resolve().parent
 BATCH, SEQ = 4, 512
@@ -173,6 +181,7 @@ def child(impl: str, stage: str, steps: int, work: Path) -> dict:
         "impl": impl,
         "stage": stage,
         "threads": torch.get_num_threads(),
+        "allocator": allocator.active(),
         "load_start": os.getloadavg()[0],
     }
     if impl.startswith("ours"):
@@ -392,6 +401,12 @@ def main() -> int:
         "peak in it: bfloat16 pays off on CPUs with AVX512-BF16 or AMX",
     )
     ap.add_argument(
+        "--allocators",
+        default="auto",
+        help="comma-separated mallocs to run each trial on: auto (tcmalloc where installed, as "
+        "scripts/run.sh), system, tcmalloc",
+    )
+    ap.add_argument(
         "--breakdown",
         action="store_true",
         help="profile the loop's pretrain step and print where its time goes",
@@ -418,6 +433,8 @@ def main() -> int:
     from minillm_core.model import MiniLLM, ModelConfig
     from minillm_core.train.checkpointer import save_checkpoint
 
+    for alloc in set(args.allocators.split(",")):
+        child_env(alloc)  # an unknown or missing allocator stops here, before any trial
     results = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -438,7 +455,7 @@ def main() -> int:
         )
         peaks = [(measure_peak(), os.getloadavg()[0])]
         for stage in args.stages.split(","):
-            for impl in args.impls.split(",") * args.rounds:
+            for impl, alloc in trial_order(args.impls, args.allocators, args.rounds):
                 cmd = [
                     sys.executable,
                     __file__,
@@ -454,9 +471,7 @@ def main() -> int:
                 if args.quick:
                     cmd[2:2] = ["--quick"]
                 cmd[2:2] = ["--dtype", DTYPE, "--batch", str(BATCH)]
-                out = subprocess.run(
-                    cmd, capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"}
-                )
+                out = subprocess.run(cmd, capture_output=True, text=True, env=child_env(alloc))
                 line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
                 if line is None:
                     print(out.stderr[-3000:], file=sys.stderr)
@@ -464,7 +479,7 @@ def main() -> int:
                 r = json.loads(line[7:])
                 results["trials"].append(r)
                 print(
-                    f"{impl:8s} {stage:8s} {_rate(r):7.2f} s/step "
+                    f"{impl:8s} {r['allocator']:8s} {stage:8s} {_rate(r):7.2f} s/step "
                     f"load {r['load_start']:.1f}-{r['load_end']:.1f}",
                     file=sys.stderr,
                     flush=True,
@@ -476,6 +491,25 @@ def main() -> int:
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(table(results))
     return 0
+
+
+def trial_order(impls: str, allocators: str, rounds: int) -> list[tuple[str, str]]:
+    """(implementation, allocator) of every trial, alternating both (ABAB...) round by round."""
+    pairs = [(i, a) for i in impls.split(",") for a in allocators.split(",")]
+    return pairs * rounds
+
+
+def child_env(alloc: str) -> dict[str, str]:
+    """The environment of a trial on `alloc`: `auto` and `system` as MINILLM_ALLOCATOR has them,
+    `tcmalloc` the same as auto but refused where tcmalloc is not installed."""
+    if alloc == "tcmalloc" and allocator.find_tcmalloc() is None:
+        sys.exit(
+            "--allocators tcmalloc: not installed (Debian: apt-get install libtcmalloc-minimal4)"
+        )
+    if alloc not in ("auto", "system", "tcmalloc"):
+        sys.exit(f"--allocators: unknown allocator {alloc!r} (auto, system, tcmalloc)")
+    choice = "system" if alloc == "system" else "auto"
+    return allocator.environment({**os.environ, allocator.ENV: choice, "MPLBACKEND": "Agg"})
 
 
 def attention_flops() -> float:
@@ -495,7 +529,8 @@ def _rate(trial: dict, cached: bool = False) -> float:
 
 
 def table(res: dict) -> str:
-    """One row per (stage, impl): the best trial (least disturbed by other jobs) and the median."""
+    """One row per (stage, impl, allocator): the best trial (least disturbed by other jobs) and
+    the median."""
     peak = res["peak_flops"]
     lines = [
         f"batch {res.get('batch', 4)} x {SEQ}; "
@@ -503,14 +538,14 @@ def table(res: dict) -> str:
         + ", ".join(f"{p / 1e9:.1f} at load {load:.1f}" for p, load in res["peaks"])
         + ")",
         "",
-        "| stage | impl | s/step best (median of trials) | tokens/s | pairs/s | MFU (6N) "
-        "| MFU (6N + attention) | peak RSS MB | max loss diff | load avg during trials |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| stage | impl | allocator | s/step best (median of trials) | tokens/s | pairs/s "
+        "| MFU (6N) | MFU (6N + attention) | peak RSS MB | max loss diff | load avg during trials |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for t in res["trials"]:
-        groups.setdefault((t["stage"], t["impl"]), []).append(t)
-    for (stage, impl), trials in groups.items():
+        groups.setdefault((t["stage"], t["impl"], t.get("allocator", "system")), []).append(t)
+    for (stage, impl, alloc), trials in groups.items():
         rates = [_rate(t) for t in trials]
         best = min(rates)
         t = trials[rates.index(best)]
@@ -520,20 +555,21 @@ def table(res: dict) -> str:
             mfu = f"{6 * t['num_parameters'] * tps / peak:.1%}"
             mfu_attn = f"{(6 * t['num_parameters'] + attention_flops()) * tps / peak:.1%}"
         diff = ""
-        other = groups.get((stage, "minimind"))
+        other = next((v for k, v in groups.items() if k[:2] == (stage, "minimind")), None)
         if impl.startswith("ours") and other:
             k = min(len(t["losses"]), len(other[0]["losses"]))
             diff = f"{max(abs(a - b) for a, b in zip(t['losses'][:k], other[0]['losses'][:k])):.1e}"
         pairs = f"{BATCH / best:.3f}" if stage == "dpo" else ""
         loads = ", ".join(f"{x['load_start']:.1f}-{x['load_end']:.1f}" for x in trials)
         lines.append(
-            f"| {stage} | {impl} | {best:.2f} ({statistics.median(rates):.2f}) | {tps:.0f} | {pairs} | "
+            f"| {stage} | {impl} | {alloc} | {best:.2f} ({statistics.median(rates):.2f}) | {tps:.0f} "
+            f"| {pairs} | "
             f"{mfu} | {mfu_attn} | {max(x['peak_rss_mb'] for x in trials):.0f} | {diff} | {loads} |"
         )
         if stage == "dpo" and t.get("cached_step_times"):
             c = min(_rate(x, cached=True) for x in trials)
             lines.append(
-                f"| dpo, epoch 2 (cached reference) | {impl} | {c:.2f} | "
+                f"| dpo, epoch 2 (cached reference) | {impl} | {alloc} | {c:.2f} | "
                 f"{t['tokens_per_step'] / c:.0f} | {BATCH / c:.3f} | | | | | |"
             )
     return "\n".join(lines)

@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.conftest import REPO, require_tcmalloc
 
 BENCH = REPO / "bench" / "bench_train.py"
 
@@ -60,3 +60,15 @@ def test_breakdown_parts_add_up_to_the_step():
     # part is the remainder), and do not exceed it by more than the profiler's own overhead.
     assert wall * 0.95 <= sum(parts.values()) <= wall * 1.5 + 2, out
     assert re.search(r"MFU of this step: \d+%\. The matmuls alone run at \d+ GFLOP/s", out)
+
+
+def test_each_trial_runs_on_the_allocator_it_names(tmp_path):
+    """`--allocators system,tcmalloc`: every trial's process reports (from its own memory map)
+    the malloc it was asked for, and the table keeps them apart."""
+    require_tcmalloc()
+    result = tmp_path / "train.json"
+    args = ("--stages", "pretrain", "--impls", "ours", "--allocators", "system,tcmalloc")
+    table = run_bench(*args, "--rounds", "1", "--out", str(result))
+    trials = json.loads(result.read_text())["trials"]
+    assert [t["allocator"] for t in trials] == ["system", "tcmalloc"]
+    assert "| pretrain | ours | system |" in table and "| pretrain | ours | tcmalloc |" in table
