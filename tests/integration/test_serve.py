@@ -671,13 +671,30 @@ def _tokens(eng: Engine, logprobs: int) -> list[dict]:
     ]
 
 
+class GatedScript(Script):
+    """A Script whose decode loop waits at its second step until `gate` is set: a generation is
+    certainly still running while the test looks at it, however the threads are scheduled."""
+
+    def __init__(self, tok: Tokenizer, reply: bytes):
+        super().__init__(tok, reply)
+        self.gate = threading.Event()
+
+    def forward(self, ids):
+        if ids.shape[1] > 1:
+            assert self.gate.wait(20), "the test never opened the gate"
+        return super().forward(ids)
+
+
 def test_engine_stats_count_running_generations():
-    eng = _byte_engine("ab")
+    tok = Tokenizer({bytes([b]): b for b in range(256)})
+    model = GatedScript(tok, b"ab")
+    eng = Engine(model, tok, max_context=512)
     it = eng.events([0], 100, SamplingParams())
     assert eng.stats() == {"running": 0, "waiting": 0}
     next(it)
     assert eng.stats() == {"running": 1, "waiting": 0}
     it.close()
+    model.gate.set()
     # The decode loop drops a closed row at its next step.
     deadline = time.monotonic() + 20
     while eng.stats() != {"running": 0, "waiting": 0}:
