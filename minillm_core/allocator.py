@@ -24,6 +24,7 @@ from pathlib import Path
 from minillm_core.errors import ConfigError
 
 ENV = "MINILLM_ALLOCATOR"
+_MALLOCS = ("tcmalloc", "jemalloc")  # the malloc libraries a process may have preloaded
 _NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
 _DIRS = (
     "/usr/lib/x86_64-linux-gnu",
@@ -65,7 +66,7 @@ def active() -> str:
         maps = Path("/proc/self/maps").read_text()
     except OSError:  # not Linux: no preloading here
         return "system"
-    for name in ("tcmalloc", "jemalloc"):
+    for name in _MALLOCS:
         if f"lib{name}" in maps:
             return name
     return "system"
@@ -79,7 +80,7 @@ def environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     preload = [
         p
         for p in env.pop("LD_PRELOAD", "").split(":")
-        if p and not any(f"lib{name}" in Path(p).name for name in ("tcmalloc", "jemalloc"))
+        if p and not any(f"lib{name}" in Path(p).name for name in _MALLOCS)
     ]
     if lib is not None:
         preload.insert(0, str(lib))

@@ -351,7 +351,7 @@ class Attention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.n_kv != self.n_heads,
         )
-        if past == 0 and (causal or mask is not None) and split_queries(q):
+        if past == 0 and split_queries(q):  # a block from position 0: causal, maybe documents
             y = split_causal_attention(attend, q, k, v, mask)
         else:
             y = attend(q, k, v, attn_mask=mask, is_causal=causal)
